@@ -1,0 +1,49 @@
+"""Turning models into pure `apply_fn(params, x)` functions.
+
+Every engine function takes a pure `apply_fn(params, x) -> y` and a `params` pytree, so the
+same compiled code serves any parameter values. These adapters produce that pair from a Flax
+NNX module or a Linen module with its variables; a plain function `x -> y` needs no adapter
+(`jacobian_spectrum(fn, x)`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from flax import nnx
+
+__all__ = ["from_nnx", "from_linen"]
+
+
+def from_nnx(module: nnx.Module) -> tuple[Callable, Any]:
+    """`(apply_fn, params)` for an NNX module: `apply_fn(params, x) = module(x)`.
+
+    `params` is the module's whole `nnx.State` (parameters, BatchNorm statistics, RNG state):
+    the Jacobian is taken at the module's current mode (call `module.eval()` first for
+    BatchNorm statistics and no dropout). The module itself is not mutated by `apply_fn`.
+
+    Example:
+      >>> apply_fn, params = iso.from_nnx(models.FullyConnected(depth=4, width=32, rngs=nnx.Rngs(0)))
+      >>> spec = iso.spectrum_fn(apply_fn)(params, x)
+    """
+    graphdef, state = nnx.split(module)
+
+    def apply_fn(params, x):
+        return nnx.merge(graphdef, params)(x)
+
+    return apply_fn, state
+
+
+def from_linen(module, variables: Any, **apply_kwargs) -> tuple[Callable, Any]:
+    """`(apply_fn, params)` for a Linen module: `apply_fn(params, x) = module.apply(params, x)`.
+
+    Args:
+      module: a `flax.linen.Module`.
+      variables: its variables, as returned by `module.init` (all collections).
+      **apply_kwargs: fixed keyword arguments for `module.apply` (e.g. `train=False`).
+    """
+
+    def apply_fn(params, x):
+        return module.apply(params, x, **apply_kwargs)
+
+    return apply_fn, variables

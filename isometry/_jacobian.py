@@ -1,0 +1,149 @@
+"""Input-output Jacobians: dense matrices and the matrix-free operator.
+
+For y = f(x) with x, y arrays or pytrees, both are flattened (`ravel_pytree`) to vectors of
+sizes n_in and n_out, and J = ∂y/∂x is the n_out × n_in matrix between them.
+
+Dense: forward mode builds J column by column (n_in Jacobian-vector products after one
+`jax.linearize`), reverse mode row by row (n_out vector-Jacobian products); "auto" picks the
+smaller count. The products are vmapped, or mapped in chunks with `jax.lax.map(batch_size=…)`
+when asked. Matrix-free: `jacobian_operator` returns v ↦ Jv and u ↦ Jᵀu from
+`jax.linearize` and `jax.linear_transpose`, each costing about one forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+__all__ = [
+    "JacobianTooLargeError",
+    "dense_jacobian",
+    "jacobian_operator",
+    "JacobianOperator",
+    "check_floating",
+    "flat_sizes",
+]
+
+MODES = ("auto", "fwd", "rev")
+
+
+class JacobianTooLargeError(MemoryError):
+    """A dense Jacobian would exceed the memory budget (raised before anything is allocated)."""
+
+
+def check_floating(x: Any, what: str = "input") -> None:
+    """Raises TypeError unless every leaf of `x` is a floating-point array."""
+    leaves = jax.tree_util.tree_leaves_with_path(x)
+    if not leaves:
+        raise ValueError(f"the {what} has no array leaves; pass an array or a pytree of arrays")
+    for path, leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            where = jax.tree_util.keystr(path) or "(the array)"
+            raise TypeError(
+                f"the {what} leaf {where} has dtype {dtype}; Jacobians are taken with respect to "
+                f"floating-point values: cast it, e.g. x.astype(jnp.float32) (or float64 with "
+                f"jax_enable_x64), or close over integer arguments such as token ids")
+
+
+def _flatten(fn: Callable, x: Any):
+    """Returns (f_flat, x_flat, n_in, n_out): f_flat maps the flat input to the flat output."""
+    x_flat, unravel = ravel_pytree(x)
+
+    def f_flat(v):
+        return ravel_pytree(fn(unravel(v)))[0]
+
+    out = jax.eval_shape(fn, x)
+    check_floating(out, what="output")
+    n_out = sum(math.prod(o.shape) for o in jax.tree_util.tree_leaves(out))
+    return f_flat, x_flat, x_flat.size, n_out
+
+
+def flat_sizes(fn: Callable, x: Any) -> tuple[int, int, jnp.dtype]:
+    """(n_in, n_out, dtype) of the flattened Jacobian of `fn` at `x`, without computing it."""
+    check_floating(x)
+    out = jax.eval_shape(fn, x)
+    check_floating(out, what="output")
+    n_in = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(x))
+    n_out = sum(math.prod(o.shape) for o in jax.tree_util.tree_leaves(out))
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(x), *jax.tree_util.tree_leaves(out))
+    return n_in, n_out, dtype
+
+
+def resolve_mode(mode: str, n_in: int, n_out: int) -> str:
+    """"fwd" when there are no more inputs than outputs, else "rev" (unless forced)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown Jacobian mode {mode!r}; use one of {MODES}")
+    if mode == "auto":
+        return "fwd" if n_in <= n_out else "rev"
+    return mode
+
+
+def _map_basis(fn: Callable, basis: jax.Array, chunk_size: int | None) -> jax.Array:
+    """fn applied to every row of `basis`: vmapped, or in chunks of `chunk_size` rows."""
+    if chunk_size is None or chunk_size >= basis.shape[0]:
+        return jax.vmap(fn)(basis)
+    return jax.lax.map(fn, basis, batch_size=chunk_size)
+
+
+def dense_jacobian(fn: Callable, x: Any, mode: str = "auto", chunk_size: int | None = None,
+                   transposed_ok: bool = False) -> jax.Array:
+    """The dense Jacobian J = ∂ravel(fn(x))/∂ravel(x), shape (n_out, n_in).
+
+    Args:
+      fn: function of one argument (array or pytree) returning an array or pytree.
+      x: the point at which to differentiate.
+      mode: "fwd" (n_in JVPs), "rev" (n_out VJPs) or "auto" (the fewer products).
+      chunk_size: compute at most this many products at once (`jax.lax.map`), to bound the
+        memory of the intermediate activations; None computes all at once.
+      transposed_ok: return Jᵀ instead of J when that saves a transpose (the singular values
+        are the same).
+
+    Returns:
+      J (or Jᵀ when `transposed_ok` and forward mode was used).
+    """
+    f_flat, x_flat, n_in, n_out = _flatten(fn, x)
+    mode = resolve_mode(mode, n_in, n_out)
+    if mode == "fwd":
+        _, jvp = jax.linearize(f_flat, x_flat)
+        jt = _map_basis(jvp, jnp.eye(n_in, dtype=x_flat.dtype), chunk_size)  # rows: J e_i
+        return jt if transposed_ok else jt.T
+    y, vjp = jax.vjp(f_flat, x_flat)
+    return _map_basis(lambda u: vjp(u)[0], jnp.eye(n_out, dtype=y.dtype), chunk_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class JacobianOperator:
+    """J as a matrix-free linear operator on flat vectors.
+
+    Attributes:
+      matvec: v (n_in,) ↦ J v (n_out,).
+      rmatvec: u (n_out,) ↦ Jᵀ u (n_in,).
+      n_in: number of inputs.
+      n_out: number of outputs.
+      dtype: dtype of the flat vectors.
+    """
+
+    matvec: Callable[[jax.Array], jax.Array]
+    rmatvec: Callable[[jax.Array], jax.Array]
+    n_in: int
+    n_out: int
+    dtype: Any
+
+
+def jacobian_operator(fn: Callable, x: Any) -> JacobianOperator:
+    """J = ∂ravel(fn(x))/∂ravel(x) as products only: one forward pass, then ~one pass each.
+
+    v ↦ Jv comes from `jax.linearize`, u ↦ Jᵀu from `jax.linear_transpose` of that
+    linearization, so the forward pass is not repeated for each product.
+    """
+    check_floating(x)
+    f_flat, x_flat, n_in, n_out = _flatten(fn, x)
+    _, jvp = jax.linearize(f_flat, x_flat)
+    transpose = jax.linear_transpose(jvp, x_flat)
+    return JacobianOperator(jvp, lambda u: transpose(u)[0], n_in, n_out, x_flat.dtype)

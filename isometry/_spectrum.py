@@ -1,0 +1,311 @@
+"""The `Spectrum` result: singular values of an input-output Jacobian and their statistics.
+
+For J = ∂y/∂x with n_in inputs and n_out outputs, `Spectrum` holds the k = min(n_in, n_out)
+singular values σ_1 ≥ … ≥ σ_k of J and
+
+    chi = ||J||_F² / n_in = (1/n_in) Σ_i σ_i²,
+
+the mean squared singular value (m₁ in THEORY.md when J is square). Leading batch axes (one
+spectrum per input of a batch) are kept on every field and every statistic.
+
+Precision: a deep network's small singular values sit far below float32 resolution
+(σ_min/σ_max < 1e-7 is common at depth ≥ 32). Enable `jax_enable_x64` and pass float64 inputs
+when the bottom of the spectrum matters; σ is computed from J by an SVD, never from JJᵀ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from isometry._jacobian import (JacobianTooLargeError, check_floating, dense_jacobian,
+                                flat_sizes, resolve_mode)
+
+__all__ = ["Spectrum", "ISOMETRY_BAND", "spectrum_fn", "jacobian_spectrum", "METHODS"]
+
+#: The band of singular values counted as "near isometry" by `Spectrum.isometry_share`.
+ISOMETRY_BAND = (0.5, 2.0)
+
+Array = Any
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Spectrum:
+    """Singular values of a Jacobian J (n_out × n_in), descending, with summary statistics.
+
+    A frozen pytree dataclass: it passes through `jax.jit` and `jax.vmap`.
+
+    Attributes:
+      singular_values: σ, shape (..., k), k = min(n_in, n_out), descending.
+      chi: ||J||_F² / n_in, shape (...).
+      n_nonfinite: number of NaN/Inf entries found in J (0 for a valid spectrum), shape (...).
+      n_in: number of inputs (static).
+      n_out: number of outputs (static).
+
+    Example:
+      >>> spec = iso.jacobian_spectrum(lambda x: 2.0 * x, jnp.ones(3))
+      >>> spec.singular_values            # [2., 2., 2.]
+      >>> spec.chi                        # 4.0
+    """
+
+    singular_values: Array
+    chi: Array
+    n_nonfinite: Array
+    n_in: int = dataclasses.field(metadata=dict(static=True))
+    n_out: int = dataclasses.field(metadata=dict(static=True))
+
+    @classmethod
+    def from_singular_values(cls, s: Array, n_in: int, n_out: int, n_nonfinite: Array | None = None):
+        """Builds a Spectrum from descending singular values `s` of shape (..., k)."""
+        chi = jnp.sum(jnp.square(s), axis=-1) / n_in
+        if n_nonfinite is None:
+            n_nonfinite = jnp.zeros(s.shape[:-1], jnp.int32)
+        return cls(s, chi, n_nonfinite, n_in, n_out)
+
+    # --- statistics (all reduce over the last axis, keep batch axes) ---------------------
+    @property
+    def log_singular_values(self) -> Array:
+        """Natural log of σ (−inf where σ = 0)."""
+        return jnp.log(self.singular_values)
+
+    def _finite_log(self) -> Array:
+        # σ = 0 (below the dtype's resolution) counts as the smallest normal number.
+        s = self.singular_values
+        return jnp.log(jnp.maximum(s, jnp.finfo(s.dtype).tiny))
+
+    @property
+    def mean_log(self) -> Array:
+        """Mean of ln σ: the log of the geometric-mean singular value (σ = 0 clipped to tiny)."""
+        return jnp.mean(self._finite_log(), axis=-1)
+
+    @property
+    def std_log(self) -> Array:
+        """Standard deviation of ln σ: the spread on a log scale (σ = 0 clipped to tiny)."""
+        return jnp.std(self._finite_log(), axis=-1)
+
+    @property
+    def sigma_max(self) -> Array:
+        """Largest singular value (the operator norm of J)."""
+        return self.singular_values[..., 0]
+
+    @property
+    def sigma_min(self) -> Array:
+        """Smallest of the k = min(n_in, n_out) singular values."""
+        return self.singular_values[..., -1]
+
+    @property
+    def condition_number(self) -> Array:
+        """σ_max / σ_min (inf when σ_min = 0)."""
+        return self.sigma_max / self.sigma_min
+
+    @property
+    def isometry_share(self) -> Array:
+        """Share of σ inside `ISOMETRY_BAND` = [0.5, 2]: 1 for a perfectly isometric J."""
+        lo, hi = ISOMETRY_BAND
+        s = self.singular_values
+        return jnp.mean((s >= lo) & (s <= hi), axis=-1)
+
+    def histogram(self, bins: int | np.ndarray = 50, range: tuple[float, float] | None = None,
+                  density: bool = True):
+        """Histogram of log10 σ over all spectra in the batch (host-side, numpy).
+
+        Zeros (σ below the dtype's smallest normal) are clipped to that smallest normal, so
+        they appear in the lowest bin instead of disappearing.
+
+        Args:
+          bins: number of bins or bin edges.
+          range: (lo, hi) in log10 σ; defaults to the data range.
+          density: normalize to a probability density in log10 σ.
+
+        Returns:
+          (counts, edges) as numpy arrays.
+        """
+        s = np.asarray(self.singular_values)
+        tiny = np.finfo(s.dtype).tiny
+        log10 = np.log10(np.clip(s, tiny, None)).ravel()
+        return np.histogram(log10, bins=bins, range=range, density=density)
+
+    def summary(self) -> dict[str, Any]:
+        """The statistics as plain Python floats (lists for a batch) for tables and JSON."""
+        out = {}
+        for name in ("chi", "mean_log", "std_log", "sigma_max", "sigma_min", "condition_number",
+                     "isometry_share"):
+            v = np.asarray(getattr(self, name), dtype=np.float64)
+            out[name] = v.tolist()
+        return out
+
+
+# --- computing spectra ----------------------------------------------------------------------
+
+METHODS = ("auto", "dense", "lanczos")
+#: Default memory budget for dense Jacobians (bytes): J of all inputs of a batch at once.
+DEFAULT_MEMORY_BUDGET = 4 * 2**30
+#: `method="auto"` uses the dense engine while max(n_in, n_out) is at most this.
+AUTO_DENSE_MAX_DIM = 4096
+# An SVD without vectors needs about one more copy of J as workspace.
+_SVD_WORKSPACE_FACTOR = 2
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
+def check_dense_fits(n_in: int, n_out: int, dtype, memory_budget: float) -> int:
+    """Bytes one dense Jacobian and its SVD need; raises `JacobianTooLargeError` above budget."""
+    itemsize = jnp.dtype(dtype).itemsize
+    j_bytes = n_in * n_out * itemsize
+    need = j_bytes * _SVD_WORKSPACE_FACTOR
+    if need > memory_budget:
+        raise JacobianTooLargeError(
+            f"the dense Jacobian would be {_gib(j_bytes)} ({n_out} outputs x {n_in} inputs x "
+            f"{jnp.dtype(dtype).name}), about {_gib(need)} with its SVD, above the memory budget "
+            f"of {_gib(memory_budget)}; use method=\"lanczos\" (matrix-free; `--method lanczos` "
+            f"on the command line) or raise memory_budget")
+    return need
+
+
+def _dense_spectrum(fn: Callable, x: Any, mode: str, chunk_size: int | None) -> Spectrum:
+    """Spectrum of one Jacobian: J by `dense_jacobian`, σ by an SVD of J (never of JJᵀ)."""
+    n_in, n_out, _ = flat_sizes(fn, x)
+    j = dense_jacobian(fn, x, mode=mode, chunk_size=chunk_size, transposed_ok=True)
+    finite = jnp.isfinite(j)
+    n_bad = jnp.sum(~finite, dtype=jnp.int32)
+    s = jnp.linalg.svd(jnp.where(finite, j, 0), compute_uv=False)
+    return Spectrum.from_singular_values(s, n_in, n_out, n_bad)
+
+
+def _raise_if_nonfinite(spec) -> None:
+    bad = spec.n_nonfinite
+    if isinstance(bad, jax.core.Tracer):
+        return
+    total = int(np.sum(np.asarray(bad)))
+    if total:
+        entries = spec.n_in * spec.n_out * max(1, int(np.prod(np.shape(bad))))
+        raise FloatingPointError(
+            f"the Jacobian has {total} non-finite entries (NaN/Inf) out of {entries}: the model's "
+            f"output or its derivative is not finite at these parameters and inputs; check the "
+            f"forward pass (e.g. with jax.config.update('jax_debug_nans', True)), the inputs' "
+            f"scale, or use float64")
+
+
+def spectrum_fn(apply_fn: Callable, method: str = "auto", *, batched: bool = False,
+                mode: str = "auto", chunk_size: int | None = None,
+                memory_budget: float = DEFAULT_MEMORY_BUDGET,
+                auto_dense_max_dim: int = AUTO_DENSE_MAX_DIM, **lanczos_options) -> Callable:
+    """A pure, jitted `(params, x[, key]) -> Spectrum` for the Jacobian J = ∂apply_fn(params, x)/∂x.
+
+    The returned function is compiled once per input shape and dtype: new parameter values of
+    the same shapes reuse the compiled code (no retracing).
+
+    Args:
+      apply_fn: `(params, x) -> y`; x and y arrays or pytrees of floating arrays.
+      method: "dense" (full J and its SVD), "lanczos" (matrix-free Golub–Kahan; needs a key for
+        its random probes, defaults to PRNGKey(0)), or "auto" (dense while
+        max(n_in, n_out) ≤ `auto_dense_max_dim`, else lanczos).
+      batched: if True, the leading axis of every leaf of x is a batch: one spectrum per input
+        (vmapped; mapped in chunks when the batch's Jacobians exceed `memory_budget`).
+      mode: "fwd", "rev" or "auto" (fewer products) for the dense Jacobian.
+      chunk_size: at most this many Jacobian-vector products at once (bounds activation memory).
+      memory_budget: bytes the dense Jacobians (with SVD workspace) may take; a single Jacobian
+        above it raises `JacobianTooLargeError` before anything is allocated.
+      auto_dense_max_dim: the dense/lanczos switch of `method="auto"`.
+      **lanczos_options: passed to the matrix-free engine (see `isometry.lanczos_spectrum_fn`).
+
+    Returns:
+      `sfn(params, x, key=None) -> Spectrum` (or the matrix-free result for "lanczos").
+      Outside of a trace it raises FloatingPointError when J has NaN/Inf entries.
+
+    Example:
+      >>> apply_fn, params = iso.from_nnx(models.FullyConnected(depth=8, width=64, rngs=nnx.Rngs(0)))
+      >>> sfn = iso.spectrum_fn(apply_fn)
+      >>> spec = sfn(params, jax.random.normal(jax.random.key(1), (64,)))
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    resolve_mode(mode, 1, 1)  # validates `mode`
+
+    def one(params, x, key):
+        fn = lambda xx: apply_fn(params, xx)  # noqa: E731
+        n_in, n_out, dtype = flat_sizes(fn, x)
+        use_dense = method == "dense" or (method == "auto" and max(n_in, n_out) <= auto_dense_max_dim)
+        if use_dense:
+            return _dense_spectrum(fn, x, mode, chunk_size)
+        from isometry import _lanczos  # the matrix-free engine
+        if key is None:
+            key = jax.random.key(0)
+        return _lanczos.lanczos_spectrum(fn, x, key, **lanczos_options)
+
+    def core(params, x, key):
+        if not batched:
+            return one(params, x, key)
+        sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree_util.tree_leaves(x)}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(f"batched=True needs the same leading batch axis on every input leaf; "
+                             f"got leading sizes {sorted(map(str, sizes))}")
+        (batch,) = sizes
+        x0 = jax.tree_util.tree_map(lambda leaf: leaf[0], x)
+        keys = None if key is None else jax.random.split(key, batch)
+        per_sample = _dense_bytes(apply_fn, params, x0)
+        if per_sample is not None and per_sample * batch > memory_budget:
+            size = max(1, int(memory_budget // per_sample))
+            return jax.lax.map(lambda a: one(params, *a), (x, keys), batch_size=size)
+        return jax.vmap(one, in_axes=(None, 0, 0 if keys is not None else None))(params, x, keys)
+
+    def _dense_bytes(apply_fn_, params, x0):
+        n_in, n_out, dtype = flat_sizes(lambda xx: apply_fn_(params, xx), x0)
+        if method == "lanczos" or (method == "auto" and max(n_in, n_out) > auto_dense_max_dim):
+            return None
+        return check_dense_fits(n_in, n_out, dtype, memory_budget)
+
+    jitted = jax.jit(core)
+
+    def sfn(params, x, key=None):
+        check_floating(x)
+        x0 = jax.tree_util.tree_map(lambda leaf: leaf[0], x) if batched else x
+        _dense_bytes(apply_fn, params, x0)  # fail fast, before tracing or allocating
+        spec = jitted(params, x, key)
+        _raise_if_nonfinite(spec)
+        return spec
+
+    sfn.jitted = jitted  # exposed for tests of compilation caching
+    return sfn
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_spectrum_fn(fn, method, batched, mode, chunk_size, memory_budget):
+    return spectrum_fn(lambda _, x: fn(x), method, batched=batched, mode=mode,
+                       chunk_size=chunk_size, memory_budget=memory_budget)
+
+
+def jacobian_spectrum(fn: Callable, x: Any, *, method: str = "dense", batched: bool = False,
+                      mode: str = "auto", chunk_size: int | None = None,
+                      memory_budget: float = DEFAULT_MEMORY_BUDGET, key=None) -> Spectrum:
+    """Singular values of J = ∂fn(x)/∂x, by a dense Jacobian and its SVD (jit-compiled).
+
+    Args:
+      fn: `x -> y`, x and y arrays or pytrees of floating arrays (flattened; J may be
+        rectangular).
+      x: the input. With `batched=True` the leading axis of every leaf is a batch.
+      method, batched, mode, chunk_size, memory_budget: as in `spectrum_fn`.
+      key: PRNG key for `method="lanczos"`.
+
+    Returns:
+      `Spectrum` with σ descending (leading batch axis kept when batched).
+
+    Example:
+      >>> q1, q2 = (jax.random.orthogonal(k, 4) for k in jax.random.split(jax.random.key(0)))
+      >>> s = jnp.array([3.0, 2.0, 1.0, 0.5])
+      >>> iso.jacobian_spectrum(lambda x: q2 @ (s * (q1 @ x)), jnp.ones(4)).singular_values
+      Array([3. , 2. , 1. , 0.5], dtype=float32)
+
+    Repeated calls with the same `fn` object reuse the compiled code; build `spectrum_fn` once
+    for models whose parameters change.
+    """
+    sfn = _cached_spectrum_fn(fn, method, batched, mode, chunk_size, memory_budget)
+    return sfn(None, x, key)
