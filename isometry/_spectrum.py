@@ -235,6 +235,7 @@ def spectrum_fn(apply_fn: Callable, method: str = "auto", *, batched: bool = Fal
         n_in, n_out, dtype = flat_sizes(fn, x)
         use_dense = method == "dense" or (method == "auto" and max(n_in, n_out) <= auto_dense_max_dim)
         if use_dense:
+            check_dense_fits(n_in, n_out, dtype, memory_budget)  # at trace time: before allocating
             return _dense_spectrum(fn, x, mode, chunk_size)
         from isometry import _lanczos  # the matrix-free engine
         if key is None:
@@ -267,9 +268,7 @@ def spectrum_fn(apply_fn: Callable, method: str = "auto", *, batched: bool = Fal
 
     def sfn(params, x, key=None):
         check_floating(x)
-        x0 = jax.tree_util.tree_map(lambda leaf: leaf[0], x) if batched else x
-        _dense_bytes(apply_fn, params, x0)  # fail fast, before tracing or allocating
-        spec = jitted(params, x, key)
+        spec = jitted(params, x, key)  # size checks run once per shape, while tracing
         _raise_if_nonfinite(spec)
         return spec
 

@@ -1,0 +1,7 @@
+"""`python -m isometry` is the `isometry` command."""
+
+import sys
+
+from isometry.cli import main
+
+sys.exit(main())

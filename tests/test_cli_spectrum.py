@@ -1,0 +1,71 @@
+"""`isometry spectrum`: the table, the JSON records, the PNG, and one-line argument errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from isometry.cli import main
+
+
+def test_spectrum_command_writes_table_json_and_png(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["spectrum", "--depth", "3,6", "--width", "12", "--samples", "2", "--x64",
+                 "--out", str(out), "--json"])
+    assert code == 0
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert len(records) == 12  # 6 variants × 2 depths
+    assert {r["variant"] for r in records} == {"plain", "residual", "norm", "prenorm", "postnorm",
+                                               "rezero"}
+    assert "variant" in captured.err and "rezero" in captured.err  # the table went to stderr
+    for r in records:
+        assert len(r["singular_values"]) == 2 and len(r["singular_values"][0]) == 12
+        s = np.asarray(r["singular_values"])
+        np.testing.assert_allclose(r["chi"], np.mean(np.sum(s**2, axis=1) / 12), rtol=1e-10)
+        if r["variant"] == "rezero":
+            assert r["chi"] == 1.0 and r["sigma_min"] == 1.0 and r["isometry_share"] == 1.0
+    saved = json.loads((out / "spectra.json").read_text())
+    assert saved["records"] == records
+    assert (out / "spectra.png").stat().st_size > 10_000
+
+
+def test_table_on_stdout_without_json(tmp_path, capsys):
+    assert main(["spectrum", "--variant", "rezero,plain", "--depth", "2", "--width", "8",
+                 "--samples", "1", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:3] == ["model", "variant", "depth"]
+    assert [line.split()[1] for line in lines[1:]] == ["rezero", "plain"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--variant", "resnet"], "unknown fc variant(s) resnet"),
+    (["--depth", "four"], "argument --depth: expected a comma-separated list of int"),
+    (["--samples", "0"], "--samples must be at least 1"),
+    (["--method", "exact"], "argument --method: invalid choice: 'exact'"),
+])
+def test_bad_arguments_are_one_line_and_exit_code_2(tmp_path, capsys, args, message):
+    try:
+        code = main(["spectrum", "--out", str(tmp_path), *args])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and message in err_lines[0], err_lines
+
+
+def test_the_command_as_typed_exits_2_on_a_bad_variant(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "isometry", "spectrum", "--variant", "resnet",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("isometry spectrum: error: unknown fc variant(s) resnet; choose "
+                                   "from plain, residual, norm, prenorm, postnorm, rezero")
+
+
+def test_console_script_is_declared():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "isometry"]
+    assert ep.value == "isometry.cli:main"

@@ -1,0 +1,123 @@
+"""models.FullyConnected: the variants of Table 1, initialization, ReZero at α = 0."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import isometry as iso
+import models
+from models.fully_connected import VARIANTS
+
+
+def _x(width, key=1):
+    return jax.random.normal(jax.random.key(key), (width,), dtype=jnp.float64)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_builds_and_gives_a_finite_spectrum(variant):
+    net = models.FullyConnected(4, 16, variant=variant, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    spec = iso.spectrum_fn(*iso.from_nnx(net)[:1])(iso.from_nnx(net)[1], _x(16))
+    assert spec.singular_values.shape == (16,)
+    assert np.all(np.isfinite(spec.singular_values)) and float(spec.chi) > 0
+
+
+def test_variants_follow_table_1():
+    width = 8
+    x = _x(width)
+    for variant in VARIANTS:
+        net = models.FullyConnected(1, width, variant=variant, alpha_init=0.3,
+                                    param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+        block = net.blocks[0]
+        f = block.branch
+        norm = getattr(block, "norm", None)
+        expected = {
+            "plain": lambda: f(x),
+            "residual": lambda: x + f(x),
+            "norm": lambda: norm(f(x)),
+            "prenorm": lambda: x + f(norm(x)),
+            "postnorm": lambda: norm(x + f(x)),
+            "rezero": lambda: x + 0.3 * f(x),
+        }[variant]()
+        np.testing.assert_allclose(net(x), expected, rtol=1e-12)
+
+
+def test_orthogonal_linear_stack_has_every_sigma_equal_sigma_w_to_the_L():
+    depth, sigma_w = 5, 1.1
+    net = models.FullyConnected(depth, 12, variant="plain", activation="linear", weights="orthogonal",
+                                sigma_w2=sigma_w**2, param_dtype=jnp.float64, rngs=nnx.Rngs(3))
+    apply_fn, params = iso.from_nnx(net)
+    spec = iso.spectrum_fn(apply_fn)(params, _x(12))
+    np.testing.assert_allclose(spec.singular_values, np.full(12, sigma_w**depth), rtol=1e-12)
+
+
+def test_gaussian_init_has_the_stated_variance():
+    width, sigma_w2 = 256, 2.0
+    net = models.FullyConnected(2, width, variant="plain", sigma_w2=sigma_w2, sigma_b2=0.04,
+                                param_dtype=jnp.float64, rngs=nnx.Rngs(4))
+    w = np.asarray(net.blocks[0].linear.kernel[...])
+    b = np.asarray(net.blocks[0].linear.bias[...])
+    # Sample variance of n = 65,536 entries has relative standard error sqrt(2/n) ≈ 0.55%.
+    assert abs(w.var() * width / sigma_w2 - 1) < 4 * np.sqrt(2 / w.size)
+    assert abs(b.var() / 0.04 - 1) < 4 * np.sqrt(2 / b.size)
+    residual = models.FullyConnected(1, width, variant="residual", param_dtype=jnp.float64,
+                                     rngs=nnx.Rngs(4))
+    w_res = np.asarray(residual.blocks[0].linear.kernel[...])
+    assert abs(w_res.var() * width / 0.25 - 1) < 4 * np.sqrt(2 / w_res.size)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_rezero_at_alpha_zero_is_exactly_isometric(dtype):
+    net = models.FullyConnected(16, 32, variant="rezero", param_dtype=dtype, rngs=nnx.Rngs(5))
+    apply_fn, params = iso.from_nnx(net)
+    x = jax.random.normal(jax.random.key(6), (3, 32), dtype=dtype)
+    spec = iso.spectrum_fn(apply_fn, batched=True)(params, x)
+    np.testing.assert_array_equal(spec.singular_values, np.ones((3, 32)))
+
+
+def test_rezero_gradients_at_alpha_zero():
+    net = models.FullyConnected(6, 16, variant="rezero", param_dtype=jnp.float64, rngs=nnx.Rngs(7))
+    x = _x(16, key=8)
+    target = _x(16, key=9)
+
+    def loss(model):
+        return jnp.sum((model(x) - target) ** 2)
+
+    grads = nnx.grad(loss)(net)
+    for block_grads in grads["blocks"].values():
+        assert float(jnp.abs(block_grads["alpha"][...])) > 1e-6  # dL/dα_l = <dL/dx_L, F_l(x_0)>
+        assert float(jnp.max(jnp.abs(block_grads["linear"]["kernel"][...]))) == 0.0
+        assert float(jnp.max(jnp.abs(block_grads["linear"]["bias"][...]))) == 0.0
+
+
+def test_alpha_helpers_and_optax_mask():
+    net = models.FullyConnected(3, 4, variant="rezero", alpha_init=0.5, rngs=nnx.Rngs(0))
+    params = nnx.state(net, nnx.Param)
+    alphas = iso.alpha_values(params)
+    assert list(alphas) == ["blocks/0/alpha", "blocks/1/alpha", "blocks/2/alpha"]
+    assert all(float(a) == 0.5 for a in alphas.values())
+    labels = jax.tree.map(lambda m: "alpha" if m else "rest", iso.alpha_mask(params))
+    tx = optax.multi_transform({"alpha": optax.sgd(1.0), "rest": optax.set_to_zero()}, labels)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params))
+    new = optax.apply_updates(params, updates)
+    assert all(float(a) == -0.5 for a in iso.alpha_values(new).values())  # α moved by −lr·1
+    np.testing.assert_array_equal(new["blocks"][0]["linear"]["kernel"][...],
+                                  params["blocks"][0]["linear"]["kernel"][...])
+
+
+def test_frozen_alpha_is_not_a_param():
+    net = models.FullyConnected(2, 4, variant="rezero", train_alpha=False, rngs=nnx.Rngs(0))
+    assert iso.alpha_values(nnx.state(net, nnx.Param)) == {}
+    assert len(iso.alpha_values(nnx.state(net))) == 2
+
+
+def test_projections_and_bad_arguments():
+    net = models.FullyConnected(2, 8, in_features=12, out_features=3, rngs=nnx.Rngs(0))
+    assert net(jnp.ones((5, 12))).shape == (5, 3)
+    with pytest.raises(ValueError, match="unknown FullyConnected variant 'resnet'"):
+        models.FullyConnected(2, 8, variant="resnet", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        models.FullyConnected(2, 8, activation="swish", rngs=nnx.Rngs(0))
