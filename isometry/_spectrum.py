@@ -230,12 +230,16 @@ def spectrum_fn(apply_fn: Callable, method: str = "auto", *, batched: bool = Fal
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     resolve_mode(mode, 1, 1)  # validates `mode`
 
+    def dense_bytes(params, x):
+        """Bytes of one dense Jacobian with its SVD (checked against the budget), None if matrix-free."""
+        n_in, n_out, dtype = flat_sizes(lambda xx: apply_fn(params, xx), x)
+        if method == "lanczos" or (method == "auto" and max(n_in, n_out) > auto_dense_max_dim):
+            return None
+        return check_dense_fits(n_in, n_out, dtype, memory_budget)  # at trace time: before allocating
+
     def one(params, x, key):
         fn = lambda xx: apply_fn(params, xx)  # noqa: E731
-        n_in, n_out, dtype = flat_sizes(fn, x)
-        use_dense = method == "dense" or (method == "auto" and max(n_in, n_out) <= auto_dense_max_dim)
-        if use_dense:
-            check_dense_fits(n_in, n_out, dtype, memory_budget)  # at trace time: before allocating
+        if dense_bytes(params, x) is not None:
             return _dense_spectrum(fn, x, mode, chunk_size)
         from isometry import _lanczos  # the matrix-free engine
         if key is None:
@@ -252,17 +256,11 @@ def spectrum_fn(apply_fn: Callable, method: str = "auto", *, batched: bool = Fal
         (batch,) = sizes
         x0 = jax.tree_util.tree_map(lambda leaf: leaf[0], x)
         keys = None if key is None else jax.random.split(key, batch)
-        per_sample = _dense_bytes(apply_fn, params, x0)
+        per_sample = dense_bytes(params, x0)
         if per_sample is not None and per_sample * batch > memory_budget:
             size = max(1, int(memory_budget // per_sample))
             return jax.lax.map(lambda a: one(params, *a), (x, keys), batch_size=size)
         return jax.vmap(one, in_axes=(None, 0, 0 if keys is not None else None))(params, x, keys)
-
-    def _dense_bytes(apply_fn_, params, x0):
-        n_in, n_out, dtype = flat_sizes(lambda xx: apply_fn_(params, xx), x0)
-        if method == "lanczos" or (method == "auto" and max(n_in, n_out) > auto_dense_max_dim):
-            return None
-        return check_dense_fits(n_in, n_out, dtype, memory_budget)
 
     jitted = jax.jit(core)
 
