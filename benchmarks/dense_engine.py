@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,20 +28,10 @@ from flax import nnx
 
 import isometry as iso
 import models
+from _timing import machine, median_time
 
 ALPHA = 0.1
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "dense_engine.json")
-
-
-def median_time(fn, repeats: int) -> float:
-    """Median wall time of fn() over `repeats` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def torch_model(kernels, biases):
@@ -116,13 +103,10 @@ def main() -> None:
               f"torch.func {row['seconds_torch_func']*1e3:9.1f} ms   "
               f"speed-up {row['speedup_vs_torch']:5.2f}x   floor {row['floor_seconds']*1e3:8.1f} ms   "
               f"ours/floor {row['ratio_to_floor']:5.2f}", flush=True)
-    machine = dict(platform=platform.platform(), processor=platform.processor(),
-                   cpus=os.cpu_count(), jax=jax.__version__, torch=torch.__version__,
-                   device=str(jax.devices()[0]))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(dict(benchmark="dense_engine", alpha=ALPHA, dtype="float32", machine=machine,
+        json.dump(dict(benchmark="dense_engine", alpha=ALPHA, dtype="float32", machine=dict(machine(), torch=torch.__version__),
                        results=rows), fh, indent=2)
     os.replace(tmp, args.out)
     print(f"wrote {args.out}")

@@ -109,7 +109,7 @@ class Spectrum:
         """Share of σ inside `ISOMETRY_BAND` = [0.5, 2]: 1 for a perfectly isometric J."""
         lo, hi = ISOMETRY_BAND
         s = self.singular_values
-        return jnp.mean((s >= lo) & (s <= hi), axis=-1)
+        return jnp.mean((s >= lo) & (s <= hi), axis=-1, dtype=s.dtype)
 
     def histogram(self, bins: int | np.ndarray = 50, range: tuple[float, float] | None = None,
                   density: bool = True):

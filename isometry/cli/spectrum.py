@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from isometry._io import jsonable, write_json
 from isometry.cli import UsageError, _zoo
 
 COLUMNS = ("chi", "mean_log", "std_log", "sigma_max", "sigma_min", "isometry_share")
@@ -32,7 +33,7 @@ def register(sub) -> None:
                    help="directory for spectra.png and spectra.json (default: ./isometry-spectrum)")
     p.add_argument("--json", action="store_true",
                    help="print the records as JSON on stdout (the table goes to stderr)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, seq_len=4)  # Figure 4a: Jacobians of (4, d_model) sequences
 
 
 def _row(values) -> str:
@@ -110,16 +111,8 @@ def run(args) -> int:
         panels.setdefault(f"{record['model']} depth {record['depth']}", {})[record["variant"]] = spec
     png = plot.save(plot.spectrum_histograms(panels, bins=args.bins), os.path.join(args.out, "spectra.png"))
     path = os.path.join(args.out, "spectra.json")
-    _write_json(path, {"records": records})
+    write_json(path, {"records": records})
     print(f"wrote {png} and {path}", file=sys.stderr)
     if args.json:
-        json.dump(records, sys.stdout)
-        sys.stdout.write("\n")
+        sys.stdout.write(json.dumps(jsonable(records), allow_nan=False) + "\n")
     return 0
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
