@@ -16,7 +16,8 @@ matplotlib.use("Agg") if not os.environ.get("MPLBACKEND") else None
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["save", "spectrum_histograms"]
+__all__ = ["save", "spectrum_histograms", "toy_figure2", "toy_depth_sweep",
+           "training_curves", "spectrum_heatmap", "alpha_heatmap", "chi_curve", "theory_overlay"]
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 120) -> str:
@@ -78,3 +79,290 @@ def _common_range(spectra) -> tuple[float, float]:
         highs.append(edges[-1])
     lo, hi = min(lows), max(highs)
     return (lo - 0.5, hi + 0.5) if hi - lo < 1e-6 else (lo, hi)
+
+
+# --- the toy model (Figure 2) ---
+def toy_figure2(result=None, *, levels: int = 30, residual: bool = True):
+    """Figure 2 of the paper: log ‖∂C‖² over (w, α) with the ReZero descent paths in red.
+
+    The zero-loss curve αw = T^{1/L} − 1 is drawn dashed; the vanilla residual paths (α fixed
+    at 1) are drawn in blue when the result has them and `residual` is on.
+
+    Args:
+      result: a `toy.Figure2`, or `toy.Figure2Settings` / None to compute one
+        (`toy.figure2`) — so `toy_figure2()` builds the whole figure at the paper's settings.
+      levels: number of filled contour levels.
+      residual: draw the residual paths.
+
+    Returns:
+      The figure.
+    """
+    from isometry import toy
+
+    if result is None or isinstance(result, toy.Figure2Settings):
+        result = toy.figure2(result)
+    grid = result.grid
+    w, alpha = np.asarray(grid.w), np.asarray(grid.alpha)
+    z = np.asarray(grid.log_grad_norm)
+    finite = z[np.isfinite(z)]
+    lo, hi = np.percentile(finite, 1.0), finite.max()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    filled = ax.contourf(w, alpha, np.clip(np.where(np.isfinite(z), z, lo), lo, hi),
+                         levels=np.linspace(lo, hi, levels), cmap="viridis")
+    fig.colorbar(filled, ax=ax, label=r"$\ln\,\|\partial C\|^2$")
+    product = result.solution_product
+    ax.contour(w, alpha, alpha[:, None] * w[None, :], levels=[product], colors="white",
+               linestyles="--", linewidths=1.2)
+    ax.plot([], [], "w--", label=rf"$\alpha w = T^{{1/L}}-1 = {product:.4f}$")
+    paths = [(result.rezero, "red", "ReZero (α₀ = 0)")]
+    if residual and result.residual is not None:
+        paths.append((result.residual, "tab:blue", "residual (α = 1 fixed)"))
+    for traj, color, label in paths:
+        for i, steps in enumerate(np.asarray(traj.steps)):
+            pw = np.asarray(traj.w[i, : steps + 1])
+            pa = np.asarray(traj.alpha[i, : steps + 1])
+            ax.plot(pw, pa, color=color, linewidth=1.6, label=label if i == 0 else None)
+            ax.plot(pw[:1], pa[:1], "o", color=color, markersize=4)
+            ax.plot(pw[-1:], pa[-1:], "*", color=color, markersize=8)
+    s = result.settings
+    ax.set_xlim(w[0], w[-1])
+    ax.set_ylim(alpha[0], alpha[-1])
+    ax.set_xlabel("w")
+    ax.set_ylabel(r"$\alpha$")
+    ax.set_title(rf"$x_L = (1+\alpha w)^L x_0$, L = {s.depth}, T = {s.target:g}, λ = {s.lr:g}")
+    ax.legend(fontsize=8, loc="lower left", framealpha=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def toy_depth_sweep(sweep):
+    """Learning rate and steps versus depth for the residual (α = 1) and ReZero (α₀ = 0) toys.
+
+    Left: the largest converging learning rate (log scale) with the exact α = 1 stability
+    bound at the solution; right: the fewest steps to converge, runs that never converged
+    within the budget marked at the budget.
+
+    Args:
+      sweep: a `toy.DepthSweep`.
+
+    Returns:
+      The figure.
+    """
+    depths = np.asarray(sweep.depths)
+    budget = sweep.settings.max_steps
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, color in (("residual", "tab:blue"), ("rezero", "red")):
+        search = getattr(sweep, name)
+        fit = sweep.scaling(name)
+        label = short = {"residual": "residual (α = 1)", "rezero": "ReZero (α₀ = 0)"}[name]
+        if fit.get("better"):
+            exp_fit, pow_fit = fit["exponential"], fit["power_law"]
+            label += (f": fit exp({exp_fit['slope']:.2f} L) rms {exp_fit['rms_log_residual']:.2f}"
+                      f", L^{pow_fit['slope']:.2f} rms {pow_fit['rms_log_residual']:.2f}")
+        left.semilogy(depths, np.asarray(search.lr), "o-", color=color, label=label)
+        steps = np.asarray(search.fastest_steps, float)
+        right.semilogy(depths, np.where(steps >= 0, steps, np.nan), "o-", color=color, label=short)
+        missing = steps < 0
+        if missing.any():
+            right.semilogy(depths[missing], np.full(missing.sum(), budget), "x", color=color,
+                           markersize=8, label=f"{short}: not within {budget} steps")
+    left.semilogy(depths, np.asarray(sweep.residual_bound), "k--", linewidth=1,
+                  label=r"bound $1/(\langle x^2\rangle L^2 T^{2(L-1)/L})$ (α = 1)")
+    left.set_xlabel("depth L")
+    left.set_ylabel("largest converging learning rate")
+    left.legend(fontsize=7, frameon=False)
+    right.set_xlabel("depth L")
+    right.set_ylabel("fewest steps to converge")
+    right.axhline(budget, color="0.6", linestyle=":", linewidth=0.8)
+    right.legend(fontsize=7, frameon=False)
+    s = sweep.settings
+    fig.suptitle(f"toy (1+αw)^L x₀ → T x₀, T = {s.target:g}, w₀ = {s.w0:g}, "
+                 f"converged: loss ≤ {s.tol:g} within {budget} steps", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --- training runs ---
+# Figures of a run directory's records (`isometry.tracking.read_metrics`): loss curves, the
+# log10 σ histograms over steps (Figure 4b–d as a heat map), |α| over layers and steps
+# (Figure 8), and chi over steps.
+
+def _series(records: list, key: str, sub: str | None = None):
+    steps, values = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, dict) and sub is not None:
+            v = v.get(sub)
+        if isinstance(v, (int, float)):
+            steps.append(r["step"])
+            values.append(v)
+    return np.asarray(steps), np.asarray(values, dtype=float)
+
+
+def _step_edges(steps) -> np.ndarray:
+    """Cell edges around (possibly unevenly spaced) steps, for pcolormesh."""
+    s = np.asarray(steps, dtype=float)
+    if len(s) == 1:
+        return np.array([s[0] - 0.5, s[0] + 0.5])
+    mid = (s[1:] + s[:-1]) / 2
+    return np.concatenate([[s[0] - (mid[0] - s[0])], mid, [s[-1] + (s[-1] - mid[-1])]])
+
+
+def training_curves(records: list, title: str | None = None):
+    """Training loss (and held-out loss) over steps; accuracy or bits per byte beside it."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
+    for key, label in (("loss", "train"), ("eval_loss", "held-out")):
+        steps, v = _series(records, key)
+        if len(steps):
+            axes[0].plot(steps, v, label=label, marker="o" if key == "eval_loss" else None,
+                         markersize=3)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("cross-entropy (nats)")
+    axes[0].legend(fontsize=8, frameon=False)
+    second = [("eval_bpb", "held-out bits per byte")] if any("eval_bpb" in r for r in records) \
+        else [("accuracy", "train accuracy"), ("eval_accuracy", "held-out accuracy")]
+    for key, label in second:
+        steps, v = _series(records, key)
+        if len(steps):
+            axes[1].plot(steps, v, label=label, marker="o" if key.startswith("eval") else None,
+                         markersize=3)
+    axes[1].set_xlabel("step")
+    axes[1].legend(fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def spectrum_heatmap(records: list, title: str | None = None):
+    """log10 σ histograms over training as a heat map (one column per spectrum step).
+
+    Each column is the density of log10 σ over all probes at that step (Figure 4b–d of the
+    paper shows the same histograms as curves); the dotted line marks σ = 1.
+    """
+    rows = [r for r in records if "histogram" in r]
+    if not rows:
+        raise ValueError("the run has no spectrum records (was it run with --probes 0?)")
+    lo, hi = rows[0]["histogram"]["range"]
+    counts = np.array([r["histogram"]["counts"] for r in rows], dtype=float)
+    density = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) / ((hi - lo) / counts.shape[1])
+    occupied = np.nonzero(density.sum(axis=0))[0]
+    ylo = lo + (hi - lo) * max(occupied[0] - 2, 0) / counts.shape[1]
+    yhi = lo + (hi - lo) * min(occupied[-1] + 3, counts.shape[1]) / counts.shape[1]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    edges_y = np.linspace(lo, hi, counts.shape[1] + 1)
+    mesh = ax.pcolormesh(_step_edges([r["step"] for r in rows]), edges_y, density.T,
+                         cmap="magma", shading="flat")
+    fig.colorbar(mesh, ax=ax, label=r"density of $\log_{10}\sigma$")
+    ax.axhline(0.0, color="w", linewidth=0.8, linestyle=":")
+    ax.set_ylim(ylo, yhi)
+    ax.set_xlabel("step")
+    ax.set_ylabel(r"$\log_{10}\,\sigma$")
+    ax.set_title(title or "Jacobian singular values during training")
+    fig.tight_layout()
+    return fig
+
+
+def alpha_heatmap(records: list, title: str | None = None):
+    """|α_i| over layers (rows) and steps (columns), like Figure 8 of the paper."""
+    rows = [r for r in records if r.get("alpha")]
+    if not rows:
+        raise ValueError("the run has no alpha records (the model has no parameter named alpha)")
+    names = list(rows[0]["alpha"])
+    values = np.array([[np.mean(np.abs(r["alpha"].get(n, np.nan))) for n in names] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    mesh = ax.pcolormesh(_step_edges([r["step"] for r in rows]), np.arange(len(names) + 1) - 0.5,
+                         values.T, cmap="viridis", shading="flat")
+    fig.colorbar(mesh, ax=ax, label=r"$|\alpha_i|$")
+    ax.set_xlabel("step")
+    ax.set_ylabel("layer i")
+    ax.set_title(title or r"residual weights $|\alpha_i|$ during training")
+    fig.tight_layout()
+    return fig
+
+
+def chi_curve(records: list, title: str | None = None):
+    """chi = ||J||_F²/n_in and the extreme singular values over steps (log scale)."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for sub, label in (("chi", r"$\chi = \|J\|_F^2 / n_{in}$"), ("sigma_max", r"$\sigma_{max}$"),
+                       ("sigma_min", r"$\sigma_{min}$")):
+        steps, v = _series(records, "spectrum", sub)
+        if len(steps):
+            ax.plot(steps, v, label=label, marker="o", markersize=3)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="0.6", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title or "Jacobian during training (mean over probes)")
+    fig.tight_layout()
+    return fig
+
+
+# --- theory overlays ---------------------------------------------------------------------------
+
+
+def theory_overlay(predictions: list, measured: list | None = None, *, bins: int = 60,
+                   title: str | None = None):
+    """Measured histograms of log10 σ against the predicted densities, several depths in one axes.
+
+    Densities are per unit of log10 σ over *all* N singular values, so the area under a curve
+    is the share of σ in view: singular values at 0 (ReLU's dead units, predicted mass
+    `zero_mass`) fall outside, and are reported in the legend (measured: σ < 1e-10 σ_max).
+    Predicted point masses (orthogonal nets) are drawn as a weighted histogram in the same bins.
+
+    Args:
+      predictions: `theory.SpectralPrediction`s (one per depth).
+      measured: per prediction, an array (..., N) of measured singular values or None.
+      bins: histogram bins over the shared range.
+      title: figure title.
+    """
+    measured = measured or [None] * len(predictions)
+    if len(measured) != len(predictions):
+        raise ValueError(f"got {len(measured)} measured sets for {len(predictions)} predictions")
+    ranges = []
+    for pred, sv in zip(predictions, measured):
+        d = pred.density
+        if len(d.density) and d.density.max() > 0:
+            shown = d.log10_sigma[d.density > 1e-3 * d.density.max()]
+            ranges += [shown.min(), shown.max()]
+        if len(d.point_sigma):
+            ranges += list(np.log10(d.point_sigma))
+        if sv is not None:
+            s = np.asarray(sv, np.float64)
+            s = s[s >= 1e-10 * s.max()]
+            ranges += [np.log10(s.min()), np.log10(s.max())]
+    lo, hi = min(ranges), max(ranges)
+    pad = 0.05 * max(hi - lo, 0.2)
+    edges = np.linspace(lo - pad, hi + pad, bins + 1)
+    width = edges[1] - edges[0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (pred, sv) in enumerate(zip(predictions, measured)):
+        c = colors[i % len(colors)]
+        d = pred.density
+        label = f"L = {pred.depth}"
+        if sv is not None:
+            s = np.asarray(sv, np.float64).reshape(-1, np.shape(sv)[-1])
+            zero = s < 1e-10 * s.max(axis=-1, keepdims=True)
+            counts, _ = np.histogram(np.log10(s[~zero]), bins=edges)
+            ax.stairs(counts / (s.size * width), edges, color=c, alpha=0.35, fill=True,
+                      label=f"{label} measured ({s.shape[0]}×N={s.shape[1]}"
+                            + (f", {zero.mean():.2f} at σ=0)" if zero.any() else ")"))
+        if len(d.density):
+            ax.plot(d.log10_sigma, d.density, color=c, linewidth=1.5,
+                    label=f"{label} theory" + (f" (+{d.zero_mass:.2f} at σ=0)" if d.zero_mass else ""))
+        if len(d.point_sigma):
+            heights, _ = np.histogram(np.log10(d.point_sigma), bins=edges, weights=d.point_mass)
+            ax.stairs(heights / width, edges, color=c, linewidth=1.5, linestyle="--",
+                      label=f"{label} theory, point mass{'es' if len(d.point_sigma) > 1 else ''}")
+    ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_xlabel(r"$\log_{10}\,\sigma$")
+    ax.set_ylabel(r"density of $\log_{10}\sigma$")
+    ax.legend(fontsize=7, frameon=False)
+    p0 = predictions[0]
+    ax.set_title(title or f"{p0.weights} weights, σ_w²={p0.sigma_w2:g}, σ_b²={p0.sigma_b2:g}: "
+                          f"measured vs free-probability prediction")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,52 @@
+"""`isometry plot RUN_DIR`: the figures of a training run made by `isometry train`.
+
+Writes into RUN_DIR (or --out): loss.png (training and held-out loss, accuracy or bits per
+byte), spectra.png (log10 σ histograms over steps, Figure 4b–d style), alpha.png (|α| over
+layers and steps, Figure 8 style; only for models with α) and chi.png (chi, σ_max, σ_min).
+Works on a run that is still going (a torn last line is skipped).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from isometry.cli import UsageError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plot", help="figures of a training run directory", description=__doc__)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `isometry train`")
+    p.add_argument("--out", default=None, help="where the PNGs go (default: RUN_DIR)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from isometry import plot
+    from isometry.tracking import read_metrics
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            records = read_metrics(args.run_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    for w in caught:
+        print(f"isometry plot: {w.message}", file=sys.stderr)
+    if not records:
+        raise UsageError(f"{args.run_dir!r} has no records yet")
+    out = args.out or args.run_dir
+    name = os.path.basename(os.path.normpath(args.run_dir))
+    figures = {"loss.png": plot.training_curves, "spectra.png": plot.spectrum_heatmap,
+               "alpha.png": plot.alpha_heatmap, "chi.png": plot.chi_curve}
+    written = []
+    for filename, make in figures.items():
+        if filename == "alpha.png" and not any(r.get("alpha") for r in records):
+            continue
+        if filename in ("spectra.png", "chi.png") and not any("histogram" in r for r in records):
+            continue
+        fig = make(records, title=name if filename == "loss.png" else None)
+        written.append(plot.save(fig, os.path.join(out, filename)))
+    print("wrote " + ", ".join(written), file=sys.stderr)
+    return 0

@@ -1,0 +1,137 @@
+"""`isometry train`: train one model, tracking Jacobian spectra, α's and losses in a run directory.
+
+Example (the paper's Figure 5 net, on CIFAR-10, spectra every 50 steps):
+
+    isometry train --model fc --variant rezero --depth 32 --width 256 --data cifar10 \\
+        --data-path ~/data/cifar-10-python.tar.gz --epochs 5 --batch-size 100 \\
+        --optimizer adagrad --lr 0.01 --track-every 50 --run-dir runs/fc-rezero
+    isometry plot runs/fc-rezero
+
+A killed run continues with the same command plus `--resume`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from isometry.cli import UsageError, _zoo, comma_list
+
+#: Settings that define a run besides the training config (stored in config.json).
+_RUN_KEYS = ("model", "variant", "depth", "width", "alpha_init", "activation", "data", "seq_len",
+             "d_model", "heads", "ffn", "blocks", "x64")
+
+
+def register(sub) -> None:
+    from isometry.train import OPTIMIZERS, SCHEDULES
+
+    p = sub.add_parser("train", help="train a model, tracking Jacobian spectra during training",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    _zoo.add_model_args(p)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="synthetic",
+                   help="synthetic[:HxWxC] | cifar10 | enwik8 | text:PATH (default: synthetic)")
+    g.add_argument("--data-path", default=None,
+                   help="CIFAR-10 archive/folder or enwik8 file (default: $ISOMETRY_CIFAR10 / "
+                        "$ISOMETRY_ENWIK8)")
+    if "--seq-len" not in p._option_string_actions:
+        g.add_argument("--seq-len", type=int, default=128, help="language-model window (default: 128)")
+    g = p.add_argument_group("optimization")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 1000)")
+    length.add_argument("--epochs", type=float, default=None, help="passes over the training set")
+    g.add_argument("--batch-size", type=int, default=100, help="default: 100")
+    g.add_argument("--optimizer", default="adagrad", choices=OPTIMIZERS, help="default: adagrad")
+    g.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default: 0.01)")
+    g.add_argument("--alpha-lr", type=float, default=None,
+                   help="learning rate of the alpha's (default: --lr); alpha gets no weight decay")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="default: 0")
+    g.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default: 0)")
+    g.add_argument("--schedule", default="constant", choices=SCHEDULES, help="default: constant")
+    g.add_argument("--decay-steps", type=comma_list(int), default=[],
+                   help="steps at which --schedule step multiplies the rate by --decay-factor")
+    g.add_argument("--decay-factor", type=float, default=0.1, help="default: 0.1")
+    g.add_argument("--clip", type=float, default=None, help="clip gradients to this global norm")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights and data order (default: 0)")
+    g.add_argument("--x64", action="store_true", help="float64 weights and inputs")
+    g = p.add_argument_group("tracking and run directory")
+    g.add_argument("--track-every", type=int, default=100, help="spectra every N steps (default: 100)")
+    g.add_argument("--probes", type=int, default=8, help="fixed probe inputs for spectra (default: 8; 0: none)")
+    g.add_argument("--method", default="auto", choices=("auto", "dense", "lanczos"),
+                   help="spectrum method (default: auto, dense below 4096 dimensions)")
+    g.add_argument("--log-every", type=int, default=10, help="loss and alpha every N steps (default: 10)")
+    g.add_argument("--eval-every", type=int, default=0, help="held-out evaluation every N steps (default: at the end)")
+    g.add_argument("--eval-batches", type=int, default=10, help="held-out batches per evaluation (default: 10)")
+    g.add_argument("--checkpoint-every", type=int, default=500, help="default: 500")
+    g.add_argument("--run-dir", default="isometry-run", help="default: ./isometry-run")
+    g.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _single(values, name):
+    if len(values) != 1:
+        raise UsageError(f"train takes one {name}, got {','.join(map(str, values))}")
+    return values[0]
+
+
+def _default_variant(kind) -> str:
+    return "rezero" if "rezero" in kind.variants else kind.variants[0]
+
+
+def run(args) -> int:
+    import jax
+    from flax import nnx
+
+    from isometry import data as datasets
+    from isometry.train import RunConfigError, TrainConfig, train
+
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    kind, variants = _zoo.resolve(args)
+    variant = _single(variants if args.variant else [_default_variant(kind)], "--variant")
+    depth = _single(args.depth, "--depth")
+    try:
+        data = datasets.load_data(args.data, path=args.data_path, seq_len=args.seq_len)
+    except datasets.DataError as err:
+        raise UsageError(str(err)) from None
+    task = data.task
+    if args.epochs is not None:
+        steps = math.ceil(args.epochs * data.examples_per_epoch / args.batch_size)
+    else:
+        steps = args.steps or 1000
+    try:
+        config = TrainConfig(steps=steps, batch_size=args.batch_size, optimizer=args.optimizer,
+                             lr=args.lr, alpha_lr=args.alpha_lr, momentum=args.momentum,
+                             weight_decay=args.weight_decay, warmup=args.warmup,
+                             schedule=args.schedule, decay_steps=tuple(args.decay_steps),
+                             decay_factor=args.decay_factor, clip=args.clip, seed=args.seed,
+                             eval_every=args.eval_every, eval_batches=args.eval_batches,
+                             checkpoint_every=args.checkpoint_every)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    for name in ("track_every", "log_every"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if task.kind not in kind.tasks:
+        raise UsageError(f"--model {args.model} does not do {task.kind.replace('_', ' ')} "
+                         f"(data {args.data}); it does: {', '.join(kind.tasks) or 'none yet'}")
+    args.task = task  # builders size inputs and outputs for the data (see _zoo.ModelKind)
+    model = kind.build(args, variant, depth, nnx.Rngs(args.seed))
+    settings = dict(vars(args), variant=variant, depth=depth)
+    run_info = {k: settings[k] for k in _RUN_KEYS if k in settings}
+    try:
+        result = train(model, data, config, run_dir=args.run_dir, resume=args.resume,
+                       run_info=run_info, input_shape=kind.train_input_shape(task),
+                       probes=args.probes,
+                       track_every=args.track_every, log_every=args.log_every, method=args.method,
+                       progress=False if args.no_progress else None)
+    except (RunConfigError, FileExistsError) as err:
+        raise UsageError(str(err)) from None
+    final = result.final
+    shown = {k: final[k] for k in ("step", "loss", "eval_loss", "eval_accuracy", "eval_bpb")
+             if k in final}
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+    print(f"wrote {args.run_dir} (isometry plot {args.run_dir} draws it)", file=sys.stderr)
+    return 3 if result.diverged else 0

@@ -1,0 +1,456 @@
+"""The optax training loop the experiments use: one jitted step, α with its own learning rate,
+spectra tracked on the way, and a run directory a killed run resumes from.
+
+    model = models.FullyConnected(32, 256, variant="rezero", in_features=3072, out_features=10,
+                                  rngs=nnx.Rngs(0))
+    data = isometry.data.load_data("cifar10")
+    result = train(model, data, TrainConfig(steps=5000, optimizer="adagrad", lr=0.01),
+                   run_dir="runs/rezero", input_shape=(3072,))
+
+The model is split into its graph, its `nnx.Param`s and the rest (BatchNorm statistics, RNG
+state); the jitted step maps pure pytrees (params, rest, opt_state, x, y) to new ones.
+Batch `s` (0-based) of the training stream is `data.train_batch(seed, s, batch_size)`, so the
+data order, and with it the whole run, is a function of the seed: a run resumed from a
+checkpoint ends where an uninterrupted one does (same compiled code, same inputs).
+
+Run directory (see `isometry.tracking` for metrics.jsonl and spectra/):
+
+  config.json      the run's settings; `resume=True` with different settings raises
+                   `RunConfigError` naming the keys that differ.
+  checkpoint.npz   the state after step k: arrays "step", "leaf_i" (the i-th leaf of
+                   (params, rest, opt_state) in pytree order; PRNG keys as "key_i" holding
+                   their key data). Written atomically every `checkpoint_every` steps and
+                   at the end, after the records of steps <= k are on disk; resuming cuts
+                   records past k.
+
+Losses: softmax cross-entropy in nats (mean over examples, or over tokens for language
+models); accuracy; bits per byte = cross-entropy / ln 2 for byte-level language models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from isometry._params import alpha_mask
+from isometry._io import atomic_write
+from isometry.tracking import Tracker
+
+__all__ = ["TrainConfig", "TrainResult", "RunConfigError", "train", "make_optimizer",
+           "learning_rate_schedule", "make_train_step", "make_eval_step", "save_checkpoint",
+           "load_checkpoint", "OPTIMIZERS", "SCHEDULES"]
+
+OPTIMIZERS = ("adagrad", "sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "onecycle", "cosine")
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.npz"
+
+
+class RunConfigError(ValueError):
+    """A run directory holds a run with other settings than the ones asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run.
+
+    Attributes:
+      steps: optimizer steps.
+      batch_size: examples (or sequences) per step.
+      optimizer: "adagrad", "sgd" (with `momentum`), "adam" or "adamw".
+      lr: peak learning rate of all parameters but α.
+      alpha_lr: learning rate of the α's (None: `lr`); α's never get weight decay.
+      momentum: SGD momentum (0 for plain SGD).
+      weight_decay: L2 coupled to the gradient for sgd/adagrad/adam (PyTorch style),
+        decoupled for adamw; never applied to α.
+      warmup: steps of linear warm-up from 0 to the peak rate.
+      schedule: after warm-up: "constant"; "step" (multiply by `decay_factor` at each step in
+        `decay_steps`); "onecycle" (optax's cosine one-cycle); "cosine" (decay to 0). See
+        `learning_rate_schedule`.
+      decay_steps, decay_factor: the "step" schedule.
+      clip: clip gradients to this global norm (None: no clipping).
+      seed: seed of the data order (model initialization is the caller's `nnx.Rngs`).
+      eval_every: evaluate on the held-out split every this many steps (0: only at the end).
+      eval_batches: batches of the held-out split per evaluation (None: all).
+      checkpoint_every: write checkpoint.npz every this many steps (and at the end).
+    """
+
+    steps: int
+    batch_size: int = 100
+    optimizer: str = "adagrad"
+    lr: float = 0.01
+    alpha_lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup: int = 0
+    schedule: str = "constant"
+    decay_steps: tuple[int, ...] = ()
+    decay_factor: float = 0.1
+    clip: float | None = None
+    seed: int = 0
+    eval_every: int = 0
+    eval_batches: int | None = 10
+    checkpoint_every: int = 500
+
+    def __post_init__(self):
+        problems = []
+        if self.steps < 1 or self.batch_size < 1:
+            problems.append(f"steps and batch_size must be positive (got {self.steps}, {self.batch_size})")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
+        if not self.lr > 0 or (self.alpha_lr is not None and not self.alpha_lr >= 0):
+            problems.append(f"learning rates must be positive (lr={self.lr}, alpha_lr={self.alpha_lr})")
+        if self.warmup < 0 or self.warmup >= max(self.steps, 1) and self.warmup:
+            problems.append(f"warmup must be in [0, steps), got {self.warmup}")
+        if self.clip is not None and not self.clip > 0:
+            problems.append(f"clip must be positive, got {self.clip}")
+        if self.checkpoint_every < 1 or self.eval_every < 0:
+            problems.append("checkpoint_every must be >= 1 and eval_every >= 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+# --- optimizer ---------------------------------------------------------------------------------
+
+def learning_rate_schedule(peak: float, config: TrainConfig) -> optax.Schedule:
+    """Warm-up then the configured schedule, as a function of the 0-based update count.
+
+    "constant": linear warm-up 0 → peak over `warmup` steps, then peak.
+    "step": after warm-up, peak × decay_factor^(number of `decay_steps` passed).
+    "cosine": after warm-up, cosine decay from peak to 0 at `steps`.
+    "onecycle": optax's cosine one-cycle over `steps`: rises from peak/25 to peak over
+      `warmup` steps (30% of the steps when warmup = 0), then falls to peak/25e4.
+    """
+    w, n = config.warmup, config.steps
+    if config.schedule == "onecycle":
+        return optax.cosine_onecycle_schedule(n, peak, pct_start=(w / n) if w else 0.3)
+    if config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, w, n, end_value=0.0) if w else \
+            optax.cosine_decay_schedule(peak, n)
+    if config.schedule == "step":
+        after = optax.piecewise_constant_schedule(
+            peak, {int(s) - w: config.decay_factor for s in sorted(config.decay_steps) if s > w})
+    else:
+        after = optax.constant_schedule(peak)
+    if not w:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, w), after], [w])
+
+
+def _base_optimizer(config: TrainConfig, lr: optax.Schedule, weight_decay: float):
+    decay = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    match config.optimizer:
+        case "adagrad":
+            return optax.chain(*decay, optax.adagrad(lr))
+        case "sgd":
+            return optax.chain(*decay, optax.sgd(lr, momentum=config.momentum or None))
+        case "adam":
+            return optax.chain(*decay, optax.adam(lr))
+        case "adamw":
+            return optax.adamw(lr, weight_decay=weight_decay)
+
+
+def make_optimizer(config: TrainConfig, params: Any) -> optax.GradientTransformation:
+    """The optax optimizer: global-norm clipping, then separate rules for α and the rest.
+
+    α (leaves on a path with a key named `alpha`, `isometry.alpha_mask`) gets the same
+    optimizer with learning rate `alpha_lr` (warm-up and schedule included) and no weight decay.
+    """
+    alpha_lr = config.lr if config.alpha_lr is None else config.alpha_lr
+    labels = jax.tree_util.tree_map(lambda a: "alpha" if a else "rest", alpha_mask(params))
+    tx = optax.multi_transform(
+        {"rest": _base_optimizer(config, learning_rate_schedule(config.lr, config), config.weight_decay),
+         "alpha": _base_optimizer(config, learning_rate_schedule(alpha_lr, config), 0.0)},
+        labels)
+    return optax.chain(optax.clip_by_global_norm(config.clip), tx) if config.clip else tx
+
+
+# --- the step ----------------------------------------------------------------------------------
+
+def _losses(logits, y):
+    """Per-example (per-token) cross-entropy in nats and correctness."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return ce, jnp.argmax(logits, axis=-1) == y
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation) -> Callable:
+    """A jitted `(params, rest, opt_state, x, y) -> (params, rest, opt_state, metrics)`.
+
+    metrics: {"loss": mean cross-entropy (nats), "accuracy": share of argmax hits,
+    "grad_norm": global gradient norm before clipping}. Works for classification (logits
+    (B, C), y (B,)) and language models (logits (B, T, V), y (B, T)).
+    """
+
+    def loss_fn(model, x, y):
+        ce, hit = _losses(model(x), y)
+        return jnp.mean(ce), jnp.mean(hit)
+
+    @jax.jit
+    def step(params, rest, opt_state, x, y):
+        model = nnx.merge(graphdef, params, rest)
+        # nnx.value_and_grad: gradients w.r.t. the nnx.Params; BatchNorm statistics and RNG
+        # counts the forward pass updates stay in `model`
+        (loss, acc), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, y)
+        rest = nnx.state(model, nnx.Not(nnx.Param))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, rest, opt_state, {"loss": loss, "accuracy": acc,
+                                         "grad_norm": optax.tree.norm(grads)}
+
+    return step
+
+
+def make_eval_step(graphdef) -> Callable:
+    """A jitted `(params, rest, x, y) -> (sum of cross-entropies, hits, count)` (eval mode)."""
+
+    @jax.jit
+    def evaluate(params, rest, x, y):
+        ce, hit = _losses(nnx.merge(graphdef, params, rest)(x), y)
+        return jnp.sum(ce), jnp.sum(hit), ce.size
+
+    return evaluate
+
+
+def _evaluate(eval_step, params, rest, data, batch_size, max_batches, prepare, task_kind) -> dict:
+    total = hits = count = 0.0
+    for x, y in data.eval_batches(batch_size, max_batches):
+        s, h, c = eval_step(params, rest, prepare(x), y)
+        total, hits, count = total + float(s), hits + float(h), count + c
+    if not count:
+        return {}
+    out = {"eval_loss": total / count, "eval_accuracy": hits / count}
+    if task_kind == "language_model":
+        out["eval_bpb"] = out["eval_loss"] / math.log(2)
+    return out
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def _is_key(leaf) -> bool:
+    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def save_checkpoint(path: str, step: int, tree: Any) -> None:
+    """Writes `tree`'s leaves and `step` to an .npz file atomically (format: module docstring)."""
+    arrays = {"step": np.asarray(step, np.int64)}
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
+        if _is_key(leaf):
+            arrays[f"key_{i}"] = np.asarray(jax.random.key_data(leaf))
+        else:
+            arrays[f"leaf_{i}"] = np.asarray(leaf)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+def load_checkpoint(path: str, template: Any) -> tuple[int, Any]:
+    """(step, tree) from `save_checkpoint`'s file; `template` gives the structure, shapes, dtypes."""
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    try:
+        z = np.load(path)
+        step = int(z["step"])
+        out = []
+        for i, t in enumerate(leaves):
+            if _is_key(t):
+                out.append(jax.random.wrap_key_data(z[f"key_{i}"], impl=jax.random.key_impl(t)))
+                continue
+            a = z[f"leaf_{i}"]
+            if a.shape != np.shape(t) or a.dtype != np.dtype(t.dtype):
+                raise ValueError(f"leaf {i} is {a.dtype}{list(a.shape)}, the model needs "
+                                 f"{np.dtype(t.dtype)}{list(np.shape(t))}")
+            out.append(jnp.asarray(a))
+        if len(z.files) != len(leaves) + 1:
+            raise ValueError(f"it has {len(z.files) - 1} arrays, the model needs {len(leaves)}")
+    except (KeyError, ValueError, OSError) as err:
+        raise RunConfigError(f"checkpoint {path!r} does not match this model and optimizer: "
+                             f"{err}") from None
+    return step, jax.tree_util.tree_unflatten(treedef, out)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the final state, the last record, and how the run ended."""
+
+    params: Any
+    rest: Any
+    step: int
+    final: dict
+    diverged: bool
+
+
+def _jsonable_config(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def _prepare_run_dir(run_dir: str, info: dict, resume: bool) -> bool:
+    """Writes or checks config.json; True when a previous run's files exist to resume from."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if os.path.exists(path):
+        if not resume:
+            raise FileExistsError(f"run dir {run_dir!r} already holds a run; pass --resume "
+                                  f"(resume=True) to continue it, or choose another run dir")
+        with open(path) as f:
+            stored = json.load(f)
+        if stored != info:
+            keys = sorted(set(stored) | set(info))
+            diff = [f"{k}: {stored.get(k)!r} there, {info.get(k)!r} now" for k in keys
+                    if stored.get(k) != info.get(k)]
+            raise RunConfigError(f"run dir {run_dir!r} was made by another config ({'; '.join(diff)}); "
+                                 f"resume with the same settings or use a new run dir")
+        return True
+    atomic_write(path, json.dumps(info, indent=1).encode())
+    return False
+
+
+def _spectrum_target(model, graphdef_eval, probe_inputs):
+    """(apply_fn(state, x), probes): the residual stack x_0 → x_L at fixed x_0 = embed(probes).
+
+    Models with `embed`/`stack` (every `models.Stack`) are tracked on their stack, with x_0 the
+    embedding of the probe inputs at initialization (fixed afterwards); other models on their
+    whole function of (floating) inputs.
+    """
+    if hasattr(model, "stack") and hasattr(model, "embed"):
+        x0 = nnx.merge(graphdef_eval, nnx.state(model)).embed(jnp.asarray(probe_inputs))
+        return (lambda state, x: nnx.merge(graphdef_eval, state).stack(x)), x0
+    return (lambda state, x: nnx.merge(graphdef_eval, state)(x)), jnp.asarray(probe_inputs)
+
+
+def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None = None,
+          resume: bool = False, run_info: dict | None = None, input_shape: tuple | None = None,
+          probes: int = 8, track_every: int = 100, log_every: int = 10,
+          method: str = "auto", progress: bool | None = None) -> TrainResult:
+    """Trains `model` on `data`, tracking spectra, α's and losses into `run_dir`.
+
+    Args:
+      model: an `nnx.Module` mapping a batch of inputs to logits (updated in place at the end).
+      data: an `isometry.data` data set (`task`, `train_batch`, `eval_batches`, `probe_inputs`).
+      config: the `TrainConfig`.
+      run_dir: where metrics, spectra, config and checkpoints go (None: nothing is written,
+        no spectra are tracked).
+      resume: continue the run in `run_dir` from its checkpoint (same settings required).
+      run_info: more settings stored in config.json and compared on resume (model, data, ...).
+      input_shape: reshape each example to this shape before the model (e.g. (3072,) for a
+        fully connected net on images).
+      probes: number of fixed probe inputs for the spectra (0: no spectra).
+      track_every, log_every: spectrum and record intervals (`isometry.Tracker`).
+      method: spectrum method ("auto", "dense", "lanczos").
+      progress: show a tqdm bar (default: when stderr is a terminal).
+
+    Returns:
+      `TrainResult` with the final params/rest, the last step, the final record, and whether
+      the loss became non-finite (training stops there).
+    """
+    from tqdm import tqdm
+
+    task = data.task
+    model.eval()
+    graphdef_eval = nnx.graphdef(model)
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    dtype = next((l.dtype for l in jax.tree_util.tree_leaves(params)
+                  if jnp.issubdtype(l.dtype, jnp.floating)), jnp.float32)
+
+    def prepare(x):
+        x = np.asarray(x)
+        if input_shape is not None:
+            x = x.reshape(len(x), *input_shape)
+        return x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x
+
+    tx = make_optimizer(config, params)
+    opt_state = tx.init(params)
+    step_fn = make_train_step(graphdef, tx)
+    eval_fn = make_eval_step(graphdef_eval)
+    # the learning rate of every step, for the records (one compiled call, not one per step)
+    lrs = np.asarray(jax.jit(jax.vmap(learning_rate_schedule(config.lr, config)))(
+        jnp.arange(config.steps)))
+
+    start, tracker = 0, None
+    if run_dir is not None:
+        info = _jsonable_config({"train": dataclasses.asdict(config), "probes": probes,
+                                 "track_every": track_every, "log_every": log_every,
+                                 "method": method, "input_shape": input_shape,
+                                 **(run_info or {})})
+        resuming = _prepare_run_dir(run_dir, info, resume)
+        ckpt = os.path.join(run_dir, CHECKPOINT_FILE)
+        if resuming and os.path.exists(ckpt):
+            start, (params, rest, opt_state) = load_checkpoint(ckpt, (params, rest, opt_state))
+        apply_fn, x0 = (None, None)
+        if probes:
+            apply_fn, x0 = _spectrum_target(model, graphdef_eval, prepare(data.probe_inputs(probes)))
+        tracker = Tracker(run_dir, apply_fn=apply_fn, probes=x0, every=track_every,
+                          log_every=log_every, method=method,
+                          resume_step=start if resuming else None)
+
+    def record(step, metrics=None, force=False, spectrum=None, **more):
+        if tracker is None or not (force or tracker.due(step)):
+            return None
+        m = {k: float(v) for k, v in jax.device_get(metrics or {}).items()}
+        lr = float(lrs[max(step - 1, 0)])
+        rec = tracker.update(step, nnx.merge_state(params, rest), force=force, spectrum=spectrum,
+                             lr=lr, **m, **more)
+        if bar is not None and rec and "loss" in rec:
+            bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
+        return rec
+
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not show,
+               file=sys.stderr, dynamic_ncols=True)
+    final: dict = {}
+    diverged = False
+    try:
+        if tracker is not None and (tracker.last_step is None or tracker.last_step < start):
+            final = record(start, force=True, spectrum=True, **_evaluate(eval_fn, params, rest, data,
+                                                           config.batch_size, config.eval_batches,
+                                                           prepare, task.kind)) or {}
+        step = start
+        while step < config.steps:
+            x, y = data.train_batch(config.seed, step, config.batch_size)
+            params, rest, opt_state, metrics = step_fn(params, rest, opt_state, prepare(x), y)
+            step += 1
+            bar.update(1)
+            last = step == config.steps
+            evaluated = {}
+            if last or (config.eval_every and step % config.eval_every == 0):
+                evaluated = _evaluate(eval_fn, params, rest, data, config.batch_size,
+                                      config.eval_batches, prepare, task.kind)
+            rec = record(step, metrics, force=last or bool(evaluated), spectrum=last or None,
+                         **evaluated)
+            if rec is not None:
+                final = rec
+                if not math.isfinite(rec.get("loss", 0.0)):
+                    diverged = True
+            elif tracker is None and (last or step % 100 == 0):
+                loss = float(metrics["loss"])
+                final = {"step": step, "loss": loss, **evaluated}
+                diverged = not math.isfinite(loss)
+            if run_dir is not None and (last or diverged or step % config.checkpoint_every == 0):
+                save_checkpoint(os.path.join(run_dir, CHECKPOINT_FILE), step, (params, rest, opt_state))
+            if diverged:
+                print(f"isometry train: the loss became non-finite at step {step}; stopping",
+                      file=sys.stderr)
+                break
+    finally:
+        bar.close()
+        if tracker is not None:
+            tracker.close()
+    if not final and run_dir is not None:  # resumed a finished run: its last record
+        from isometry.tracking import read_metrics
+        final = (read_metrics(run_dir) or [{}])[-1]
+    nnx.update(model, params, rest)
+    return TrainResult(params, rest, step, final, diverged)

@@ -1,0 +1,94 @@
+"""Tracker: records, spectra on probes, α's, strictly increasing steps, torn lines, resuming."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isometry.tracking import Tracker, read_metrics, read_spectrum
+
+S = jnp.array([3.0, 2.0, 1.0, 0.5])
+
+
+def apply_fn(params, x):
+    """y = Q diag(scale·s) x: singular values scale·s at every input."""
+    return params["q"] @ (params["scale"] * S * x)
+
+
+def make_params(scale):
+    q, _ = jnp.linalg.qr(jnp.asarray(np.random.default_rng(0).standard_normal((4, 4))))
+    return {"q": q, "scale": jnp.asarray(scale), "blocks": [{"alpha": jnp.asarray(0.1 * scale)},
+                                                           {"alpha": jnp.asarray(-0.2)}]}
+
+
+def probes():
+    return jnp.asarray(np.random.default_rng(1).standard_normal((3, 4)))
+
+
+def test_records_spectra_alpha_and_no_recompile(tmp_path):
+    t = Tracker(str(tmp_path), apply_fn=apply_fn, probes=probes(), every=2, log_every=1)
+    for step in range(5):
+        t.update(step, make_params(1.0 + step), loss=jnp.asarray(1.0 / (step + 1)), lr=0.1)
+    assert t._sfn.jitted._cache_size() == 1  # new params reuse the compiled spectrum
+    t.close()
+    records = read_metrics(str(tmp_path))
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+    assert [("spectrum" in r) for r in records] == [True, False, True, False, True]
+    r = records[2]
+    scale = 3.0
+    np.testing.assert_allclose(r["spectrum"]["chi"], float(jnp.sum((scale * S) ** 2)) / 4, rtol=1e-12)
+    np.testing.assert_allclose(r["spectrum"]["sigma_min"], 0.5 * scale, rtol=1e-12)
+    assert r["alpha"] == {"blocks/0/alpha": pytest.approx(0.3), "blocks/1/alpha": pytest.approx(-0.2)}
+    assert r["loss"] == pytest.approx(1 / 3) and r["lr"] == 0.1
+    sv = read_spectrum(str(tmp_path), r)
+    np.testing.assert_allclose(sv, np.tile(scale * np.asarray(S), (3, 1)), rtol=1e-12)
+    assert sum(r["histogram"]["counts"]) == 12  # 3 probes x 4 singular values
+
+
+def test_steps_must_increase(tmp_path):
+    with Tracker(str(tmp_path)) as t:
+        t.update(3, loss=1.0)
+        with pytest.raises(ValueError, match="strictly increasing"):
+            t.update(3, loss=1.0)
+        with pytest.raises(ValueError, match="strictly increasing"):
+            t.update(2, loss=1.0)
+    with pytest.raises(FileExistsError, match="resume"):
+        Tracker(str(tmp_path))
+
+
+def test_torn_last_line_is_detected_and_cut_on_resume(tmp_path):
+    t = Tracker(str(tmp_path), apply_fn=apply_fn, probes=probes(), every=2)
+    for step in range(5):
+        t.update(step, make_params(1.0), loss=float(step))
+    t.close()
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "ab") as f:
+        f.write(b'{"step": 5, "loss": 0.1')  # a write cut short by a crash
+    with pytest.warns(UserWarning, match="torn write"):
+        records = read_metrics(str(tmp_path))
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+    # resume from a checkpoint at step 2: later records and spectra go, the torn line too
+    with pytest.warns(UserWarning, match="torn write"):
+        t = Tracker(str(tmp_path), apply_fn=apply_fn, probes=probes(), every=2, resume_step=2)
+    assert t.last_step == 2
+    t.update(3, make_params(1.0), loss=33.0)
+    t.close()
+    records = read_metrics(str(tmp_path))
+    assert [r["step"] for r in records] == [0, 1, 2, 3] and records[-1]["loss"] == 33.0
+    assert sorted(os.listdir(tmp_path / "spectra")) == ["000000000.npy", "000000002.npy"]
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        read_metrics(str(tmp_path))
+
+
+def test_nonfinite_model_records_the_error(tmp_path):
+    with Tracker(str(tmp_path), apply_fn=apply_fn, probes=probes(), every=1) as t:
+        rec = t.update(0, make_params(jnp.nan), loss=jnp.nan)
+    assert "spectrum" not in rec and "non-finite" in rec["spectrum_error"]
+    assert np.isnan(json.loads((tmp_path / "metrics.jsonl").read_text())["loss"])
