@@ -11,6 +11,11 @@ from isometry._jacobian import (JacobianOperator, JacobianTooLargeError, dense_j
                                 jacobian_operator)
 from isometry._params import alpha_mask, alpha_values
 from isometry._spectrum import ISOMETRY_BAND, METHODS, Spectrum, jacobian_spectrum, spectrum_fn
+from isometry import toy  # noqa: E402  (the (1 + αw)^L model of Figure 2, as `iso.toy`)
+from isometry import theory  # noqa: E402  (mean field and free probability, as `iso.theory`)
+from isometry import data  # noqa: E402  (CIFAR-10, enwik8, text and synthetic data, as `iso.data`)
+from isometry.tracking import Tracker, read_metrics  # noqa: E402
+from isometry.train import TrainConfig  # noqa: E402  (`iso.train.train(...)`: the loop)
 
 __version__ = "0.1.0"
 
@@ -20,12 +25,19 @@ __all__ = [
     "JacobianOperator",
     "JacobianTooLargeError",
     "Spectrum",
+    "TrainConfig",
+    "Tracker",
     "alpha_mask",
     "alpha_values",
+    "data",
     "dense_jacobian",
     "from_linen",
     "from_nnx",
     "jacobian_operator",
     "jacobian_spectrum",
+    "read_metrics",
     "spectrum_fn",
+    "theory",
+    "toy",
+    "train",
 ]

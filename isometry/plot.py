@@ -323,9 +323,10 @@ def theory_overlay(predictions: list, measured: list | None = None, *, bins: int
     ranges = []
     for pred, sv in zip(predictions, measured):
         d = pred.density
-        if len(d.density) and d.density.max() > 0:
-            shown = d.log10_sigma[d.density > 1e-3 * d.density.max()]
-            ranges += [shown.min(), shown.max()]
+        if len(d.density) and d.density.max() > 0:  # the central 99% of the continuous part
+            cum = np.concatenate([[0.0], np.cumsum(np.diff(d.log10_sigma)
+                                                   * (d.density[1:] + d.density[:-1]) / 2)])
+            ranges += [np.interp(0.005 * cum[-1], cum, d.log10_sigma), d.log10_sigma[-1]]
         if len(d.point_sigma):
             ranges += list(np.log10(d.point_sigma))
         if sv is not None:
@@ -348,7 +349,7 @@ def theory_overlay(predictions: list, measured: list | None = None, *, bins: int
             counts, _ = np.histogram(np.log10(s[~zero]), bins=edges)
             ax.stairs(counts / (s.size * width), edges, color=c, alpha=0.35, fill=True,
                       label=f"{label} measured ({s.shape[0]}×N={s.shape[1]}"
-                            + (f", {zero.mean():.2f} at σ=0)" if zero.any() else ")"))
+                            + (f", {zero.mean():.2f} below 1e-10 σ_max)" if zero.any() else ")"))
         if len(d.density):
             ax.plot(d.log10_sigma, d.density, color=c, linewidth=1.5,
                     label=f"{label} theory" + (f" (+{d.zero_mass:.2f} at σ=0)" if d.zero_mass else ""))
