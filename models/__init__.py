@@ -6,5 +6,7 @@ of the paper and, for ReZero, `alpha_init=`.
 
 from models._stack import ACTIVATIONS, Stack
 from models.fully_connected import FullyConnected
+from models.resnet import ResNet
+from models.transformer import Transformer
 
-__all__ = ["ACTIVATIONS", "Stack", "FullyConnected"]
+__all__ = ["ACTIVATIONS", "Stack", "FullyConnected", "ResNet", "Transformer"]

@@ -35,6 +35,13 @@ def check_variant(model: str, variant: str, allowed: tuple[str, ...]) -> str:
     return variant
 
 
+class Identity(nnx.Module):
+    """x ↦ x: stands in for a normalization a variant does without."""
+
+    def __call__(self, x):
+        return x
+
+
 class Stack(nnx.Module):
     """Base class: subclasses set `self.blocks` (an `nnx.List`) and may override embed/head."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import models
-from models import fully_connected
+from models import fully_connected, resnet, transformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,14 +27,24 @@ class ModelKind:
     Attributes:
       name: the `--model` name.
       variants: the variant names it accepts (all of them are the default).
-      build: (args, variant, depth, rngs) -> nnx.Module.
+      build: (args, variant, depth, rngs) -> nnx.Module. `isometry train` sets `args.task`
+        (an `isometry.data.Task`: kind, input_shape, num_classes) before calling it; a
+        builder sizes the model's inputs and outputs for it (None or absent: as for spectra).
       input_shape: args -> the shape of one probe input (without batch axis).
+      tasks: the `Task.kind`s it trains on ("classification", "language_model").
+      flat_inputs: training flattens each example to a vector (fully connected nets).
     """
 
     name: str
     variants: tuple[str, ...]
     build: Callable[[argparse.Namespace, str, int, nnx.Rngs], nnx.Module]
     input_shape: Callable[[argparse.Namespace], tuple[int, ...]]
+    tasks: tuple[str, ...] = ()
+    flat_inputs: bool = False
+
+    def train_input_shape(self, task) -> tuple[int, ...] | None:
+        """The shape training reshapes each example to (None: as the data gives it)."""
+        return (math.prod(task.input_shape),) if self.flat_inputs else None
 
     def probe_inputs(self, args, key, n: int, dtype) -> jax.Array:
         """n Gaussian N(0, 1) inputs, shape (n, *input_shape)."""
@@ -41,13 +52,53 @@ class ModelKind:
 
 
 def _build_fc(args, variant: str, depth: int, rngs: nnx.Rngs) -> nnx.Module:
+    task = getattr(args, "task", None)  # training: project flat inputs in, logits out
     return models.FullyConnected(depth, args.width, variant=variant, activation=args.activation,
                                  alpha_init=args.alpha_init, param_dtype=args.param_dtype,
-                                 rngs=rngs)
+                                 in_features=math.prod(task.input_shape) if task else None,
+                                 out_features=task.num_classes if task else None, rngs=rngs)
+
+
+def _model_error(err: ValueError):
+    from isometry.cli import UsageError
+
+    return UsageError(str(err))
+
+
+def _build_resnet(args, variant: str, depth: int, rngs: nnx.Rngs) -> nnx.Module:
+    task = getattr(args, "task", None)  # training: channels and classes of the data
+    try:
+        return models.ResNet(depth, variant=variant, stages=args.blocks, width=args.channels,
+                             alpha_init=args.alpha_init,
+                             in_channels=task.input_shape[-1] if task else 3,
+                             num_classes=task.num_classes if task else 10,
+                             param_dtype=args.param_dtype, rngs=rngs)
+    except ValueError as err:
+        raise _model_error(err) from None
+
+
+def _build_transformer(args, variant: str, depth: int, rngs: nnx.Rngs) -> nnx.Module:
+    task = getattr(args, "task", None)  # training: a causal language model over the vocabulary
+    try:
+        return models.Transformer(depth, args.d_model, heads=args.heads, ffn=args.ffn,
+                                  variant=variant, activation=args.activation,
+                                  alpha_init=args.alpha_init,
+                                  vocab_size=task.num_classes if task else None,
+                                  causal=task is not None, param_dtype=args.param_dtype,
+                                  rngs=rngs)
+    except ValueError as err:
+        raise _model_error(err) from None
 
 
 MODEL_KINDS: dict[str, ModelKind] = {
-    "fc": ModelKind("fc", fully_connected.VARIANTS, _build_fc, lambda a: (a.width,)),
+    "fc": ModelKind("fc", fully_connected.VARIANTS, _build_fc, lambda a: (a.width,),
+                    tasks=("classification",), flat_inputs=True),
+    # spectra: logits (10) w.r.t. the image, J is 10 × (size·size·3)
+    "resnet": ModelKind("resnet", resnet.VARIANTS, _build_resnet,
+                        lambda a: (a.image_size, a.image_size, 3), tasks=("classification",)),
+    # spectra: the encoder stack on continuous inputs (seq, d_model), J is (T·d) × (T·d)
+    "transformer": ModelKind("transformer", transformer.VARIANTS, _build_transformer,
+                             lambda a: (a.seq_len, a.d_model), tasks=("language_model",)),
 }
 
 
@@ -66,7 +117,21 @@ def add_model_args(parser: argparse.ArgumentParser, depth_default: str = "32") -
     g.add_argument("--alpha-init", type=float, default=0.0,
                    help="initial alpha of ReZero residual weights (default: 0)")
     g.add_argument("--activation", default="relu", choices=sorted(models.ACTIVATIONS),
-                   help="activation of FC nets (default: relu)")
+                   help="activation of FC nets and Transformer feed-forwards (default: relu)")
+    g.add_argument("--blocks", type=comma_list(int), default=None,
+                   help="ResNet blocks per stage, e.g. 2,2,2,2 (overrides --depth: depth = "
+                        "2*sum+2; default: the layout of --depth, 6n+2 or 18/34)")
+    g.add_argument("--channels", type=int, default=None,
+                   help="ResNet channels of the first stage (default: 16 for 6n+2, 64 for 18/34)")
+    g.add_argument("--image-size", type=int, default=32,
+                   help="ResNet probe image height and width for spectra (default: 32)")
+    g.add_argument("--seq-len", type=int, default=128,
+                   help="Transformer sequence length (default: 4 for spectra, 128 for training)")
+    g.add_argument("--d-model", type=int, default=16,
+                   help="Transformer width d_model (default: 16)")
+    g.add_argument("--heads", type=int, default=4, help="Transformer attention heads (default: 4)")
+    g.add_argument("--ffn", type=int, default=64,
+                   help="Transformer feed-forward hidden width (default: 64)")
 
 
 def resolve(args) -> tuple[ModelKind, list[str]]:
@@ -83,5 +148,15 @@ def resolve(args) -> tuple[ModelKind, list[str]]:
         raise UsageError(f"depths must be positive, got {args.depth}")
     if args.width < 1:
         raise UsageError(f"--width must be positive, got {args.width}")
+    for name in ("channels", "image_size", "seq_len", "d_model", "heads", "ffn"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.blocks is not None:
+        if args.model != "resnet":
+            raise UsageError("--blocks sets the stages of a ResNet; use it with --model resnet")
+        if not args.blocks or min(args.blocks) < 1:
+            raise UsageError(f"--blocks must be positive block counts, got {args.blocks}")
+        args.depth = [2 * sum(args.blocks) + 2]
     args.param_dtype = jnp.float64 if getattr(args, "x64", False) else jnp.float32
     return kind, variants

@@ -1,0 +1,285 @@
+"""Convolutional ResNets for CIFAR-shaped images (NHWC, 32×32×3) in the variants of the paper's §5.2.
+
+A ResNet is a stem (3×3 convolution), stages of basic blocks (two 3×3 convolutions; the first
+block of a stage halves the resolution and doubles the channels), global average pooling and a
+linear classifier. With the branch F(x) = BN(conv(φ(BN(conv(x))))) and the shortcut S (the
+identity, or a strided/zero-padded or 1×1-projected identity where the shape changes), one
+block maps x_i to x_{i+1} by
+
+    residual     x_{i+1} = φ(S(x_i) + F(x_i))                         He et al. 2016a
+    prenorm      x_{i+1} = S(x_i) + conv(φ(BN(conv(φ(BN(x_i))))))     pre-activation, He et al. 2016b
+    gated        x_{i+1} = (1 − α_i)·S(x_i) + α_i·φ(F(x_i))           Gated ResNet (Savarese et al. 2016)
+    zero_gamma   residual with the scale γ of the branch's last BatchNorm initialized to 0
+    fixup        x_{i+1} = φ(S(x_i + a) + s·conv(φ(conv(x_i + a) + b) + c) + d), no BatchNorm;
+                 scalar biases a, b, c, d = 0 and multiplier s = 1, the first convolution
+                 scaled by L^{-1/2}, the last one and the classifier zero-initialized (Zhang et al. 2019)
+    rezero       x_{i+1} = S(x_i) + α_i·φ(F(x_i)),   α_i = alpha_init (0 by default)
+
+φ is ReLU. ReZero's block is the authors' `out = α·relu(bn2(conv2(·))) + shortcut`; it keeps
+BatchNorm (`batchnorm=False` drops it, as `gated` and `residual` may). At α = 0 (and for
+FixUp on the non-negative stream its stem produces) every block that keeps the shape is the
+identity, so a single-stage residual stack starts as the identity function.
+
+Depths: 6n + 2 gives the CIFAR ResNets of He et al. (ResNet-20, -56, -110: three stages of n
+blocks, 16/32/64 channels, parameter-free shortcuts); 18 and 34 give the ImageNet layouts with a
+CIFAR stem (four stages, 64…512 channels, 1×1 projection shortcuts), so
+`ResNet(18, variant="prenorm")` is PreAct-ResNet-18 and `variant="rezero"` its ReZero version.
+
+BatchNorm runs in train mode after construction (batch statistics); `model.eval()` switches
+to the running averages, which is how Jacobians are taken.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models._stack import Identity, Stack, check_variant
+
+VARIANTS = ("residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero")
+SHORTCUTS = ("identity", "projection")
+#: Blocks per stage of the ImageNet-style basic-block ResNets, by depth.
+BASIC_LAYOUTS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+#: Variants whose blocks carry a residual weight α.
+ALPHA_VARIANTS = ("gated", "rezero")
+
+relu = jax.nn.relu
+#: He (Kaiming) normal initialization, untruncated as PyTorch's `kaiming_normal_`.
+HE_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def layout(depth: int) -> tuple[tuple[int, ...], int, str]:
+    """(blocks per stage, channels of the first stage, shortcut) of the ResNet of this depth.
+
+    Raises:
+      ValueError: for a depth that is neither 6n + 2 nor one of `BASIC_LAYOUTS`.
+    """
+    if depth in BASIC_LAYOUTS:
+        return BASIC_LAYOUTS[depth], 64, "projection"
+    if depth >= 8 and (depth - 2) % 6 == 0:
+        n = (depth - 2) // 6
+        return (n, n, n), 16, "identity"
+    raise ValueError(f"ResNet depth {depth} is not 6n+2 (8, 20, 32, 56, 110, …) nor one of "
+                     f"{sorted(BASIC_LAYOUTS)}; pick such a depth or pass stages=(n1, n2, …)")
+
+
+def _conv(cin: int, cout: int, size: int, stride: int, *, bias: bool, kernel_init, param_dtype,
+          rngs: nnx.Rngs) -> nnx.Conv:
+    pad = (size - 1) // 2
+    return nnx.Conv(cin, cout, (size, size), strides=(stride, stride), padding=((pad, pad),) * 2,
+                    use_bias=bias, kernel_init=kernel_init, param_dtype=param_dtype, rngs=rngs)
+
+
+def _batchnorm(features: int, enabled: bool, *, zero_scale: bool = False, param_dtype,
+               rngs: nnx.Rngs) -> nnx.Module:
+    if not enabled:
+        return Identity()
+    scale_init = nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init()
+    bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, scale_init=scale_init,
+                       param_dtype=param_dtype, rngs=rngs)
+    # flax keeps running statistics in float32; keep them in the parameters' dtype
+    bn.mean = nnx.BatchStat(jnp.zeros((features,), param_dtype))
+    bn.var = nnx.BatchStat(jnp.ones((features,), param_dtype))
+    return bn
+
+
+def _scalar(value: float, param_dtype) -> nnx.Param:
+    return nnx.Param(jnp.asarray(value, dtype=param_dtype))
+
+
+class Shortcut(nnx.Module):
+    """S(x): the identity, or where the block changes the shape either the parameter-free
+    option A of He et al. (every other pixel, channels zero-padded) or a 1×1 convolution."""
+
+    def __init__(self, cin: int, cout: int, stride: int, *, kind: str, batchnorm: bool,
+                 param_dtype, rngs: nnx.Rngs):
+        self.stride = stride
+        self.pad = cout - cin
+        self.changes_shape = stride != 1 or cin != cout
+        projects = self.changes_shape and kind == "projection"
+        self.projection = (_conv(cin, cout, 1, stride, bias=False,
+                                 kernel_init=HE_NORMAL,
+                                 param_dtype=param_dtype, rngs=rngs) if projects else None)
+        self.norm = _batchnorm(cout, batchnorm and projects, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x):
+        if not self.changes_shape:
+            return x
+        if self.projection is not None:
+            return self.norm(self.projection(x))
+        x = x[..., ::self.stride, ::self.stride, :]
+        return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, self.pad)])
+
+
+class BasicBlock(nnx.Module):
+    """One residual block x_i ↦ x_{i+1} of a ResNet (see the module docstring)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, *, variant: str, batchnorm: bool,
+                 shortcut: str, alpha_init: float, num_blocks: int, param_dtype, rngs: nnx.Rngs):
+        self.variant = variant
+        conv1_init = conv2_init = HE_NORMAL
+        if variant == "fixup":
+            conv1_init = nnx.initializers.variance_scaling(2.0 / num_blocks, "fan_out", "normal")
+            conv2_init = nnx.initializers.zeros_init()
+        bias = not batchnorm and variant != "fixup"
+        # the pre-activation block normalizes its input (cin features) before the first conv
+        bn1_features = cin if variant == "prenorm" else cout
+        self.conv1 = _conv(cin, cout, 3, stride, bias=bias, kernel_init=conv1_init,
+                           param_dtype=param_dtype, rngs=rngs)
+        self.bn1 = _batchnorm(bn1_features, batchnorm, param_dtype=param_dtype, rngs=rngs)
+        self.conv2 = _conv(cout, cout, 3, 1, bias=bias, kernel_init=conv2_init,
+                           param_dtype=param_dtype, rngs=rngs)
+        self.bn2 = _batchnorm(cout, batchnorm, zero_scale=variant == "zero_gamma",
+                              param_dtype=param_dtype, rngs=rngs)
+        self.shortcut = Shortcut(cin, cout, stride, kind=shortcut,
+                                 batchnorm=batchnorm and variant != "prenorm",
+                                 param_dtype=param_dtype, rngs=rngs)
+        if variant in ALPHA_VARIANTS:
+            self.alpha = _scalar(alpha_init, param_dtype)
+        if variant == "fixup":
+            self.bias1a, self.bias1b = _scalar(0.0, param_dtype), _scalar(0.0, param_dtype)
+            self.bias2a, self.bias2b = _scalar(0.0, param_dtype), _scalar(0.0, param_dtype)
+            self.scale = _scalar(1.0, param_dtype)
+
+    def branch(self, x):
+        """F(x) = BN(conv(φ(BN(conv(x))))) (FixUp: s·conv(φ(conv(x) + b) + c) + d)."""
+        if self.variant == "fixup":
+            h = relu(self.conv1(x) + self.bias1b)
+            return self.scale * self.conv2(h + self.bias2a) + self.bias2b
+        return self.bn2(self.conv2(relu(self.bn1(self.conv1(x)))))
+
+    def preact_branch(self, h):
+        """conv(φ(BN(conv(h)))) on the pre-activated input h = φ(BN(x))."""
+        return self.conv2(relu(self.bn2(self.conv1(h))))
+
+    def __call__(self, x):
+        S, F = self.shortcut, self.branch
+        match self.variant:
+            case "residual" | "zero_gamma":
+                return relu(S(x) + F(x))
+            case "prenorm":
+                h = relu(self.bn1(x))
+                return S(h if S.projection is not None else x) + self.preact_branch(h)
+            case "gated":
+                return (1 - self.alpha) * S(x) + self.alpha * relu(F(x))
+            case "fixup":
+                x = x + self.bias1a
+                return relu(S(x) + F(x))
+            case "rezero":
+                return S(x) + self.alpha * relu(F(x))
+
+
+class ResNet(Stack):
+    """A basic-block ResNet for NHWC images: stem → residual blocks → pooled classifier.
+
+    Args:
+      depth: 6n + 2 (ResNet-20, -56, -110: three stages of n blocks, 16 channels first,
+        parameter-free shortcuts) or 18 / 34 (four stages, 64 channels first, projection
+        shortcuts: PreAct-ResNet-18 with variant="prenorm"). Ignored when `stages` is given.
+      variant: "residual", "prenorm", "gated", "zero_gamma", "fixup" or "rezero".
+      stages: blocks per stage, overriding the depth's layout (the depth is then
+        2·sum(stages) + 2); stage s has width·2^s channels and, after the first, stride 2.
+      width: channels of the first stage (default: 16 for 6n + 2 layouts, 64 otherwise).
+      shortcut: "identity" (option A: subsample and zero-pad where the shape changes) or
+        "projection" (1×1 convolution, with BatchNorm when the variant has it); default by depth.
+      batchnorm: keep BatchNorm (default True; FixUp never has it, zero-γ always does).
+      alpha_init: initial α of `rezero` and `gated` blocks (0: every shape-keeping block is
+        the identity).
+      num_classes: outputs of the classifier (10 for CIFAR-10).
+      in_channels: channels of the input images (3).
+      param_dtype: parameter dtype (float64 needs `jax_enable_x64`).
+      rngs: `nnx.Rngs` for initialization.
+
+    Example:
+      >>> net = ResNet(110, variant="rezero", rngs=nnx.Rngs(0))
+      >>> net.eval()
+      >>> net(jnp.ones((8, 32, 32, 3))).shape
+      (8, 10)
+
+    Paper: ReZero, §5.2 and Table 2 (Bachlechner et al. 2020).
+    """
+
+    def __init__(self, depth: int = 20, *, variant: str = "rezero",
+                 stages: Sequence[int] | None = None, width: int | None = None,
+                 shortcut: str | None = None, batchnorm: bool | None = None,
+                 alpha_init: float = 0.0, num_classes: int = 10, in_channels: int = 3,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        check_variant("ResNet", variant, VARIANTS)
+        if stages is None:
+            stages, default_width, default_shortcut = layout(depth)
+        else:
+            stages = tuple(int(n) for n in stages)
+            if not stages or min(stages) < 1:
+                raise ValueError(f"stages must be positive block counts, got {stages}")
+            default_width, default_shortcut = 16, "identity"
+        width = default_width if width is None else int(width)
+        shortcut = default_shortcut if shortcut is None else shortcut
+        check_variant("ResNet shortcut", shortcut, SHORTCUTS)
+        if batchnorm is None:
+            batchnorm = variant != "fixup"
+        if batchnorm and variant == "fixup":
+            raise ValueError("FixUp replaces BatchNorm: use batchnorm=False (the default) with "
+                             "variant='fixup'")
+        if not batchnorm and variant == "zero_gamma":
+            raise ValueError("zero_gamma initializes a BatchNorm scale to 0 and needs "
+                             "batchnorm=True")
+        if width < 1 or num_classes < 1 or in_channels < 1:
+            raise ValueError(f"width, num_classes and in_channels must be positive, got "
+                             f"{width}, {num_classes}, {in_channels}")
+        self.variant = variant
+        self.stages = stages
+        self.depth = 2 * sum(stages) + 2
+        self.batchnorm = batchnorm
+        num_blocks = sum(stages)
+
+        self.stem = _conv(in_channels, width, 3, 1, bias=not batchnorm and variant != "fixup",
+                          kernel_init=HE_NORMAL, param_dtype=param_dtype,
+                          rngs=rngs)
+        # pre-activation nets normalize at the start of each block and once before the head
+        self.stem_norm = _batchnorm(width, batchnorm and variant != "prenorm",
+                                    param_dtype=param_dtype, rngs=rngs)
+        blocks, cin = [], width
+        for s, n in enumerate(stages):
+            cout = width * 2**s
+            for b in range(n):
+                stride = 2 if s > 0 and b == 0 else 1
+                blocks.append(BasicBlock(cin, cout, stride, variant=variant, batchnorm=batchnorm,
+                                         shortcut=shortcut, alpha_init=alpha_init,
+                                         num_blocks=num_blocks, param_dtype=param_dtype,
+                                         rngs=rngs))
+                cin = cout
+        self.blocks = nnx.List(blocks)
+        self.final_norm = _batchnorm(cin, batchnorm and variant == "prenorm",
+                                     param_dtype=param_dtype, rngs=rngs)
+        zero = nnx.initializers.zeros_init()
+        self.classifier = nnx.Linear(cin, num_classes, param_dtype=param_dtype, rngs=rngs,
+                                     **(dict(kernel_init=zero) if variant == "fixup" else {}))
+        if variant == "fixup":
+            self.stem_bias = _scalar(0.0, param_dtype)
+            self.head_bias = _scalar(0.0, param_dtype)
+        self.in_channels = in_channels
+
+    def embed(self, x):
+        """x_0 = φ(BN(conv(image))) (pre-activation: conv(image); FixUp: φ(conv(image) + b))."""
+        if x.ndim < 3 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"ResNet expects NHWC images (…, height, width, {self.in_channels}), "
+                             f"got shape {x.shape}")
+        h = self.stem(x)
+        if self.variant == "prenorm":
+            return h
+        if self.variant == "fixup":
+            return relu(h + self.stem_bias)
+        return relu(self.stem_norm(h))
+
+    def head(self, x):
+        """Logits: linear(mean over height and width) (pre-activation: of φ(BN(x_L)))."""
+        if self.variant == "prenorm":
+            x = relu(self.final_norm(x))
+        pooled = jnp.mean(x, axis=(-3, -2))
+        if self.variant == "fixup":
+            pooled = pooled + self.head_bias
+        return self.classifier(pooled)
+

@@ -1,0 +1,282 @@
+"""Transformers in the LayerNorm placements of the paper's §5.3 and with ReZero.
+
+A layer applies two sublayers, multi-head self-attention A and the position-wise feed-forward
+network F(x) = W₂ φ(W₁ x + b₁) + b₂, each on the residual stream x:
+
+    postnorm   x ← Norm(x + A(x));       x ← Norm(x + F(x))        Vaswani et al. 2017
+    prenorm    x ← x + A(Norm(x));       x ← x + F(Norm(x))
+    gpt2norm   x ← x + Norm(A(x));       x ← x + Norm(F(x))
+    rezero     x ← x + α_i A(x);         x ← x + α_i F(x),   α_i = alpha_init (0 by default)
+
+Norm is LayerNorm. ReZero has no LayerNorm and one α per layer shared by both sublayers, as in
+the paper (`alpha_per_sublayer=True` gives each sublayer its own α, `layernorm=True` adds a
+LayerNorm in front of each sublayer, x ← x + α_i A(Norm(x)), which keeps J = I at α = 0).
+
+Weights are Xavier-uniform and biases zero, like PyTorch's `nn.TransformerEncoderLayer` after
+`xavier_uniform_` on every matrix (the query/key/value projection is one d × 3d matrix, as in
+PyTorch's packed `in_proj_weight`). Dropout acts on the attention weights, after φ and on each
+sublayer's output; `model.eval()` turns it off.
+
+With `vocab_size` the model reads token ids: x_0 = √d·Embed(tokens) + sinusoidal positions,
+and the head maps x_L to logits (after a final LayerNorm for prenorm and gpt2norm);
+`causal=True` makes it a decoder language model. Without `vocab_size` it is a bare encoder
+stack on continuous inputs of shape (…, seq, d_model), the setting of the paper's Figure 4a.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models._stack import Identity, Stack, activation, check_variant
+
+VARIANTS = ("postnorm", "prenorm", "gpt2norm", "rezero")
+XAVIER_UNIFORM = nnx.initializers.xavier_uniform()
+#: PyTorch's LayerNorm epsilon (the authors' notebooks use `nn.TransformerEncoderLayer`).
+LAYERNORM_EPS = 1e-5
+
+
+def uniform_init(scale: float):
+    """U(−scale, scale): the authors' embedding initialization (scale 0.1)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+def sinusoidal_positions(length: int, d_model: int, dtype=jnp.float32) -> jax.Array:
+    """PE[t, 2i] = sin(t / 10000^{2i/d}), PE[t, 2i+1] = cos(t / 10000^{2i/d}); shape (length, d)."""
+    t = jnp.arange(length, dtype=dtype)[:, None]
+    freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, d_model, 2, dtype=dtype) / d_model)[None, :]
+    pe = jnp.zeros((length, d_model), dtype)
+    pe = pe.at[:, 0::2].set(jnp.sin(t * freq))
+    return pe.at[:, 1::2].set(jnp.cos(t * freq[:, : d_model // 2]))
+
+
+def attention_mask(length: int, *, causal: bool, padding_mask=None, batch_ndim: int = 0):
+    """Boolean mask (…, 1, query, key), True where a query may attend to a key, or None.
+
+    Args:
+      length: sequence length T.
+      causal: only keys at or before the query's position.
+      padding_mask: bool (…, T), True at real tokens and False at padding (keys masked out).
+      batch_ndim: number of leading batch axes of the stream (for an explicit rank).
+    """
+    mask = None
+    if causal:
+        mask = jnp.tril(jnp.ones((length, length), bool)).reshape((1,) * (batch_ndim + 1)
+                                                                  + (length, length))
+    if padding_mask is not None:
+        keys = jnp.asarray(padding_mask, bool)[..., None, None, :]
+        mask = keys if mask is None else mask & keys
+    return mask
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention: softmax(Q Kᵀ/√d_head + mask) V per head, then W_o."""
+
+    def __init__(self, d_model: int, heads: int, *, dropout: float, causal: bool, param_dtype,
+                 rngs: nnx.Rngs):
+        self.heads = heads
+        self.causal = causal
+        self.qkv = nnx.Linear(d_model, 3 * d_model, kernel_init=XAVIER_UNIFORM,
+                              param_dtype=param_dtype, rngs=rngs)
+        self.out = nnx.Linear(d_model, d_model, kernel_init=XAVIER_UNIFORM,
+                              param_dtype=param_dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x, padding_mask=None):
+        *batch, length, d_model = x.shape
+        d_head = d_model // self.heads
+        qkv = self.qkv(x).reshape(*batch, length, 3, self.heads, d_head)
+        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(d_head)
+        mask = attention_mask(length, causal=self.causal, padding_mask=padding_mask,
+                              batch_ndim=len(batch))
+        if mask is not None:
+            mask = jnp.broadcast_to(mask, logits.shape)
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        weights = self.dropout(jax.nn.softmax(logits, axis=-1))
+        y = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+        return self.out(y.reshape(*batch, length, d_model))
+
+
+class FeedForward(nnx.Module):
+    """F(x) = W₂ dropout(φ(W₁ x + b₁)) + b₂, position-wise."""
+
+    def __init__(self, d_model: int, ffn: int, *, activation_name: str, dropout: float,
+                 param_dtype, rngs: nnx.Rngs):
+        self.phi = activation(activation_name)
+        self.linear1 = nnx.Linear(d_model, ffn, kernel_init=XAVIER_UNIFORM,
+                                  param_dtype=param_dtype, rngs=rngs)
+        self.linear2 = nnx.Linear(ffn, d_model, kernel_init=XAVIER_UNIFORM,
+                                  param_dtype=param_dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x):
+        return self.linear2(self.dropout(self.phi(self.linear1(x))))
+
+
+class TransformerLayer(nnx.Module):
+    """One layer (attention, then feed-forward) x_i ↦ x_{i+1}; see the module docstring."""
+
+    def __init__(self, d_model: int, *, heads: int, ffn: int, variant: str, dropout: float,
+                 activation_name: str, causal: bool, alpha_init: float, alpha_per_sublayer: bool,
+                 layernorm: bool, param_dtype, rngs: nnx.Rngs):
+        self.variant = variant
+        self.attention = SelfAttention(d_model, heads, dropout=dropout, causal=causal,
+                                       param_dtype=param_dtype, rngs=rngs)
+        self.feed_forward = FeedForward(d_model, ffn, activation_name=activation_name,
+                                        dropout=dropout, param_dtype=param_dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        if layernorm:
+            self.norm1 = nnx.LayerNorm(d_model, epsilon=LAYERNORM_EPS, param_dtype=param_dtype,
+                                       rngs=rngs)
+            self.norm2 = nnx.LayerNorm(d_model, epsilon=LAYERNORM_EPS, param_dtype=param_dtype,
+                                       rngs=rngs)
+        else:
+            self.norm1, self.norm2 = Identity(), Identity()
+        if variant == "rezero":
+            shape = (2,) if alpha_per_sublayer else ()
+            self.alpha = nnx.Param(jnp.full(shape, alpha_init, dtype=param_dtype))
+
+    def alphas(self):
+        """(α of the attention sublayer, α of the feed-forward sublayer)."""
+        alpha = self.alpha[...]
+        return (alpha, alpha) if alpha.ndim == 0 else (alpha[0], alpha[1])
+
+    def __call__(self, x, padding_mask=None):
+        def A(h):
+            return self.dropout(self.attention(h, padding_mask))
+
+        def F(h):
+            return self.dropout(self.feed_forward(h))
+
+        match self.variant:
+            case "postnorm":
+                x = self.norm1(x + A(x))
+                x = self.norm2(x + F(x))
+            case "prenorm":
+                x = x + A(self.norm1(x))
+                x = x + F(self.norm2(x))
+            case "gpt2norm":
+                x = x + self.norm1(A(x))
+                x = x + self.norm2(F(x))
+            case "rezero":
+                alpha_attention, alpha_feed_forward = self.alphas()
+                x = x + alpha_attention * A(self.norm1(x))
+                x = x + alpha_feed_forward * F(self.norm2(x))
+        return x
+
+
+class Transformer(Stack):
+    """A Transformer encoder (or causal decoder LM) of `depth` layers.
+
+    Args:
+      depth: number of layers L (each: self-attention and feed-forward).
+      d_model: width d of the residual stream.
+      heads: attention heads (must divide d_model).
+      ffn: hidden width of the feed-forward network.
+      variant: "postnorm", "prenorm", "gpt2norm" or "rezero".
+      vocab_size: if set, token-id inputs (embedding, sinusoidal positions, output head of
+        vocab_size logits); if None, continuous inputs and outputs of shape (…, seq, d_model).
+      causal: causal self-attention mask (a decoder language model).
+      dropout: dropout rate (attention weights, feed-forward hidden units, sublayer outputs,
+        embeddings); off after `model.eval()`.
+      activation: φ of the feed-forward network ("relu" or "gelu"; any of `ACTIVATIONS`).
+      alpha_init: initial α of `rezero` layers (0: J = I exactly).
+      alpha_per_sublayer: one α per sublayer instead of one per layer (`rezero` only).
+      layernorm: `rezero` with a LayerNorm in front of each sublayer (x + α·F(Norm(x))).
+      param_dtype: parameter dtype (float64 needs `jax_enable_x64`).
+      rngs: `nnx.Rngs` for initialization (and dropout).
+
+    Example:
+      >>> enc = Transformer(64, 16, heads=4, ffn=64, variant="postnorm", rngs=nnx.Rngs(0))
+      >>> enc(jnp.ones((4, 16))).shape          # continuous input: (seq, d_model)
+      (4, 16)
+      >>> lm = Transformer(12, 128, heads=8, ffn=256, vocab_size=256, causal=True, rngs=nnx.Rngs(0))
+      >>> lm(jnp.zeros((2, 35), jnp.int32)).shape
+      (2, 35, 256)
+
+    Paper: ReZero, §4 (Figure 4a, b) and §5.3 (Bachlechner et al. 2020).
+    """
+
+    def __init__(self, depth: int, d_model: int, *, heads: int, ffn: int, variant: str = "rezero",
+                 vocab_size: int | None = None, causal: bool = False, dropout: float = 0.0,
+                 activation: str = "relu", alpha_init: float = 0.0,
+                 alpha_per_sublayer: bool = False, layernorm: bool | None = None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        check_variant("Transformer", variant, VARIANTS)
+        if depth < 1 or d_model < 1 or heads < 1 or ffn < 1:
+            raise ValueError(f"depth, d_model, heads and ffn must be positive, got {depth}, "
+                             f"{d_model}, {heads}, {ffn}")
+        if d_model % heads:
+            raise ValueError(f"heads={heads} must divide d_model={d_model}; pick d_model a "
+                             f"multiple of heads")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if variant != "rezero" and (alpha_per_sublayer or layernorm is False):
+            raise ValueError(f"alpha_per_sublayer and layernorm=False apply to variant='rezero' "
+                             f"only, not {variant!r}")
+        layernorm = variant != "rezero" if layernorm is None else layernorm
+        self.variant = variant
+        self.depth = depth
+        self.d_model = d_model
+        self.blocks = nnx.List([
+            TransformerLayer(d_model, heads=heads, ffn=ffn, variant=variant, dropout=dropout,
+                             activation_name=activation, causal=causal, alpha_init=alpha_init,
+                             alpha_per_sublayer=alpha_per_sublayer, layernorm=layernorm,
+                             param_dtype=param_dtype, rngs=rngs)
+            for _ in range(depth)])
+        self.vocab_size = vocab_size
+        if vocab_size is not None:
+            self.embedding = nnx.Embed(vocab_size, d_model, embedding_init=uniform_init(0.1),
+                                       param_dtype=param_dtype, rngs=rngs)
+            self.embedding_dropout = nnx.Dropout(dropout, rngs=rngs)
+            self.final_norm = (nnx.LayerNorm(d_model, epsilon=LAYERNORM_EPS,
+                                             param_dtype=param_dtype, rngs=rngs)
+                               if variant in ("prenorm", "gpt2norm") else Identity())
+            self.output = nnx.Linear(d_model, vocab_size, kernel_init=XAVIER_UNIFORM,
+                                     param_dtype=param_dtype, rngs=rngs)
+
+    def embed(self, x):
+        """x_0: √d·Embed(tokens) + positions for token ids; continuous inputs pass unchanged."""
+        if self.vocab_size is None:
+            if x.ndim < 2 or x.shape[-1] != self.d_model:
+                raise ValueError(f"this Transformer has no embedding (vocab_size=None) and takes "
+                                 f"continuous inputs (…, seq, d_model={self.d_model}); got shape "
+                                 f"{x.shape}. Pass vocab_size= for token ids")
+            return x
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(f"a Transformer with vocab_size={self.vocab_size} takes integer token "
+                            f"ids (…, seq), got dtype {x.dtype}")
+        h = self.embedding(x) * math.sqrt(self.d_model)
+        positions = sinusoidal_positions(x.shape[-1], self.d_model, h.dtype)
+        h = h + positions.reshape((1,) * (h.ndim - 2) + positions.shape)
+        return self.embedding_dropout(h)
+
+    def head(self, x):
+        """Logits over the vocabulary (after a final Norm for prenorm/gpt2norm), or x itself."""
+        if self.vocab_size is None:
+            return x
+        return self.output(self.final_norm(x))
+
+    def stack(self, x, padding_mask=None):
+        """The residual stack alone: x_0 ↦ x_L."""
+        for block in self.blocks:
+            x = block(x, padding_mask)
+        return x
+
+    def hidden_states(self, x, padding_mask=None) -> list:
+        """[x_0, x_1, …, x_L]: the stream after the embedding and after every layer."""
+        xs = [self.embed(x)]
+        for block in self.blocks:
+            xs.append(block(xs[-1], padding_mask))
+        return xs
+
+    def __call__(self, x, padding_mask=None):
+        return self.head(self.stack(self.embed(x), padding_mask))
