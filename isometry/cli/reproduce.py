@@ -1,0 +1,49 @@
+"""`isometry reproduce NAME`: one of the paper's results as NAME.png, NAME.json and NAME.md.
+
+    isometry reproduce fig5 --scale cpu --out docs/reproduce
+    isometry reproduce table2 --scale paper --data-dir ~/data     # CIFAR-10 from ~/data
+
+NAME: fig2 (toy model), fig4 (Jacobian spectra), fig5 (FC nets), fig7 / table3 (character
+Transformers), fig8 (ReZero α's), table2 (ResNets). --scale smoke runs in seconds, cpu in under
+15 minutes on two CPU cores, paper uses the paper's settings (meant for a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from isometry.cli import UsageError
+
+
+def register(sub) -> None:
+    from isometry.experiments import EXPERIMENTS, SCALES
+
+    p = sub.add_parser("reproduce", help="reproduce one of the paper's figures or tables",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--scale", default="cpu", help=f"{' | '.join(SCALES)} (default: cpu)")
+    p.add_argument("--out", default=".", help="output folder (default: .)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with cifar-10-python.tar.gz and/or enwik8 (default: synthetic "
+                        "images and a local text)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
+    p.add_argument("--runs", default=None,
+                   help="folder for the training runs' run directories (default: OUT/runs)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from isometry.experiments import EXPERIMENTS, SCALES, reproduce
+
+    if args.name not in EXPERIMENTS:
+        raise UsageError(f"unknown NAME {args.name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    if args.scale not in SCALES:
+        raise UsageError(f"unknown --scale {args.scale!r}; choose one of {', '.join(SCALES)}")
+    if args.data_dir is not None and not __import__("os").path.isdir(args.data_dir):
+        raise UsageError(f"--data-dir {args.data_dir!r} is not a folder")
+    paths = reproduce(args.name, args.scale, args.out, data_dir=args.data_dir, seed=args.seed,
+                      runs_dir=args.runs)
+    for kind in ("png", "json", "md"):
+        print(paths[kind])
+    return 0

@@ -1,0 +1,43 @@
+"""Writing one experiment's outputs: NAME.png, NAME.json and NAME.md, each atomically.
+
+The JSON record is the single source of the numbers: the figure and the markdown are drawn
+from it (never from live objects), so the PNG shows exactly the numbers the JSON holds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from isometry._io import atomic_write, jsonable, write_json
+
+__all__ = ["write_report", "markdown_table", "fmt"]
+
+
+def write_report(out_dir: str, name: str, record: dict, figure, markdown: str) -> dict[str, str]:
+    """Writes `out_dir/NAME.{json,png,md}`; returns {"json": path, "png": path, "md": path}."""
+    from isometry import plot
+
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, name)
+    return {"json": write_json(base + ".json", jsonable(record), indent=1),
+            "png": plot.save(figure, base + ".png"),
+            "md": atomic_write(base + ".md", markdown.encode())}
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for a table: `digits` significant digits, "—" for None/NaN, ints as ints."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}g}"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table; cells go through `fmt`."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

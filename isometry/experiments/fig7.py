@@ -1,0 +1,235 @@
+"""Figure 7 and Table 3: character-level Transformer language models with the LayerNorm
+placements of §5.3 and with ReZero.
+
+12 layers: Post-Norm (without and with learning-rate warm-up), Pre-Norm, GPT2-Norm and ReZero
+with α = 0 and α = 1 (`models.Transformer`, causal, bytes as tokens) are trained with Adam on
+enwik8 when `--data-dir` holds it, else on the Python standard library's source (a local text,
+`_runs.text_corpus`). Bits per byte (BPB) = training cross-entropy / ln 2, averaged over the
+last `smooth` records; "iterations to threshold" is the first step at which it falls to
+`threshold_bpb`, and ReZero's speed-up is (Post-Norm + warm-up's iterations) / (ReZero α = 0's) − 1
+(the paper: 56% faster). Deep models (`deep_depth` layers) are trained briefly: a run fails
+when its loss turns non-finite or its final BPB is no better than the byte-frequency (unigram)
+entropy of the training text, i.e. it learnt nothing beyond byte counts.
+
+Paper (§5.3, Table 3): 12 layers — Post-Norm without warm-up diverges, with 100 warm-up steps it
+reaches 1.2 BPB in 13,690 iterations, ReZero α = 0 converges 56% faster, α = 1 gives no gain.
+64 layers — Post-Norm, Post-Norm + warm-up and ReZero α = 1 diverge; ReZero α = 0 reaches 1.11.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+
+from isometry.experiments._report import fmt, markdown_table
+from isometry.experiments._runs import first_crossing, language_data, smooth, train_run
+
+#: label → (variant, alpha_init, warm-up on?)
+VARIANTS = {"Post-Norm": ("postnorm", 0.0, False),
+            "Post-Norm + warm-up": ("postnorm", 0.0, True),
+            "Pre-Norm": ("prenorm", 0.0, False),
+            "GPT2-Norm": ("gpt2norm", 0.0, False),
+            "ReZero α=1": ("rezero", 1.0, False),
+            "ReZero α=0": ("rezero", 0.0, False)}
+DEEP_VARIANTS = ("Post-Norm", "Post-Norm + warm-up", "ReZero α=1", "ReZero α=0")
+REFERENCE, REZERO = "Post-Norm + warm-up", "ReZero α=0"
+PAPER = {"threshold_bpb": 1.2, "reference_iterations": 13_690, "rezero_speedup": 0.56,
+         "deep_depth": 64,
+         "deep_outcome": {"Post-Norm": "diverges", "Post-Norm + warm-up": "diverges",
+                          "ReZero α=1": "diverges", "ReZero α=0": "1.11 BPB"}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fig7Settings:
+    """Model size, optimization and thresholds of the Figure 7 / Table 3 runs."""
+
+    depth: int = 12
+    deep_depth: int = 64
+    d_model: int = 512
+    heads: int = 8
+    ffn: int = 2048
+    seq_len: int = 512
+    batch_size: int = 16
+    steps: int = 20_000
+    deep_steps: int = 2_000
+    lr: float = 1e-3
+    warmup: int = 100
+    clip: float | None = 0.5
+    log_every: int = 50
+    smooth: int = 5
+    threshold_bpb: float = 1.2
+    text_bytes: int = 4_000_000
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    deep_variants: tuple[str, ...] = DEEP_VARIANTS
+
+
+SETTINGS = {
+    "smoke": Fig7Settings(depth=2, deep_depth=4, d_model=16, heads=2, ffn=32, seq_len=16,
+                          batch_size=8, steps=12, deep_steps=4, lr=3e-3, warmup=4, log_every=2,
+                          smooth=2, threshold_bpb=7.0, text_bytes=60_000,
+                          variants=("Post-Norm + warm-up", "ReZero α=0"),
+                          deep_variants=("Post-Norm",)),
+    "cpu": Fig7Settings(depth=12, deep_depth=64, d_model=64, heads=4, ffn=256, seq_len=64,
+                        batch_size=16, steps=400, deep_steps=40, lr=1e-3, warmup=40,
+                        log_every=10, smooth=3, threshold_bpb=3.3, text_bytes=2_000_000),
+    "paper": Fig7Settings(),
+}
+
+
+def unigram_bpb(tokens: np.ndarray) -> float:
+    """Entropy in bits of the byte frequencies: the BPB of a model that ignores context."""
+    p = np.bincount(np.asarray(tokens, np.int64), minlength=256) / len(tokens)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def _train(s: Fig7Settings, data, label: str, depth: int, steps: int, seed: int, runs_dir: str):
+    from flax import nnx
+
+    import models
+    from isometry.train import TrainConfig
+
+    variant, alpha_init, warm = VARIANTS[label]
+    model = models.Transformer(depth, s.d_model, heads=s.heads, ffn=s.ffn, variant=variant,
+                               alpha_init=alpha_init, vocab_size=256, causal=True,
+                               rngs=nnx.Rngs(seed))
+    warmup = min(s.warmup, steps - 1) if warm else 0
+    config = TrainConfig(steps=steps, batch_size=s.batch_size, optimizer="adam", lr=s.lr,
+                         warmup=warmup, clip=s.clip, seed=seed, eval_batches=4,
+                         checkpoint_every=max(steps // 4, 1))
+    slug = f"L{depth}-{variant}-a{alpha_init:g}-w{warmup}"
+    records, result = train_run(model, data, config, os.path.join(runs_dir, slug),
+                                log_every=s.log_every,
+                                run_info={"experiment": "fig7", "label": label, "depth": depth,
+                                          "d_model": s.d_model})
+    rows = [r for r in records if "loss" in r]
+    steps_ = [r["step"] for r in rows]
+    bpb = [r["loss"] / math.log(2) if r["loss"] is not None else math.nan for r in rows]
+    smoothed = smooth(bpb, s.smooth)
+    return {"variant": variant, "alpha_init": alpha_init, "warmup": warmup, "steps": steps_,
+            "bpb": bpb, "bpb_smoothed": smoothed,
+            "final_bpb": float(smoothed[-1]) if len(smoothed) else None,
+            "eval_bpb": result.final.get("eval_bpb"),
+            "nonfinite": bool(result.diverged),
+            "iterations_to_threshold": first_crossing(steps_, smoothed, s.threshold_bpb)}
+
+
+def run(s: Fig7Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict:
+    """Trains the shallow and the deep variants; returns the JSON record."""
+    data = language_data(data_dir, s.seq_len, s.text_bytes)
+    floor = unigram_bpb(data.train)
+    shallow = {label: _train(s, data, label, s.depth, s.steps, seed, runs_dir)
+               for label in s.variants}
+    deep = {}
+    for label in s.deep_variants:
+        r = _train(s, data, label, s.deep_depth, s.deep_steps, seed, runs_dir)
+        r["failed"] = r["nonfinite"] or not (r["final_bpb"] is not None and r["final_bpb"] < floor)
+        deep[label] = r
+    ref = shallow.get(REFERENCE, {}).get("iterations_to_threshold")
+    rz = shallow.get(REZERO, {}).get("iterations_to_threshold")
+    return {"name": "fig7", "data": data.name, "settings": dataclasses.asdict(s), "seed": seed,
+            "unigram_bpb": floor, "shallow": shallow, "deep": deep,
+            "rezero_speedup": (ref / rz - 1.0) if ref and rz else None, "paper": PAPER}
+
+
+def figure(record: dict):
+    """BPB against iterations: the shallow models (left) and the deep ones (right)."""
+    import matplotlib.pyplot as plt
+
+    s = record["settings"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
+    for ax, key, depth in ((axes[0], "shallow", s["depth"]), (axes[1], "deep", s["deep_depth"])):
+        for label, r in record[key].items():
+            y = np.asarray([np.nan if v is None else v for v in r["bpb_smoothed"]], dtype=float)
+            ax.plot(r["steps"], y, label=label, linewidth=1.4)
+        ax.axhline(record["unigram_bpb"], color="0.6", linestyle="--", linewidth=0.8,
+                   label="byte-frequency entropy")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training bits per byte")
+        ax.set_title(f"{depth}-layer character Transformers ({record['data']})", fontsize=9)
+    axes[0].axhline(s["threshold_bpb"], color="k", linestyle=":", linewidth=1,
+                    label=f"threshold {s['threshold_bpb']:g} BPB")
+    for ax in axes:
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def markdown(record: dict) -> str:
+    s, shallow, deep = record["settings"], record["shallow"], record["deep"]
+    ref = shallow.get(REFERENCE, {}).get("iterations_to_threshold")
+    rows = []
+    for label, r in shallow.items():
+        it = r["iterations_to_threshold"]
+        rows.append([label, it if it is not None else "not reached",
+                     f"{ref / it:.2f}×" if ref and it else "—", r["final_bpb"], r["eval_bpb"],
+                     "yes" if r["nonfinite"] else "no"])
+    deep_rows = [[label, "fails" if r["failed"] else "trains", r["final_bpb"], r["eval_bpb"],
+                  PAPER["deep_outcome"].get(label, "—")] for label, r in deep.items()]
+    data = ("enwik8" if record["data"] == "enwik8" else
+            "a local text (the Python standard library's source; no enwik8 was given)")
+    text = [f"# Figure 7 / Table 3: character-level Transformers\n",
+            f"Data: **{record['data']}** — {data}. d_model {s['d_model']}, {s['heads']} heads, "
+            f"FFN {s['ffn']}, sequence {s['seq_len']}, batch {s['batch_size']}, Adam lr "
+            f"{s['lr']:g}, gradient clip {s['clip']}, warm-up {s['warmup']} steps (warm-up runs "
+            f"only). Threshold: training BPB ≤ {s['threshold_bpb']:g} (moving average over "
+            f"{s['smooth']} records of every {s['log_every']} steps). Byte-frequency entropy of the "
+            f"training text: {record['unigram_bpb']:.3f} bits.\n",
+            f"## {s['depth']} layers, {s['steps']} iterations\n",
+            markdown_table(["variant", "iterations to threshold",
+                            f"speed vs {REFERENCE} (its iterations / these)", "final training BPB",
+                            "held-out BPB", "non-finite loss"], rows),
+            f"Paper: {REFERENCE} reaches {PAPER['threshold_bpb']} BPB in "
+            f"{PAPER['reference_iterations']:,} iterations; ReZero α = 0 converges 56% faster "
+            f"(1.56×); Post-Norm without warm-up diverges; ReZero α = 1 gives no gain.\n",
+            f"## {s['deep_depth']} layers, {s['deep_steps']} iterations\n",
+            markdown_table(["variant", "outcome here", "final training BPB", "held-out BPB",
+                            "paper (64 layers)"], deep_rows),
+            "A deep run *fails* when its loss turns non-finite or its final BPB is no better than "
+            "the byte-frequency entropy.\n",
+            _verdict(record)]
+    return "\n".join(text)
+
+
+def _verdict(record: dict) -> str:
+    shallow = record["shallow"]
+    reached = {k: r["iterations_to_threshold"] for k, r in shallow.items()
+               if r["iterations_to_threshold"] is not None}
+    parts = []
+    if not reached:
+        parts.append("**Outcome:** no 12-layer variant reached the threshold, so the speed-up "
+                     "is not measured at this scale.")
+    else:
+        first = min(reached, key=reached.get)
+        parts.append(f"**Outcome:** {first} reaches {record['settings']['threshold_bpb']:g} BPB "
+                     f"first ({reached[first]} iterations).")
+        sp = record["rezero_speedup"]
+        if sp is not None:
+            verb = "holds" if sp > 0 else "does **not** hold"
+            parts.append(f"ReZero α = 0 needs {reached[REZERO]} iterations against "
+                         f"{reached[REFERENCE]} for {REFERENCE}: {sp * 100:+.0f}% speed "
+                         f"(paper +56%), so the claim that ReZero converges faster {verb} here.")
+        elif REZERO in shallow and REZERO not in reached:
+            parts.append("ReZero α = 0 did not reach the threshold: the paper's claim does "
+                         "**not** hold at this scale.")
+        elif REFERENCE in shallow and REFERENCE not in reached:
+            parts.append(f"{REFERENCE} did not reach the threshold at all, so ReZero's speed-up "
+                         f"is larger than this run can measure.")
+    deep = record["deep"]
+    if deep:
+        failed = [k for k, r in deep.items() if r["failed"]]
+        parts.append(f"At {record['settings']['deep_depth']} layers: "
+                     f"{', '.join(failed) if failed else 'no variant'} failed to train; "
+                     f"{', '.join(k for k in deep if k not in failed) or 'none'} trained.")
+        expected = {k for k in deep if k != REZERO}
+        if set(failed) == expected:
+            parts.append("This is the paper's pattern.")
+        else:
+            parts.append("This differs from the paper's pattern (all but ReZero α = 0 diverge).")
+    parts.append("Runs here are far shorter, smaller and on other data than the paper's "
+                 "(enwik8, 512-wide models, tens of thousands of iterations), so thresholds are "
+                 "higher and warm-up matters less; read the numbers as a small-scale check.")
+    return " ".join(parts) + "\n"

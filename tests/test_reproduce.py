@@ -1,0 +1,80 @@
+"""`isometry reproduce NAME --scale smoke`: every experiment writes its three files, and the
+figure shows the numbers the JSON holds."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from isometry.cli import main
+from isometry.experiments import EXPERIMENTS, experiment
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    # one folder for the module: table3 reuses fig7's finished runs (same settings)
+    return str(tmp_path_factory.mktemp("reproduce"))
+
+
+def _load(out, name):
+    with open(os.path.join(out, f"{name}.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_smoke_writes_png_json_md(name, out, capsys):
+    assert main(["reproduce", name, "--scale", "smoke", "--out", out]) == 0
+    printed = capsys.readouterr().out.split()
+    for ext in ("png", "json", "md"):
+        path = os.path.join(out, f"{name}.{ext}")
+        assert path in printed and os.path.getsize(path) > 0
+    with open(os.path.join(out, f"{name}.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    record = _load(out, name)  # strict JSON (write_json refuses NaN)
+    assert record["name"] == name and record["scale"] == "smoke"
+    md = open(os.path.join(out, f"{name}.md")).read()
+    assert "**Outcome:**" in md and "|" in md
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+
+
+def test_fig5_plot_shows_json_curves(out):
+    if not os.path.exists(os.path.join(out, "fig5.json")):
+        main(["reproduce", "fig5", "--scale", "smoke", "--out", out])
+    record = _load(out, "fig5")
+    fig = experiment("fig5").figure(record)
+    lines = {l.get_label(): l for l in fig.axes[0].lines}
+    for variant, curve in record["curves"].items():
+        line = lines[experiment("fig5").LABELS[variant]]
+        np.testing.assert_array_equal(line.get_xdata(), curve["steps"])
+        np.testing.assert_allclose(line.get_ydata(), curve["mean"])
+        # the mean is the mean of the raw runs the record holds
+        n = len(curve["mean"])
+        np.testing.assert_allclose(curve["mean"], np.mean([r[:n] for r in curve["runs"]], axis=0))
+    o = record["outcomes"]["rezero"]
+    assert o["reached"] <= o["runs"]
+
+
+def test_fig4_histograms_come_from_json_sigma(out):
+    if not os.path.exists(os.path.join(out, "fig4.json")):
+        main(["reproduce", "fig4", "--scale", "smoke", "--out", out])
+    record = _load(out, "fig4")
+    panels = experiment("fig4").panels(record)
+    a = record["a_postnorm_encoders"]
+    for depth, v in a.items():
+        spec = panels["(a) Post-Norm encoders at init"][f"{depth} layers"]
+        np.testing.assert_allclose(np.mean(np.asarray(spec.singular_values) ** 2), v["mean_sigma2"])
+    # ReZero at alpha = 0: the stack is the identity, every singular value is 1
+    sigma0 = np.asarray(record["b_rezero_lm"]["steps"]["0"]["sigma"], dtype=float)
+    np.testing.assert_allclose(sigma0, 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce", "fig99", "--scale", "smoke"], "unknown NAME 'fig99'"),
+    (["reproduce", "fig5", "--scale", "huge"], "unknown --scale 'huge'"),
+])
+def test_bad_name_or_scale_is_one_line_exit_2(argv, message, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not os.listdir(tmp_path)
