@@ -28,4 +28,6 @@ def machine() -> dict:
     import jax
 
     return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                cpus=os.cpu_count(), jax=jax.__version__, device=str(jax.devices()[0]))
+                cpus=os.cpu_count(), jax=jax.__version__, device=str(jax.devices()[0]),
+                openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS"),
+                load_average_1min=os.getloadavg()[0])

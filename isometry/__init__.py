@@ -4,13 +4,26 @@
     spec = iso.jacobian_spectrum(fn, x)              # dense, jit-compiled
     sfn = iso.spectrum_fn(apply_fn, method="auto")   # pure (params, x[, key]) -> Spectrum
     apply_fn, params = iso.from_nnx(module)
+
+Threads: σ comes from LAPACK's SVD (OpenBLAS, through jax and scipy), whose default threading
+thrashes on the small matrices of per-input spectra: on a 2-core machine, 8 SVDs of 256x256
+took 0.02 s with one thread and 0.7-7.8 s with OpenBLAS's default. Importing isometry sets
+OPENBLAS_NUM_THREADS=1 unless it is already set (it acts only if no LAPACK routine ran before
+this import); set it yourself to override.
 """
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from isometry._adapters import from_linen, from_nnx
 from isometry._jacobian import (JacobianOperator, JacobianTooLargeError, dense_jacobian,
                                 jacobian_operator)
 from isometry._params import alpha_mask, alpha_values
 from isometry._spectrum import ISOMETRY_BAND, METHODS, Spectrum, jacobian_spectrum, spectrum_fn
+from isometry._lanczos import LanczosSpectrum, hutchinson_chi, lanczos_spectrum
+from isometry._layerwise import from_stack, layerwise_chi_fn, layerwise_spectrum_fn
+from isometry._sharding import batch_mesh, sharded_spectrum_fn
 from isometry import toy  # noqa: E402  (the (1 + αw)^L model of Figure 2, as `iso.toy`)
 from isometry import theory  # noqa: E402  (mean field and free probability, as `iso.theory`)
 from isometry import data  # noqa: E402  (CIFAR-10, enwik8, text and synthetic data, as `iso.data`)
@@ -24,18 +37,26 @@ __all__ = [
     "METHODS",
     "JacobianOperator",
     "JacobianTooLargeError",
+    "LanczosSpectrum",
     "Spectrum",
     "TrainConfig",
     "Tracker",
     "alpha_mask",
     "alpha_values",
+    "batch_mesh",
     "data",
     "dense_jacobian",
     "from_linen",
     "from_nnx",
+    "from_stack",
+    "hutchinson_chi",
     "jacobian_operator",
     "jacobian_spectrum",
+    "lanczos_spectrum",
+    "layerwise_chi_fn",
+    "layerwise_spectrum_fn",
     "read_metrics",
+    "sharded_spectrum_fn",
     "spectrum_fn",
     "theory",
     "toy",

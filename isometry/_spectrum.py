@@ -215,7 +215,7 @@ def spectrum_fn(apply_fn: Callable, method: str = "auto", *, batched: bool = Fal
       memory_budget: bytes the dense Jacobians (with SVD workspace) may take; a single Jacobian
         above it raises `JacobianTooLargeError` before anything is allocated.
       auto_dense_max_dim: the dense/lanczos switch of `method="auto"`.
-      **lanczos_options: passed to the matrix-free engine (see `isometry.lanczos_spectrum_fn`).
+      **lanczos_options: passed to the matrix-free engine (see `isometry.lanczos_spectrum`).
 
     Returns:
       `sfn(params, x, key=None) -> Spectrum` (or the matrix-free result for "lanczos").

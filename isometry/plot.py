@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["save", "spectrum_histograms", "toy_figure2", "toy_depth_sweep",
-           "training_curves", "spectrum_heatmap", "alpha_heatmap", "chi_curve", "theory_overlay"]
+           "training_curves", "spectrum_heatmap", "alpha_heatmap", "chi_curve", "theory_overlay",
+           "layerwise_profiles"]
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 120) -> str:
@@ -365,5 +366,53 @@ def theory_overlay(predictions: list, measured: list | None = None, *, bins: int
     p0 = predictions[0]
     ax.set_title(title or f"{p0.weights} weights, σ_w²={p0.sigma_w2:g}, σ_b²={p0.sigma_b2:g}: "
                           f"measured vs free-probability prediction")
+    fig.tight_layout()
+    return fig
+
+
+# --- layer-by-layer profiles ---
+def layerwise_profiles(profiles: dict, quantiles: tuple[float, float, float] = (0.1, 0.5, 0.9),
+                       title: str | None = None):
+    """chi_l and quantiles of log10 σ(∂x_l/∂x_0) against depth l, one curve per variant.
+
+    Args:
+      profiles: {label: list of L+1 `Spectrum`s (from `layerwise_spectrum_fn`, batch axes
+        pooled) or an array of chi_l (from `layerwise_chi_fn`, leading axes averaged)}.
+      quantiles: (low, middle, high) quantiles of log10 σ: the middle is drawn as a line and
+        the band between low and high is shaded.
+      title: figure title.
+
+    Returns:
+      The figure: left chi_l (log scale), right the log10 σ quantiles (spectra only).
+    """
+    fig, (ax_chi, ax_q) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, profile in profiles.items():
+        if isinstance(profile, (list, tuple)):
+            chi = np.array([np.mean(np.asarray(s.chi)) for s in profile])
+            logs = [np.log10(np.clip(np.asarray(s.singular_values, np.float64).ravel(),
+                                     np.finfo(np.float64).tiny, None)) for s in profile]
+            lo, mid, hi = np.array([np.quantile(v, quantiles) for v in logs]).T
+            depth = np.arange(len(profile))
+            (line,) = ax_q.plot(depth, mid, label=label, linewidth=1.4)
+            ax_q.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            color = line.get_color()
+        else:
+            chi = np.asarray(profile, np.float64).reshape(-1, np.shape(profile)[-1]).mean(axis=0)
+            color = None
+        ax_chi.plot(np.arange(len(chi)), chi, label=label, color=color, linewidth=1.4)
+    ax_chi.set_yscale("log")
+    ax_chi.set_xlabel("depth l")
+    ax_chi.set_ylabel(r"$\chi_l = \|\partial x_l/\partial x_0\|_F^2 / n$")
+    ax_chi.axhline(1.0, color="0.6", linewidth=0.8, linestyle=":")
+    ax_chi.legend(fontsize=8, frameon=False)
+    ax_q.set_xlabel("depth l")
+    lo_q, mid_q, hi_q = quantiles
+    ax_q.set_ylabel(rf"$\log_{{10}}\sigma$: median, {lo_q:g}–{hi_q:g} quantiles"
+                    if mid_q == 0.5 else r"$\log_{10}\sigma$ quantiles")
+    ax_q.axhline(0.0, color="0.6", linewidth=0.8, linestyle=":")
+    if ax_q.get_legend_handles_labels()[0]:
+        ax_q.legend(fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -6,8 +6,8 @@ explicitly. Strict rank promotion catches accidental broadcasting.
 
 import os
 
-# The LAPACK SVD behind jnp.linalg.svd (OpenBLAS) thrashes when its threads compete with
-# pytest-xdist workers: 8 SVDs of 256x256 take 0.2 s with default threads and 0.03 s with one.
+# One BLAS/LAPACK thread per pytest-xdist worker (importing isometry sets the same default:
+# OpenBLAS's own threading thrashes on small SVDs, see isometry/__init__.py).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-# jnp.linalg.svd and QR (orthogonal init) call OpenBLAS's LAPACK, whose threads thrash on small
-# matrices when the cores are busy (8 SVDs of 256x256: 0.03 s with one thread, 0.2-1.4 s with
-# default threads on a loaded 2-core machine). Read when the first LAPACK call loads it, so
-# setting it here, before any, is enough; set OPENBLAS_NUM_THREADS yourself to override.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 #: Subcommand modules, in the order `isometry --help` lists them.
 SUBCOMMANDS = ["spectrum", "train", "plot", "toy", "theory", "reproduce"]

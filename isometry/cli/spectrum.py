@@ -31,6 +31,10 @@ def register(sub) -> None:
     p.add_argument("--bins", type=int, default=50, help="histogram bins (default: 50)")
     p.add_argument("--out", default="isometry-spectrum",
                    help="directory for spectra.png and spectra.json (default: ./isometry-spectrum)")
+    p.add_argument("--layerwise", action="store_true",
+                   help="also profile chi_l and log-sigma quantiles of d x_l / d x_0 against "
+                        "depth l (layerwise.png, layerwise.json); dense when it fits, else "
+                        "chi_l only (Hutchinson)")
     p.add_argument("--json", action="store_true",
                    help="print the records as JSON on stdout (the table goes to stderr)")
     p.set_defaults(func=run, seq_len=4)  # Figure 4a: Jacobians of (4, d_model) sequences
@@ -80,6 +84,52 @@ def compute(args):
     return results
 
 
+def compute_layerwise(args) -> dict:
+    """{label: profile} for every (depth, variant): a list of L+1 Spectrums of ∂x_l/∂x_0 (dense,
+    when it fits and --method is not lanczos) or an array of chi_l (Hutchinson)."""
+    import jax
+    from flax import nnx
+
+    import isometry as iso
+
+    kind, variants = _zoo.resolve(args)
+    x = kind.probe_inputs(args, jax.random.key(args.seed), args.samples, args.param_dtype)
+    profiles = {}
+    for depth in args.depth:
+        for variant in variants:
+            module = kind.build(args, variant, depth, nnx.Rngs(args.seed))
+            module.eval()
+            embed_fn, states_fn, params = iso.from_stack(module)
+            x0 = jax.vmap(embed_fn, in_axes=(None, 0))(params, x)
+            label = f"{variant} L={depth}" if len(args.depth) > 1 else variant
+            try:
+                if args.method == "lanczos":
+                    raise iso.JacobianTooLargeError("matrix-free requested")
+                profiles[label] = iso.layerwise_spectrum_fn(states_fn, batched=True)(params, x0)
+            except iso.JacobianTooLargeError:
+                profiles[label] = iso.layerwise_chi_fn(states_fn, batched=True)(
+                    params, x0, jax.random.key(args.seed))[0]
+            except FloatingPointError as err:
+                raise UsageError(f"{args.model} {variant} depth {depth}: {err}") from None
+    return profiles
+
+
+def _layerwise_records(profiles: dict) -> dict:
+    import numpy as np
+
+    out = {}
+    for label, profile in profiles.items():
+        if isinstance(profile, list):
+            logs = [np.log10(np.clip(np.asarray(s.singular_values, np.float64).ravel(), 1e-300, None))
+                    for s in profile]
+            out[label] = dict(chi=[float(np.mean(s.chi)) for s in profile],
+                              log10_sigma_quantiles={q: [float(np.quantile(v, q)) for v in logs]
+                                                     for q in (0.1, 0.5, 0.9)})
+        else:
+            out[label] = dict(chi=np.asarray(profile).reshape(-1, profile.shape[-1]).mean(0).tolist())
+    return out
+
+
 def _model_settings(args) -> dict:
     keys = ("width", "activation", "seq_len", "d_model", "heads", "ffn", "blocks")
     return {k: getattr(args, k) for k in keys if hasattr(args, k)}
@@ -113,6 +163,14 @@ def run(args) -> int:
     path = os.path.join(args.out, "spectra.json")
     write_json(path, {"records": records})
     print(f"wrote {png} and {path}", file=sys.stderr)
+    if getattr(args, "layerwise", False):
+        profiles = compute_layerwise(args)
+        title = f"{args.model}: layer-by-layer Jacobians d x_l / d x_0"
+        lpng = plot.save(plot.layerwise_profiles(profiles, title=title),
+                         os.path.join(args.out, "layerwise.png"))
+        lpath = os.path.join(args.out, "layerwise.json")
+        write_json(lpath, {"profiles": _layerwise_records(profiles)})
+        print(f"wrote {lpng} and {lpath}", file=sys.stderr)
     if args.json:
         sys.stdout.write(json.dumps(jsonable(records), allow_nan=False) + "\n")
     return 0

@@ -1,0 +1,80 @@
+"""Layer-by-layer spectra (`isometry._layerwise`): ∂x_l/∂x_0 for every l in one pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import isometry as iso
+import models
+from isometry import plot
+
+
+def _fc(variant, depth=6, width=48):
+    return models.FullyConnected(depth, width, variant=variant, activation="tanh", alpha_init=0.3,
+                                 in_features=20, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+
+
+def test_every_depth_matches_the_dense_spectrum_of_the_truncated_stack():
+    net = _fc("rezero")
+    embed_fn, states_fn, params = iso.from_stack(net)
+    x = jax.random.normal(jax.random.key(1), (20,))
+    x0 = embed_fn(params, x)
+    spectra = iso.layerwise_spectrum_fn(states_fn)(params, x0)
+    assert len(spectra) == net.depth + 1
+    np.testing.assert_allclose(spectra[0].singular_values, 1.0, rtol=1e-12)  # J_0 = I
+    for l in (1, 3, 6):
+        truncated = lambda x0, l=l: states_fn(params, x0)[l]  # noqa: E731
+        exact = iso.jacobian_spectrum(truncated, x0)
+        np.testing.assert_allclose(spectra[l].singular_values, exact.singular_values, rtol=1e-10)
+        np.testing.assert_allclose(spectra[l].chi, exact.chi, rtol=1e-10)
+
+
+def test_hutchinson_profile_agrees_with_the_dense_profile_within_its_error():
+    embed_fn, states_fn, params = iso.from_stack(_fc("plain"))
+    xs = jax.random.normal(jax.random.key(2), (2, 20))
+    x0 = jax.vmap(embed_fn, in_axes=(None, 0))(params, xs)
+    spectra = iso.layerwise_spectrum_fn(states_fn, batched=True)(params, x0)
+    dense_chi = jnp.stack([s.chi for s in spectra], axis=-1)  # (batch, L+1)
+    chi, err = iso.layerwise_chi_fn(states_fn, num_probes=64, batched=True)(
+        params, x0, jax.random.key(3))
+    assert chi.shape == dense_chi.shape == (2, 7)
+    np.testing.assert_allclose(chi[:, 0], 1.0, rtol=1e-12)
+    assert bool(jnp.all(jnp.abs(chi - dense_chi) <= 5 * err + 1e-12))
+
+
+def test_from_stack_needs_blocks_and_large_requests_point_to_chi():
+    with pytest.raises(TypeError, match="blocks"):
+        iso.from_stack(nnx.Linear(3, 3, rngs=nnx.Rngs(0)))
+    _, states_fn, params = iso.from_stack(_fc("residual"))
+    lfn = iso.layerwise_spectrum_fn(states_fn, memory_budget=1e4)
+    with pytest.raises(iso.JacobianTooLargeError, match="layerwise_chi_fn"):
+        lfn(params, jnp.ones(48))
+
+
+def test_profile_plot_of_several_variants(tmp_path):
+    x = jax.random.normal(jax.random.key(4), (20,))
+    profiles = {}
+    for variant in ("plain", "residual", "rezero"):
+        embed_fn, states_fn, params = iso.from_stack(_fc(variant))
+        profiles[variant] = iso.layerwise_spectrum_fn(states_fn)(params, embed_fn(params, x))
+    _, states_fn, params = iso.from_stack(_fc("postnorm"))
+    profiles["postnorm (chi only)"] = iso.layerwise_chi_fn(states_fn)(
+        params, jnp.ones(48), jax.random.key(5))[0]
+    path = plot.save(plot.layerwise_profiles(profiles), tmp_path / "layers.png")
+    assert (tmp_path / "layers.png").stat().st_size > 1000 and path.endswith("layers.png")
+
+
+def test_cli_layerwise_writes_profiles(tmp_path):
+    import json
+
+    from isometry.cli import main
+
+    code = main(["spectrum", "--depth", "3", "--width", "16", "--samples", "1", "--variant",
+                 "plain,rezero", "--alpha-init", "0.2", "--layerwise", "--out", str(tmp_path)])
+    assert code == 0
+    profiles = json.loads((tmp_path / "layerwise.json").read_text())["profiles"]
+    assert set(profiles) == {"plain", "rezero"}
+    assert len(profiles["rezero"]["chi"]) == 4 and profiles["rezero"]["chi"][0] == 1.0
+    assert (tmp_path / "layerwise.png").exists()
