@@ -19,6 +19,27 @@ __all__ = ["train_run", "first_crossing", "smooth", "text_corpus", "language_dat
 STDLIB_TEXT = "python-stdlib-source"
 
 
+@dataclasses.dataclass(frozen=True)
+class CharLMSettings:
+    """Size and optimization of a character-level Transformer LM (Figures 7 and 8).
+
+    The paper-scale defaults (d 512, 8 heads, FFN 2048, sequence 512, Adam lr 1e-3, clip 0.5)
+    are our choice: the paper's enwik8 hyperparameters are not in our copy of it.
+    """
+
+    depth: int = 12
+    d_model: int = 512
+    heads: int = 8
+    ffn: int = 2048
+    seq_len: int = 512
+    batch_size: int = 16
+    steps: int = 20_000
+    lr: float = 1e-3
+    clip: float | None = 0.5
+    log_every: int = 50
+    text_bytes: int = 4_000_000
+
+
 def train_run(model, data, config, run_dir: str, *, input_shape=None, probes: int = 0,
               track_every: int = 100, log_every: int = 10, run_info: dict | None = None):
     """Trains `model` with `isometry.train.train` into `run_dir` (resuming a finished or killed

@@ -25,7 +25,8 @@ import os
 import numpy as np
 
 from isometry.experiments._report import fmt, markdown_table
-from isometry.experiments._runs import first_crossing, language_data, smooth, train_run
+from isometry.experiments._runs import (CharLMSettings, first_crossing, language_data, smooth,
+                                        train_run)
 
 #: label → (variant, alpha_init, warm-up on?)
 VARIANTS = {"Post-Norm": ("postnorm", 0.0, False),
@@ -43,25 +44,14 @@ PAPER = {"threshold_bpb": 1.2, "reference_iterations": 13_690, "rezero_speedup":
 
 
 @dataclasses.dataclass(frozen=True)
-class Fig7Settings:
+class Fig7Settings(CharLMSettings):
     """Model size, optimization and thresholds of the Figure 7 / Table 3 runs."""
 
-    depth: int = 12
     deep_depth: int = 64
-    d_model: int = 512
-    heads: int = 8
-    ffn: int = 2048
-    seq_len: int = 512
-    batch_size: int = 16
-    steps: int = 20_000
     deep_steps: int = 2_000
-    lr: float = 1e-3
     warmup: int = 100
-    clip: float | None = 0.5
-    log_every: int = 50
     smooth: int = 5
     threshold_bpb: float = 1.2
-    text_bytes: int = 4_000_000
     variants: tuple[str, ...] = tuple(VARIANTS)
     deep_variants: tuple[str, ...] = DEEP_VARIANTS
 

@@ -17,24 +17,17 @@ import os
 import numpy as np
 
 from isometry.experiments._report import markdown_table
-from isometry.experiments._runs import language_data, train_run
+from isometry.experiments._runs import CharLMSettings, language_data, train_run
 
 PAPER_MEAN_ALPHA = {"12": 0.0898, "64": 0.0185}
 
 
 @dataclasses.dataclass(frozen=True)
-class Fig8Settings:
+class Fig8Settings(CharLMSettings):
+    """The ReZero Transformer LM whose α's Figure 8 follows (64 layers at paper scale)."""
+
     depth: int = 64
-    d_model: int = 512
-    heads: int = 8
-    ffn: int = 2048
-    seq_len: int = 512
-    batch_size: int = 16
-    steps: int = 20_000
-    lr: float = 1e-3
-    clip: float | None = 0.5
     log_every: int = 100
-    text_bytes: int = 4_000_000
 
 
 SETTINGS = {
