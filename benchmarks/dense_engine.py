@@ -17,7 +17,6 @@ Writes benchmarks/results/dense_engine.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import jax
@@ -27,6 +26,7 @@ import torch
 from flax import nnx
 
 import isometry as iso
+from isometry._io import write_json
 import models
 from _timing import machine, median_time
 
@@ -104,11 +104,8 @@ def main() -> None:
               f"speed-up {row['speedup_vs_torch']:5.2f}x   floor {row['floor_seconds']*1e3:8.1f} ms   "
               f"ours/floor {row['ratio_to_floor']:5.2f}", flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(dict(benchmark="dense_engine", alpha=ALPHA, dtype="float32", machine=dict(machine(), torch=torch.__version__),
-                       results=rows), fh, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, dict(benchmark="dense_engine", alpha=ALPHA, dtype="float32", machine=dict(machine(), torch=torch.__version__),
+                       results=rows), indent=2)
     print(f"wrote {args.out}")
 
 

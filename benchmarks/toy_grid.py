@@ -11,7 +11,6 @@ gradient; the JAX side is also checked against vmapped autodiff. Compilation is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -24,6 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from isometry import toy  # noqa: E402
+from isometry._io import write_json  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "toy_grid.json")
 
@@ -76,10 +76,7 @@ def main() -> None:
                   cpu_count=os.cpu_count(), machine=platform.machine(),
                   load_average_1min=os.getloadavg()[0], rows=rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, args.out)
+    write_json(args.out, result, indent=1)
     print(f"wrote {args.out}")
 
 

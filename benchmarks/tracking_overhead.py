@@ -21,7 +21,6 @@ the median per variant is reported. Target: overhead <= 10%.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import models  # noqa: E402
+from isometry._io import write_json  # noqa: E402
 from isometry.data import SyntheticImages  # noqa: E402
 from isometry.tracking import Tracker  # noqa: E402
 from isometry.train import TrainConfig, make_optimizer, make_train_step  # noqa: E402
@@ -120,10 +120,7 @@ def main(argv=None) -> int:
         "note": "variants interleaved; median of repeats; compilation excluded; shared machine",
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, args.out)
+    write_json(args.out, result, indent=1)
     print(f"untracked {med['untracked']:.3f} s, tracked {med['tracked']:.3f} s per {args.steps} "
           f"steps: overhead {100 * overhead:+.1f}% (target <= 10%) -> {args.out}")
     return 0
