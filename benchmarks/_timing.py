@@ -23,6 +23,27 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 1, settle: float = 0.02) -> dict:
+    """Median wall time in seconds of each `fns[name]()`, timed round-robin.
+
+    One round runs every function once, so a change in machine load during the measurement
+    affects all of them alike and their ratios stay meaningful on a shared or noisy machine.
+    An untimed pause of `settle` seconds before each call lets worker threads of the previous
+    one (OpenMP threads spin after their work) go idle.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            time.sleep(settle)
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     import jax

@@ -176,7 +176,9 @@ def _dense_spectrum(fn: Callable, x: Any, mode: str, chunk_size: int | None) -> 
     j = dense_jacobian(fn, x, mode=mode, chunk_size=chunk_size, transposed_ok=True)
     finite = jnp.isfinite(j)
     n_bad = jnp.sum(~finite, dtype=jnp.int32)
-    s = jnp.linalg.svd(jnp.where(finite, j, 0), compute_uv=False)
+    # LAPACK wants column-major input: σ(Jᵀ) = σ(J), and the transpose of a row-major J is
+    # column-major for free, which keeps XLA from transposing the tangents at every layer.
+    s = jnp.linalg.svd(jnp.where(finite, j, 0).T, compute_uv=False)
     return Spectrum.from_singular_values(s, n_in, n_out, n_bad)
 
 
