@@ -196,14 +196,16 @@ class Tracker:
             raise ValueError(f"step {step} is not after the last recorded step {self.last_step}: "
                              f"records must have strictly increasing steps")
         record: dict[str, Any] = {"step": int(step)}
-        if loss is not None:
-            record["loss"] = _jsonable(loss)
-        record.update({k: _jsonable(v) for k, v in scalars.items() if v is not None})
+        scalars = {"loss": loss, **scalars}
+        alphas = {}
         if params is not None:
             from isometry._params import alpha_values
             alphas = alpha_values(params)
-            if alphas:
-                record["alpha"] = {k: _jsonable(v) for k, v in alphas.items()}
+        # one transfer for every scalar and α (not one device-to-host copy each)
+        scalars, alphas = jax.device_get(({k: v for k, v in scalars.items() if v is not None}, alphas))
+        record.update({k: _jsonable(v) for k, v in scalars.items()})
+        if alphas:
+            record["alpha"] = {k: _jsonable(v) for k, v in alphas.items()}
         if spectrum_due and params is not None:
             record.update(self._spectrum(step, params))
         self._write(record)
