@@ -78,3 +78,24 @@ def test_bad_name_or_scale_is_one_line_exit_2(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not os.listdir(tmp_path)
+
+
+def _fig7_row(iterations, nonfinite=False):
+    return {"iterations_to_threshold": iterations, "nonfinite": nonfinite, "final_bpb": 3.0,
+            "eval_bpb": 2.9, "steps": [10], "bpb_smoothed": [3.0]}
+
+
+def test_fig7_verdict_bounds_the_speedup_and_names_ties():
+    fig7 = experiment("fig7")
+    settings = dict(fig7.SETTINGS["cpu"].__dict__)
+    shallow = {"Post-Norm + warm-up": _fig7_row(None), "Pre-Norm": _fig7_row(130),
+               "ReZero α=1": _fig7_row(260), "ReZero α=0": _fig7_row(130)}
+    record = {"data": "text", "settings": settings, "unigram_bpb": 4.5, "shallow": shallow,
+              "deep": {}, "rezero_speedup": None}
+    md = fig7.markdown(record)
+    assert "Pre-Norm and ReZero α=0 reach 3.3 BPB first (130 iterations" in md
+    assert f"at least {400 / 130:.2f}× as fast" in md  # the reference never got there in 400
+    assert "> 1.54× (reference not reached)" in md     # ReZero α = 1's row
+    shallow["Post-Norm + warm-up"] = _fig7_row(100)
+    record["rezero_speedup"] = 100 / 130 - 1
+    assert "does **not** hold" in fig7.markdown(record)
