@@ -209,6 +209,16 @@ def markdown(record: dict) -> str:
         verdict.append(f"(b) At step 0 the ReZero stack has mean σ² = {b0['mean_sigma2']:.6g} "
                        f"(exactly 1 expected at α = 0); at the last step "
                        f"{list(b.values())[-1]['mean_sigma2']:.4g}.")
+    c0 = record["c_resnet_vanilla"]["steps"].get("0")
+    d0 = record["d_resnet_rezero"]["steps"].get("0")
+    if c0 is not None and d0 is not None:
+        verdict.append(
+            f"(c, d) At step 0 the vanilla ResNet's mean σ² is {c0['mean_sigma2']:.3g}, the "
+            f"ReZero ResNet's {d0['mean_sigma2']:.3g} with {d0['vanished_share'] * 100:.0f}% of σ "
+            f"below {VANISHED:g}: at α = 0 the ReZero stack passes the stem's channels through "
+            f"unchanged, and the zero-padded (option A) shortcuts of the wider stages carry "
+            f"nothing into the added channels, so those directions have σ = 0 until the "
+            f"branches learn.")
     verdict.append("At smoke/cpu scale the models are small and trained for few steps, so "
                    "(b)–(d) show only the start of training.")
     return "\n".join([
