@@ -15,7 +15,7 @@ so the overhead is measured against the bare compute of the step — the stricte
 Compilation is excluded (both are warmed up); the variants alternate `--repeats` times and
 the median per variant is reported. Target: overhead <= 10%.
 
-    python benchmarks/tracking_overhead.py [--steps 300] [--repeats 7]
+    python benchmarks/tracking_overhead.py [--steps 300] [--repeats 21]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--track-every", type=int, default=50)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--probes", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
 
