@@ -55,6 +55,7 @@ from jax.flatten_util import ravel_pytree
 from jax.scipy.special import ndtr
 
 from isometry._jacobian import JacobianOperator, jacobian_operator
+from isometry._spectrum import summarize
 
 __all__ = [
     "Bidiagonalization",
@@ -365,11 +366,7 @@ class LanczosSpectrum:
 
     def summary(self) -> dict[str, Any]:
         """The statistics as plain Python floats (lists for a batch): the keys of `Spectrum`."""
-        out = {}
-        for name in ("chi", "mean_log", "std_log", "sigma_max", "sigma_min", "condition_number",
-                     "isometry_share"):
-            out[name] = np.asarray(getattr(self, name), dtype=np.float64).tolist()
-        return out
+        return summarize(self)
 
 
 def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,

@@ -29,8 +29,8 @@ from flax import nnx
 
 from isometry._jacobian import JacobianTooLargeError, check_floating, dense_jacobian, flat_sizes
 from isometry._lanczos import hutchinson_chi
-from isometry._spectrum import (DEFAULT_MEMORY_BUDGET, Spectrum, _raise_if_nonfinite,
-                                check_dense_fits)
+from isometry._spectrum import (DEFAULT_MEMORY_BUDGET, _raise_if_nonfinite, check_dense_fits,
+                                svd_spectrum)
 
 __all__ = ["from_stack", "layerwise_chi_fn", "layerwise_spectrum_fn"]
 
@@ -98,12 +98,8 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
         sizes = [math.prod(jnp.shape(s)) for s in jax.eval_shape(fn, x0)]
         spectra, start = [], 0
         for n_out in sizes:
-            j = jt[:, start:start + n_out]
+            spectra.append(svd_spectrum(jt[:, start:start + n_out], n_in, n_out))
             start += n_out
-            finite = jnp.isfinite(j)
-            s = jnp.linalg.svd(jnp.where(finite, j, 0), compute_uv=False)
-            spectra.append(Spectrum.from_singular_values(
-                s, n_in, n_out, jnp.sum(~finite, dtype=jnp.int32)))
         return spectra
 
     jitted = jax.jit(_vmapped(one, batched, 2))

@@ -133,12 +133,18 @@ class Spectrum:
 
     def summary(self) -> dict[str, Any]:
         """The statistics as plain Python floats (lists for a batch) for tables and JSON."""
-        out = {}
-        for name in ("chi", "mean_log", "std_log", "sigma_max", "sigma_min", "condition_number",
-                     "isometry_share"):
-            v = np.asarray(getattr(self, name), dtype=np.float64)
-            out[name] = v.tolist()
-        return out
+        return summarize(self)
+
+
+#: The statistics `summary()` reports, shared by `Spectrum` and the matrix-free result.
+SUMMARY_STATISTICS = ("chi", "mean_log", "std_log", "sigma_max", "sigma_min",
+                      "condition_number", "isometry_share")
+
+
+def summarize(spec) -> dict[str, Any]:
+    """`SUMMARY_STATISTICS` of a spectrum result as plain Python floats (lists for a batch)."""
+    return {name: np.asarray(getattr(spec, name), dtype=np.float64).tolist()
+            for name in SUMMARY_STATISTICS}
 
 
 # --- computing spectra ----------------------------------------------------------------------
@@ -170,16 +176,24 @@ def check_dense_fits(n_in: int, n_out: int, dtype, memory_budget: float) -> int:
     return need
 
 
+def svd_spectrum(j: Array, n_in: int, n_out: int) -> Spectrum:
+    """Spectrum of a dense Jacobian given as J or Jᵀ (same σ), by an SVD (never of JJᵀ).
+
+    NaN/Inf entries are counted into `n_nonfinite` and zeroed before the SVD (LAPACK may not
+    return on them). LAPACK wants column-major input: the SVD is taken of the transpose of
+    the row-major `j` (column-major for free), which keeps XLA from storing the tangents that
+    build J column-major and transposing them back at every layer.
+    """
+    finite = jnp.isfinite(j)
+    s = jnp.linalg.svd(jnp.where(finite, j, 0).T, compute_uv=False)
+    return Spectrum.from_singular_values(s, n_in, n_out, jnp.sum(~finite, dtype=jnp.int32))
+
+
 def _dense_spectrum(fn: Callable, x: Any, mode: str, chunk_size: int | None) -> Spectrum:
-    """Spectrum of one Jacobian: J by `dense_jacobian`, σ by an SVD of J (never of JJᵀ)."""
+    """Spectrum of one Jacobian: J by `dense_jacobian`, σ by `svd_spectrum`."""
     n_in, n_out, _ = flat_sizes(fn, x)
     j = dense_jacobian(fn, x, mode=mode, chunk_size=chunk_size, transposed_ok=True)
-    finite = jnp.isfinite(j)
-    n_bad = jnp.sum(~finite, dtype=jnp.int32)
-    # LAPACK wants column-major input: σ(Jᵀ) = σ(J), and the transpose of a row-major J is
-    # column-major for free, which keeps XLA from transposing the tangents at every layer.
-    s = jnp.linalg.svd(jnp.where(finite, j, 0).T, compute_uv=False)
-    return Spectrum.from_singular_values(s, n_in, n_out, n_bad)
+    return svd_spectrum(j, n_in, n_out)
 
 
 def _raise_if_nonfinite(spec) -> None:
