@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import time
 
@@ -38,6 +37,7 @@ from flax import nnx
 import isometry as iso
 import models
 from isometry._io import write_json
+from _timing import machine as timing_machine
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "matrix_free.json")
 
@@ -88,16 +88,19 @@ def dense_pieces(apply_fn, params, x, chunk: int, svd_n: int):
         return jax.vmap(jvp)(jnp.eye(chunk, d, dtype=x_flat.dtype))
 
     t_cols, _ = timed(columns, params, x_flat)
-    a = jax.random.normal(jax.random.key(0), (svd_n, svd_n), jnp.float32)
-    svd = jax.jit(lambda a: jnp.linalg.svd(a, compute_uv=False))
-    t_svd, _ = timed(svd, a)
     jac = t_cols * d / chunk
-    svd_full = t_svd * (d / svd_n) ** 3
+    svd = svd_piece(d, svd_n)
     return dict(method="pieces", jacobian_chunk_columns=chunk, jacobian_chunk_seconds=t_cols,
-                jacobian_seconds_estimate=jac, svd_n=svd_n, svd_seconds=t_svd,
-                svd_seconds_estimate=svd_full, seconds=jac + svd_full,
+                jacobian_seconds_estimate=jac, **svd, seconds=jac + svd["svd_seconds_estimate"],
                 how=f"J: {chunk} JVP columns timed, x {d}/{chunk}; SVD: {svd_n}^2 timed, "
                     f"x ({d}/{svd_n})^3")
+
+
+def svd_piece(d: int, svd_n: int) -> dict:
+    """The SVD of a d × d J estimated from a timed svd_n² SVD, scaled by (d / svd_n)³."""
+    a = jax.random.normal(jax.random.key(0), (svd_n, svd_n), jnp.float32)
+    t_svd, _ = timed(jax.jit(lambda a: jnp.linalg.svd(a, compute_uv=False)), a)
+    return dict(svd_n=svd_n, svd_seconds=t_svd, svd_seconds_estimate=t_svd * (d / svd_n) ** 3)
 
 
 def dense_jacobian_measured(apply_fn, params, x, chunk: int, svd_n: int):
@@ -118,11 +121,9 @@ def dense_jacobian_measured(apply_fn, params, x, chunk: int, svd_n: int):
     chi = float(np.sum(jt * jt) / jt.shape[1])
     top = np.sort(svds(jt, k=10, tol=1e-12, return_singular_vectors=False))[::-1]
     del jt
-    pieces = dense_pieces(apply_fn, params, x, chunk, svd_n)
-    return dict(method="jacobian measured, SVD estimated", jacobian_seconds=t_jac,
-                svd_n=svd_n, svd_seconds=pieces["svd_seconds"],
-                svd_seconds_estimate=pieces["svd_seconds_estimate"],
-                seconds=t_jac + pieces["svd_seconds_estimate"],
+    svd = svd_piece(x.size, svd_n)
+    return dict(method="jacobian measured, SVD estimated", jacobian_seconds=t_jac, **svd,
+                seconds=t_jac + svd["svd_seconds_estimate"],
                 seconds_lower_bound=t_jac, top10=top.tolist(), chi=chi,
                 how=f"J: all {x.size} columns by the engine's dense_jacobian (chunks of {chunk}), "
                     f"timed once after compiling; top 10 σ of that J by ARPACK in float64; SVD: "
@@ -199,8 +200,7 @@ def main():
     if os.path.exists(args.out):  # keep the part(s) not rerun now
         with open(args.out) as f:
             results = json.load(f)
-    machine = dict(cpus=os.cpu_count(), platform=platform.platform(), jax=jax.__version__,
-                   devices=[str(d) for d in jax.devices()], load_average=os.getloadavg())
+    machine = timing_machine()
     results.update(machine=machine, quick=args.quick)
     # part (a) is kept per dense method, so a measured run does not replace the estimate
     a_key = "a" + ("_dense_full" if args.dense_full else
