@@ -31,13 +31,14 @@ to the running averages, which is how Jacobians are taken.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import Identity, Stack, check_variant
+from models._stack import Identity, Layers, Stack, check_variant
 
 VARIANTS = ("residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero")
 SHORTCUTS = ("identity", "projection")
@@ -191,7 +192,13 @@ class ResNet(Stack):
       num_classes: outputs of the classifier (10 for CIFAR-10).
       in_channels: channels of the input images (3).
       param_dtype: parameter dtype (float64 needs `jax_enable_x64`).
+      remat: rematerialize each block of the scanned stacks on the backward pass (True, or a
+        name from `jax.checkpoint_policies`).
+      unroll: blocks per scan iteration.
       rngs: `nnx.Rngs` for initialization.
+
+    `net.blocks` holds, per stage, its first block (which may change the shape) and a
+    `Layers` stack of the other n − 1 blocks (parameters stacked, one scan).
 
     Example:
       >>> net = ResNet(110, variant="rezero", rngs=nnx.Rngs(0))
@@ -206,7 +213,8 @@ class ResNet(Stack):
                  stages: Sequence[int] | None = None, width: int | None = None,
                  shortcut: str | None = None, batchnorm: bool | None = None,
                  alpha_init: float = 0.0, num_classes: int = 10, in_channels: int = 3,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 param_dtype=jnp.float32, remat: bool | str = False, unroll: int = 1,
+                 rngs: nnx.Rngs):
         check_variant("ResNet", variant, VARIANTS)
         if stages is None:
             stages, default_width, default_shortcut = layout(depth)
@@ -241,17 +249,20 @@ class ResNet(Stack):
         # pre-activation nets normalize at the start of each block and once before the head
         self.stem_norm = _batchnorm(width, batchnorm and variant != "prenorm",
                                     param_dtype=param_dtype, rngs=rngs)
-        blocks, cin = [], width
+        # a stage: its first block (strided and widened after stage 0), then one scanned
+        # `Layers` stack of the n − 1 blocks that keep the shape
+        block = functools.partial(BasicBlock, variant=variant, batchnorm=batchnorm,
+                                  shortcut=shortcut, alpha_init=alpha_init,
+                                  num_blocks=num_blocks, param_dtype=param_dtype)
+        parts, cin = [], width
         for s, n in enumerate(stages):
             cout = width * 2**s
-            for b in range(n):
-                stride = 2 if s > 0 and b == 0 else 1
-                blocks.append(BasicBlock(cin, cout, stride, variant=variant, batchnorm=batchnorm,
-                                         shortcut=shortcut, alpha_init=alpha_init,
-                                         num_blocks=num_blocks, param_dtype=param_dtype,
-                                         rngs=rngs))
-                cin = cout
-        self.blocks = nnx.List(blocks)
+            parts.append(block(cin, cout, 2 if s > 0 else 1, rngs=rngs))
+            if n > 1:
+                parts.append(Layers(lambda r, c=cout: block(c, c, 1, rngs=r), n - 1, rngs=rngs,
+                                    remat=remat, unroll=unroll))
+            cin = cout
+        self.blocks = nnx.List(parts)
         self.final_norm = _batchnorm(cin, batchnorm and variant == "prenorm",
                                      param_dtype=param_dtype, rngs=rngs)
         zero = nnx.initializers.zeros_init()
@@ -261,6 +272,9 @@ class ResNet(Stack):
             self.stem_bias = _scalar(0.0, param_dtype)
             self.head_bias = _scalar(0.0, param_dtype)
         self.in_channels = in_channels
+
+    def stack_stages(self) -> tuple:
+        return tuple(self.blocks)
 
     def embed(self, x):
         """x_0 = φ(BN(conv(image))) (pre-activation: conv(image); FixUp: φ(conv(image) + b))."""

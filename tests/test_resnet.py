@@ -27,13 +27,13 @@ def n_params(model) -> int:
 def test_cifar_layouts_match_he_et_al(depth, blocks, millions):
     # He et al. 2016a, Table 6: ResNet-20 has 0.27M and ResNet-56 0.85M parameters
     model = nnx.eval_shape(lambda: ResNet(depth, variant="residual", rngs=nnx.Rngs(0)))
-    assert len(model.blocks) == blocks and model.depth == depth
+    assert model.num_blocks == blocks and model.depth == depth
     assert abs(n_params(model) / 1e6 - millions) < 0.03 * millions + 0.005
 
 
 def test_preact_resnet18_layout():
     model = nnx.eval_shape(lambda: ResNet(18, variant="prenorm", rngs=nnx.Rngs(0)))
-    assert model.stages == (2, 2, 2, 2) and len(model.blocks) == 8
+    assert model.stages == (2, 2, 2, 2) and model.num_blocks == 8
     assert 11.1e6 < n_params(model) < 11.3e6   # ≈ 11.2M with 1×1 projection shortcuts
     y = jax.eval_shape(lambda x: ResNet(18, variant="prenorm", rngs=nnx.Rngs(0))(x),
                        jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
@@ -91,8 +91,8 @@ def test_residual_stack_is_not_the_identity():
 
 def test_fixup_initialization():
     model = tiny("fixup")
-    depth_blocks, width = len(model.blocks), TINY["width"]
-    block = model.blocks[0]
+    depth_blocks, width = model.num_blocks, TINY["width"]
+    block = model.unstacked_blocks()[0]
     assert not hasattr(block, "bn1") or not isinstance(block.bn1, nnx.BatchNorm)
     np.testing.assert_array_equal(block.conv2.kernel[...], 0)
     np.testing.assert_array_equal(model.classifier.kernel[...], 0)
@@ -105,7 +105,7 @@ def test_fixup_initialization():
 
 def test_zero_gamma_zeroes_the_last_batchnorm_scale():
     model = tiny("zero_gamma")
-    for block in model.blocks:
+    for block in model.unstacked_blocks():
         np.testing.assert_array_equal(block.bn2.scale[...], 0)
         np.testing.assert_array_equal(block.bn1.scale[...], 1)
 
@@ -117,8 +117,9 @@ def test_downsampling_block_shapes():
             return ResNet(variant="residual", stages=(1, 1, 1), width=4, shortcut=shortcut,
                           rngs=nnx.Rngs(0)).hidden_states(x)
 
+        # one depth-stacked run per resolution: (x_0, x_1), (x_2,), (x_3,), each (depth, batch, …)
         xs = jax.eval_shape(hidden_states, x)
-        assert [x.shape for x in xs] == [(2, 8, 8, 4), (2, 8, 8, 4), (2, 4, 4, 8), (2, 2, 2, 16)]
+        assert [x.shape for x in xs] == [(2, 2, 8, 8, 4), (1, 2, 4, 4, 8), (1, 2, 2, 2, 16)]
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads():
@@ -169,7 +170,7 @@ def test_trains_a_few_sgd_steps_without_nan(variant):
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(np.all(np.isfinite(p)) for p in leaves)
     if variant in ("gated", "rezero"):
-        assert all(float(b.alpha[...]) != 0 for b in model.blocks), "α must move off 0"
+        assert all(float(b.alpha[...]) != 0 for b in model.unstacked_blocks()), "α must move off 0"
 
 
 def test_cli_spectrum_resnet(tmp_path, capsys):
