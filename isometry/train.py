@@ -17,7 +17,8 @@ Run directory (see `isometry.tracking` for metrics.jsonl and spectra/):
 
   config.json      the run's settings; `resume=True` with different settings raises
                    `RunConfigError` naming the keys that differ.
-  checkpoint.npz   the state after step k: arrays "step", "leaf_i" (the i-th leaf of
+  checkpoint.npz   the state after step k: arrays "step", "layout" (`PARAM_LAYOUT`), "leaf_i"
+                   (the i-th leaf of
                    (params, rest, opt_state) in pytree order; PRNG keys as "key_i" holding
                    their key data). Written atomically every `checkpoint_every` steps and
                    at the end, after the records of steps <= k are on disk; resuming cuts
@@ -55,6 +56,13 @@ OPTIMIZERS = ("adagrad", "sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "onecycle", "cosine")
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.npz"
+#: The parameter layout of checkpoints and run directories: "stacked" = scanned layer stacks,
+#: one leaf per stack with a leading layer axis (isometry 0.1 wrote one leaf per layer and no
+#: marker; such files are refused, never loaded into the wrong leaves).
+PARAM_LAYOUT = "stacked"
+_OLD_LAYOUT = ("was written by isometry 0.1, whose models kept one parameter per layer; models "
+               "now stack their layers (one leaf per stack, a leading layer axis), so it cannot "
+               "be loaded: start a new run directory")
 
 
 class RunConfigError(ValueError):
@@ -245,7 +253,7 @@ def _is_key(leaf) -> bool:
 
 def save_checkpoint(path: str, step: int, tree: Any) -> None:
     """Writes `tree`'s leaves and `step` to an .npz file atomically (format: module docstring)."""
-    arrays = {"step": np.asarray(step, np.int64)}
+    arrays = {"step": np.asarray(step, np.int64), "layout": np.asarray(PARAM_LAYOUT)}
     for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
         if _is_key(leaf):
             arrays[f"key_{i}"] = np.asarray(jax.random.key_data(leaf))
@@ -261,6 +269,8 @@ def load_checkpoint(path: str, template: Any) -> tuple[int, Any]:
     leaves, treedef = jax.tree_util.tree_flatten(template)
     try:
         z = np.load(path)
+        if "layout" not in z.files:
+            raise RunConfigError(f"checkpoint {path!r} {_OLD_LAYOUT}")
         step = int(z["step"])
         out = []
         for i, t in enumerate(leaves):
@@ -272,8 +282,8 @@ def load_checkpoint(path: str, template: Any) -> tuple[int, Any]:
                 raise ValueError(f"leaf {i} is {a.dtype}{list(a.shape)}, the model needs "
                                  f"{np.dtype(t.dtype)}{list(np.shape(t))}")
             out.append(jnp.asarray(a))
-        if len(z.files) != len(leaves) + 1:
-            raise ValueError(f"it has {len(z.files) - 1} arrays, the model needs {len(leaves)}")
+        if len(z.files) != len(leaves) + 2:
+            raise ValueError(f"it has {len(z.files) - 2} arrays, the model needs {len(leaves)}")
     except (KeyError, ValueError, OSError) as err:
         raise RunConfigError(f"checkpoint {path!r} does not match this model and optimizer: "
                              f"{err}") from None
@@ -307,6 +317,8 @@ def _prepare_run_dir(run_dir: str, info: dict, resume: bool) -> bool:
                                   f"(resume=True) to continue it, or choose another run dir")
         with open(path) as f:
             stored = json.load(f)
+        if "param_layout" not in stored:
+            raise RunConfigError(f"run dir {run_dir!r} {_OLD_LAYOUT}")
         if stored != info:
             keys = sorted(set(stored) | set(info))
             diff = [f"{k}: {stored.get(k)!r} there, {info.get(k)!r} now" for k in keys
@@ -382,7 +394,8 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
 
     start, tracker = 0, None
     if run_dir is not None:
-        info = _jsonable_config({"train": dataclasses.asdict(config), "probes": probes,
+        info = _jsonable_config({"param_layout": PARAM_LAYOUT,
+                                 "train": dataclasses.asdict(config), "probes": probes,
                                  "track_every": track_every, "log_every": log_every,
                                  "method": method, "input_shape": input_shape,
                                  **(run_info or {})})

@@ -107,3 +107,20 @@ def test_language_model_reports_bits_per_byte(tmp_path):
     assert last["spectrum"]["chi"] != pytest.approx(1.0)
     assert len(last["alpha"]) == 2 and all(a != 0.0 for a in last["alpha"].values())
     assert not result.diverged
+
+
+def test_old_per_layer_checkpoints_and_run_dirs_are_refused(tmp_path):
+    """isometry 0.1 wrote one leaf per layer and no layout marker: refuse, never mis-load."""
+    import json
+
+    tree = {"w": jnp.arange(3.0)}
+    old = tmp_path / "old.npz"
+    np.savez(old, step=np.asarray(5), leaf_0=np.arange(3.0))
+    with pytest.raises(RunConfigError, match="one parameter per layer"):
+        load_checkpoint(str(old), tree)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {}, "probes": 0}))
+    with pytest.raises(RunConfigError, match="start a new run directory"):
+        train(_fc(), D.load_data("synthetic:2x2x3"), TrainConfig(steps=1, batch_size=4),
+              run_dir=str(run), resume=True, input_shape=(12,), probes=0)
