@@ -45,6 +45,7 @@ import optax
 from flax import nnx
 
 from isometry._params import alpha_mask
+from isometry._stack import LayerStack
 from isometry._io import atomic_write
 from isometry.tracking import Tracker
 
@@ -333,11 +334,11 @@ def _prepare_run_dir(run_dir: str, info: dict, resume: bool) -> bool:
 def _spectrum_target(model, graphdef_eval, probe_inputs):
     """(apply_fn(state, x), probes): the residual stack x_0 → x_L at fixed x_0 = embed(probes).
 
-    Models with `embed`/`stack` (every `models.Stack`) are tracked on their stack, with x_0 the
-    embedding of the probe inputs at initialization (fixed afterwards); other models on their
-    whole function of (floating) inputs.
+    Models that follow `isometry.LayerStack` (every `models.Stack`) are tracked on their stack,
+    with x_0 the embedding of the probe inputs at initialization (fixed afterwards); other
+    models on their whole function of (floating) inputs.
     """
-    if hasattr(model, "stack") and hasattr(model, "embed"):
+    if isinstance(model, LayerStack):
         x0 = nnx.merge(graphdef_eval, nnx.state(model)).embed(jnp.asarray(probe_inputs))
         return (lambda state, x: nnx.merge(graphdef_eval, state).stack(x)), x0
     return (lambda state, x: nnx.merge(graphdef_eval, state)(x)), jnp.asarray(probe_inputs)

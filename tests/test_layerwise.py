@@ -83,3 +83,45 @@ def test_cli_layerwise_writes_profiles(tmp_path):
     assert set(profiles) == {"plain", "rezero"}
     assert len(profiles["rezero"]["chi"]) == 4 and profiles["rezero"]["chi"][0] == 1.0
     assert (tmp_path / "layerwise.png").exists()
+
+
+class _OwnStack(nnx.Module):
+    """A user's model that is no `models.Stack` but follows `iso.LayerStack`: x ↦ tanh(W x)
+    L times, its layers stacked by hand and scanned."""
+
+    def __init__(self, depth, width, rngs):
+        self.w = nnx.Param(jax.random.normal(rngs.params(), (depth, width, width)) / width**0.5)
+
+    def embed(self, x):
+        return 2.0 * x
+
+    def _scan(self, x0):
+        return jax.lax.scan(lambda h, w: (jnp.tanh(w @ h),) * 2, x0, self.w[...])
+
+    def stack(self, x0):
+        return self._scan(x0)[0]
+
+    def states(self, x0):
+        return jnp.concatenate([x0[None], self._scan(x0)[1]])
+
+    def head(self, x):
+        return jnp.sum(x)
+
+    def __call__(self, x):
+        return self.head(self.stack(self.embed(x)))
+
+
+def test_a_users_own_layer_stack_gets_layerwise_spectra():
+    model = _OwnStack(5, 6, nnx.Rngs(0))
+    assert isinstance(model, iso.LayerStack)
+    embed_fn, states_fn, params = iso.from_stack(model)
+    x0 = embed_fn(params, jax.random.normal(jax.random.key(1), (6,), jnp.float64))
+    spectra = iso.layerwise_spectrum_fn(states_fn)(params, x0)
+    w = np.asarray(model.w[...])
+    h, jac = np.asarray(x0), np.eye(6)
+    for l in range(5):  # J_{l+1} = diag(1 − tanh²(W_l h_l)) W_l J_l
+        pre = w[l] @ h
+        jac = (1 - np.tanh(pre) ** 2)[:, None] * (w[l] @ jac)
+        h = np.tanh(pre)
+        np.testing.assert_allclose(spectra.singular_values[l + 1],
+                                   np.linalg.svd(jac, compute_uv=False), rtol=1e-10)
