@@ -51,9 +51,11 @@ from isometry.tracking import Tracker
 
 __all__ = ["TrainConfig", "TrainResult", "RunConfigError", "train", "make_optimizer",
            "learning_rate_schedule", "make_train_step", "make_eval_step", "save_checkpoint",
-           "load_checkpoint", "OPTIMIZERS", "SCHEDULES"]
+           "load_checkpoint", "scale_by_torch_adagrad", "OPTIMIZERS", "SCHEDULES", "ADAGRAD_STYLES"]
 
 OPTIMIZERS = ("adagrad", "sgd", "adam", "adamw")
+#: `TrainConfig.adagrad`: PyTorch's Adagrad (the paper's) or optax's defaults.
+ADAGRAD_STYLES = ("pytorch", "optax")
 SCHEDULES = ("constant", "step", "onecycle", "cosine")
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -78,6 +80,10 @@ class TrainConfig:
       steps: optimizer steps.
       batch_size: examples (or sequences) per step.
       optimizer: "adagrad", "sgd" (with `momentum`), "adam" or "adamw".
+      adagrad: "pytorch" (default: `torch.optim.Adagrad`, as the paper ran it — the
+        accumulator starts at 0 and the update is g/(√G + 1e-10), so the first step is
+        −lr·sign(g)) or "optax" (`optax.adagrad`: accumulator from 0.1, g/√(G + 1e-7), whose
+        first step is lr·g/√(0.1 + g²), far smaller for small gradients).
       lr: peak learning rate of all parameters but α.
       alpha_lr: learning rate of the α's (None: `lr`); α's never get weight decay.
       momentum: SGD momentum (0 for plain SGD).
@@ -98,6 +104,7 @@ class TrainConfig:
     steps: int
     batch_size: int = 100
     optimizer: str = "adagrad"
+    adagrad: str = "pytorch"
     lr: float = 0.01
     alpha_lr: float | None = None
     momentum: float = 0.9
@@ -118,6 +125,8 @@ class TrainConfig:
             problems.append(f"steps and batch_size must be positive (got {self.steps}, {self.batch_size})")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
+        if self.adagrad not in ADAGRAD_STYLES:
+            problems.append(f"unknown adagrad style {self.adagrad!r}; use one of {ADAGRAD_STYLES}")
         if self.schedule not in SCHEDULES:
             problems.append(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
         if not self.lr > 0 or (self.alpha_lr is not None and not self.alpha_lr >= 0):
@@ -159,9 +168,40 @@ def learning_rate_schedule(peak: float, config: TrainConfig) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, w), after], [w])
 
 
+def scale_by_torch_adagrad(eps: float = 1e-10) -> optax.GradientTransformation:
+    """PyTorch's Adagrad scaling: G_t = G_{t−1} + g_t² from G_0 = 0, update g_t / (√G_t + eps).
+
+    With a learning rate after it (`optax.scale_by_learning_rate`) this is
+    `torch.optim.Adagrad(lr, lr_decay=0, initial_accumulator_value=0, eps=1e-10)`: its first
+    step is −lr·g/(|g| + eps) ≈ −lr·sign(g), whatever the gradient's size. (`optax.adagrad`
+    starts G at 0.1 and divides by √(G + eps), so its first step is lr·g/√(0.1 + g²).)
+
+    Example:
+      >>> tx = optax.chain(scale_by_torch_adagrad(), optax.scale_by_learning_rate(0.1))
+      >>> params = {"w": jnp.zeros(2)}
+      >>> updates, _ = tx.update({"w": jnp.array([1e-3, -4.0])}, tx.init(params))
+      >>> [round(float(u), 6) for u in updates["w"]]
+      [-0.1, 0.1]
+    """
+
+    def init(params):
+        return optax.ScaleByRssState(sum_of_squares=jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None):
+        del params
+        sums = jax.tree_util.tree_map(lambda s, g: s + jnp.square(g), state.sum_of_squares,
+                                      updates)
+        updates = jax.tree_util.tree_map(lambda g, s: g / (jnp.sqrt(s) + eps), updates, sums)
+        return updates, optax.ScaleByRssState(sum_of_squares=sums)
+
+    return optax.GradientTransformation(init, update)
+
+
 def _base_optimizer(config: TrainConfig, lr: optax.Schedule, weight_decay: float):
     decay = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
     match config.optimizer:
+        case "adagrad" if config.adagrad == "pytorch":
+            return optax.chain(*decay, scale_by_torch_adagrad(), optax.scale_by_learning_rate(lr))
         case "adagrad":
             return optax.chain(*decay, optax.adagrad(lr))
         case "sgd":
