@@ -228,7 +228,7 @@ def markdown(record: dict) -> str:
             f"## (a) Fully connected, {s['fc_depth']:,} layers\n",
             f"Data: **{record['fc_data']}**. Width {s['fc_width']}, batch {s['fc_batch_size']}, "
             f"{s['fc_steps']} iterations of Adagrad lr {s['fc_lr']:g} (the paper's footnote; "
-            f"optax's Adagrad, whose accumulator starts at 0.1, not PyTorch's 0), ReLU, the "
+            f"PyTorch's Adagrad, as the authors ran it: `TrainConfig.adagrad`), ReLU, the "
             f"paper's σ_w² (2, 0.25 for FC+Res). χ_L: the mean squared singular value of "
             f"∂x_L/∂x_0 of the stack, averaged over {s['profile_inputs']} training inputs.\n",
             markdown_table(["variant", "loss on the fixed set at init", "after training",
