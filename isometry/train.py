@@ -51,9 +51,13 @@ from isometry.tracking import Tracker
 
 __all__ = ["TrainConfig", "TrainResult", "RunConfigError", "train", "make_optimizer",
            "learning_rate_schedule", "make_train_step", "make_eval_step", "save_checkpoint",
-           "load_checkpoint", "scale_by_torch_adagrad", "OPTIMIZERS", "SCHEDULES", "ADAGRAD_STYLES"]
+           "load_checkpoint", "scale_by_torch_adagrad", "OPTIMIZERS", "SCHEDULES", "ADAGRAD_STYLES",
+           "FIXUP_LR_FACTORS"]
 
 OPTIMIZERS = ("adagrad", "sgd", "adam", "adamw")
+#: FixUp's scalar biases and multipliers train at lr/10 (the FixUp code's parameter groups).
+FIXUP_LR_FACTORS = tuple((name, 0.1) for name in ("bias1a", "bias1b", "bias2a", "bias2b",
+                                                  "scale", "stem_bias", "head_bias"))
 #: `TrainConfig.adagrad`: PyTorch's Adagrad (the paper's) or optax's defaults.
 ADAGRAD_STYLES = ("pytorch", "optax")
 SCHEDULES = ("constant", "step", "onecycle", "cosine")
@@ -86,6 +90,9 @@ class TrainConfig:
         first step is lr·g/√(0.1 + g²), far smaller for small gradients).
       lr: peak learning rate of all parameters but α.
       alpha_lr: learning rate of the α's (None: `lr`); α's never get weight decay.
+      lr_factors: ((name, factor), …): leaves with a key `name` on their path train at
+        lr·factor (with weight decay), e.g. FixUp's scalar biases and multipliers at lr/10 as
+        in the FixUp code (`FIXUP_LR_FACTORS`).
       momentum: SGD momentum (0 for plain SGD).
       weight_decay: L2 coupled to the gradient for sgd/adagrad/adam (PyTorch style),
         decoupled for adamw; never applied to α.
@@ -107,6 +114,7 @@ class TrainConfig:
     adagrad: str = "pytorch"
     lr: float = 0.01
     alpha_lr: float | None = None
+    lr_factors: tuple[tuple[str, float], ...] = ()
     momentum: float = 0.9
     weight_decay: float = 0.0
     warmup: int = 0
@@ -125,6 +133,8 @@ class TrainConfig:
             problems.append(f"steps and batch_size must be positive (got {self.steps}, {self.batch_size})")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
+        if any(not f > 0 for _, f in self.lr_factors):
+            problems.append(f"lr_factors must be positive, got {self.lr_factors}")
         if self.adagrad not in ADAGRAD_STYLES:
             problems.append(f"unknown adagrad style {self.adagrad!r}; use one of {ADAGRAD_STYLES}")
         if self.schedule not in SCHEDULES:
@@ -212,18 +222,32 @@ def _base_optimizer(config: TrainConfig, lr: optax.Schedule, weight_decay: float
             return optax.adamw(lr, weight_decay=weight_decay)
 
 
+def _lr_label(path, is_alpha: bool, factors: dict) -> str:
+    if is_alpha:
+        return "alpha"
+    names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+    hits = [name for name in factors if name in names]
+    return f"factor:{hits[0]}" if hits else "rest"
+
+
 def make_optimizer(config: TrainConfig, params: Any) -> optax.GradientTransformation:
     """The optax optimizer: global-norm clipping, then separate rules for α and the rest.
 
     α (leaves on a path with a key named `alpha`, `isometry.alpha_mask`) gets the same
-    optimizer with learning rate `alpha_lr` (warm-up and schedule included) and no weight decay.
+    optimizer with learning rate `alpha_lr` (warm-up and schedule included) and no weight decay;
+    leaves named in `config.lr_factors` get lr·factor.
     """
     alpha_lr = config.lr if config.alpha_lr is None else config.alpha_lr
-    labels = jax.tree_util.tree_map(lambda a: "alpha" if a else "rest", alpha_mask(params))
-    tx = optax.multi_transform(
-        {"rest": _base_optimizer(config, learning_rate_schedule(config.lr, config), config.weight_decay),
-         "alpha": _base_optimizer(config, learning_rate_schedule(alpha_lr, config), 0.0)},
-        labels)
+    factors = dict(config.lr_factors)
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, a: _lr_label(path, a, factors), alpha_mask(params))
+    rules = {"rest": _base_optimizer(config, learning_rate_schedule(config.lr, config),
+                                     config.weight_decay),
+             "alpha": _base_optimizer(config, learning_rate_schedule(alpha_lr, config), 0.0)}
+    for name, factor in factors.items():
+        rules[f"factor:{name}"] = _base_optimizer(
+            config, learning_rate_schedule(config.lr * factor, config), config.weight_decay)
+    tx = optax.multi_transform(rules, labels)
     return optax.chain(optax.clip_by_global_norm(config.clip), tx) if config.clip else tx
 
 

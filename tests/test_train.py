@@ -153,3 +153,20 @@ def test_adagrad_is_pytorchs_by_default():
     assert abs(float(small["w"][0])) < 1e-2 * lr  # optax: lr·g/√(0.1 + g²) for g = 1e-3
     with pytest.raises(ValueError, match="unknown adagrad style"):
         TrainConfig(steps=1, adagrad="keras")
+
+
+def test_lr_factors_scale_named_leaves_fixups_scalars_at_a_tenth():
+    from isometry.train import FIXUP_LR_FACTORS
+
+    params = {"w": jnp.ones(2), "block": {"bias1a": jnp.array(0.0), "scale": jnp.array(1.0),
+                                          "alpha": jnp.array(0.0)}}
+    grads = jax.tree.map(lambda a: jnp.full_like(a, 2.0), params)
+    cfg = TrainConfig(steps=1, optimizer="sgd", momentum=0.0, lr=0.5, lr_factors=FIXUP_LR_FACTORS)
+    tx = make_optimizer(cfg, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -1.0)
+    np.testing.assert_allclose(updates["block"]["bias1a"], -0.1)
+    np.testing.assert_allclose(updates["block"]["scale"], -0.1)
+    np.testing.assert_allclose(updates["block"]["alpha"], -1.0)
+    with pytest.raises(ValueError, match="lr_factors must be positive"):
+        TrainConfig(steps=1, lr_factors=(("scale", 0.0),))
