@@ -72,11 +72,19 @@ SETTINGS = {
 
 
 def _profile(model, x) -> list | None:
-    """χ_l of the stack at every depth, averaged over the inputs; None when non-finite."""
+    """χ_l of the stack at every depth, averaged over the inputs; None when non-finite.
+
+    Non-finite parameters (a diverged run) give None before any Jacobian is taken: through
+    ReLU, NaN weights have derivative 0, so J could look finite (even = I) for a broken net.
+    """
     import jax
+    from flax import nnx
 
     import isometry as iso
 
+    if not all(np.all(np.isfinite(np.asarray(leaf)))
+               for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))):
+        return None
     model.eval()
     embed_fn, states_fn, params = iso.from_stack(model)
     try:
