@@ -46,6 +46,7 @@ from flax import nnx
 
 from isometry._params import alpha_mask
 from isometry._stack import LayerStack
+from isometry.calibrate import batchnorm_calibration, has_batchnorm
 from isometry._io import atomic_write
 from isometry.tracking import Tracker
 
@@ -395,23 +396,28 @@ def _prepare_run_dir(run_dir: str, info: dict, resume: bool) -> bool:
     return False
 
 
-def _spectrum_target(model, graphdef_eval, probe_inputs):
+def _spectrum_target(model, graphdef_eval, probe_inputs, calibration_inputs=None):
     """(apply_fn(state, x), probes): the residual stack x_0 → x_L at fixed x_0 = embed(probes).
 
     Models that follow `isometry.LayerStack` (every `models.Stack`) are tracked on their stack,
     with x_0 the embedding of the probe inputs at initialization (fixed afterwards); other
-    models on their whole function of (floating) inputs.
+    models on their whole function of (floating) inputs. With `calibration_inputs`, every
+    spectrum is taken with BatchNorm statistics of that batch (`isometry.calibrate`).
     """
+    calibrated = (batchnorm_calibration(model, calibration_inputs)
+                  if calibration_inputs is not None and has_batchnorm(model) else (lambda s: s))
     if isinstance(model, LayerStack):
-        x0 = nnx.merge(graphdef_eval, nnx.state(model)).embed(jnp.asarray(probe_inputs))
-        return (lambda state, x: nnx.merge(graphdef_eval, state).stack(x)), x0
-    return (lambda state, x: nnx.merge(graphdef_eval, state)(x)), jnp.asarray(probe_inputs)
+        x0 = nnx.merge(graphdef_eval, calibrated(nnx.state(model))).embed(jnp.asarray(probe_inputs))
+        return (lambda state, x: nnx.merge(graphdef_eval, calibrated(state)).stack(x)), x0
+    return ((lambda state, x: nnx.merge(graphdef_eval, calibrated(state))(x)),
+            jnp.asarray(probe_inputs))
 
 
 def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None = None,
           resume: bool = False, run_info: dict | None = None, input_shape: tuple | None = None,
           probes: int = 8, track_every: int = 100, log_every: int = 10,
-          method: str = "auto", progress: bool | None = None) -> TrainResult:
+          method: str = "auto", progress: bool | None = None,
+          calibrate_batchnorm: bool = False) -> TrainResult:
     """Trains `model` on `data`, tracking spectra, α's and losses into `run_dir`.
 
     Args:
@@ -428,6 +434,9 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
       track_every, log_every: spectrum and record intervals (`isometry.Tracker`).
       method: spectrum method ("auto", "dense", "lanczos").
       progress: show a tqdm bar (default: when stderr is a terminal).
+      calibrate_batchnorm: take every tracked spectrum with BatchNorm statistics of the first
+        training batch (one train-mode pass, `isometry.calibrate`) instead of the running
+        averages, which start at (0, 1) and describe no data early in training.
 
     Returns:
       `TrainResult` with the final params/rest, the last step, the final record, and whether
@@ -463,6 +472,7 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
                                  "train": dataclasses.asdict(config), "probes": probes,
                                  "track_every": track_every, "log_every": log_every,
                                  "method": method, "input_shape": input_shape,
+                                 "calibrate_batchnorm": calibrate_batchnorm,
                                  **(run_info or {})})
         resuming = _prepare_run_dir(run_dir, info, resume)
         ckpt = os.path.join(run_dir, CHECKPOINT_FILE)
@@ -470,7 +480,10 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
             start, (params, rest, opt_state) = load_checkpoint(ckpt, (params, rest, opt_state))
         apply_fn, x0 = (None, None)
         if probes:
-            apply_fn, x0 = _spectrum_target(model, graphdef_eval, prepare(data.probe_inputs(probes)))
+            calib = (prepare(data.train_batch(config.seed, 0, config.batch_size)[0])
+                     if calibrate_batchnorm else None)
+            apply_fn, x0 = _spectrum_target(model, graphdef_eval,
+                                            prepare(data.probe_inputs(probes)), calib)
         tracker = Tracker(run_dir, apply_fn=apply_fn, probes=x0, every=track_every,
                           log_every=log_every, method=method,
                           resume_step=start if resuming else None)
