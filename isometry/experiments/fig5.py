@@ -129,7 +129,9 @@ def markdown(record: dict) -> str:
             for o in out.values()]
     text = [f"# Figure 5: {s['depth']}-layer fully connected nets\n",
             f"Data: **{record['data']}** ({'CIFAR-10' if record['data'] == 'cifar10' else 'synthetic Gaussian-prototype images; no CIFAR-10 copy was given'}). "
-            f"Width {s['width']}, Adagrad lr {s['lr']:g}, batch {s['batch_size']}, {s['steps']} "
+            f"Width {s['width']}, Adagrad lr {s['lr']:g} (PyTorch's, as the authors ran it: "
+            f"accumulator from 0; optax's default starts it at 0.1 and steps far smaller at "
+            f"small gradients), batch {s['batch_size']}, {s['steps']} "
             f"iterations, {s['seeds']} seeds. Threshold: training loss ≤ {s['threshold']:g} nats "
             f"(moving average over {s['smooth']} records of every {s['log_every']} steps).\n",
             markdown_table(["variant", "runs reaching", "iterations to threshold (mean ± sd)",
