@@ -45,6 +45,7 @@ stochastic Lanczos quadrature" (2017); Hutchinson (1989).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -83,23 +84,30 @@ _BREAKDOWN_ULPS = 64
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Bidiagonalization:
-    """The upper-bidiagonal B of J from `golub_kahan` (vectors not kept).
+    """The upper-bidiagonal B of J from `golub_kahan`, with both Krylov bases.
 
     Buffers have the static length m = num_steps; after an early stop only the first `steps`
-    entries are filled (the rest are 0).
+    entries are filled (the rest are 0). With s = steps, V_s = right_vectors[:s]ᵀ and
+    U_s = left_vectors[:s]ᵀ (columns):
+
+        J V_s = U_s B_s,        Jᵀ U_s = V_s B_sᵀ + β_s v_{s+1} e_sᵀ.
 
     Attributes:
       alphas: diagonal α_1..α_m, shape (m,).
-      betas: β_1..β_m; β_1..β_{steps−1} are B's superdiagonal, β_steps couples to the next
-        v (the residual of the last step), shape (m,).
+      betas: β_1..β_m; β_1..β_{s−1} are B's superdiagonal, β_s couples to the next v (the
+        residual of the last step), shape (m,).
       steps: number of steps done (≤ m), an int array.
-      right_vectors: v_1..v_m as rows (zero beyond `steps`), shape (m, n_in): J V = U B.
+      right_vectors: v_1..v_m as rows (zero beyond `steps`), shape (m, n_in).
+      left_vectors: u_1..u_m as rows (zero beyond `steps`), shape (m, n_out).
+      next_vector: v_{s+1}, the unit direction of the residual, shape (n_in,).
     """
 
     alphas: Array
     betas: Array
     steps: Array
     right_vectors: Array
+    left_vectors: Array = None
+    next_vector: Array = None
 
     def matrix(self) -> Array:
         """B as a dense (m, m) array (zero beyond `steps`: extra zero singular values)."""
@@ -116,102 +124,307 @@ class Bidiagonalization:
         return p, s, qt, residuals
 
 
-def _orthogonalize(w: Array, basis: Array) -> Array:
-    """w minus its projection on the rows of `basis` (zero rows are ignored); twice (CGS2)."""
+# --- reorthogonalization on the active rows -------------------------------------------------
+#: Rows per reorthogonalization chunk: the basis is swept chunk by chunk up to the last filled
+#: row, so a step costs O(steps · n), not O(max_steps · n).
+_CHUNK = 16
+
+
+def _project_out(w: Array, basis: Array, rows: Array) -> Array:
+    """w minus its projection on the first `rows` rows of `basis`, twice (CGS2 by chunks).
+
+    Args:
+      w: vectors (p, n), one per independent run.
+      basis: orthonormal rows (p, M, n), M a multiple of `_CHUNK`; rows ≥ `rows` are zero.
+      rows: number of filled rows (traced); only ⌈rows / _CHUNK⌉ chunks are read.
+
+    Each pass subtracts, chunk by chunk, h = B_c w then w ← w − B_cᵀ h (classical within a
+    chunk, modified between chunks); the second pass removes what round-off left of the first
+    ("twice is enough", Giraud et al. 2005).
+    """
+    nchunks = (rows + _CHUNK - 1) // _CHUNK
+
+    def chunk(i, w):
+        block = jax.lax.dynamic_slice_in_dim(basis, i * _CHUNK, _CHUNK, axis=1)  # (p, c, n)
+        if w.shape[0] == 1:  # one run: plain matrix-vector products
+            return w - ((block[0] @ w[0]) @ block[0])[None]
+        h = jnp.einsum("pcn,pn->pc", block, w)
+        return w - jnp.einsum("pc,pcn->pn", h, block)
+
     for _ in range(2):
-        w = w - basis.T @ (basis @ w)
+        w = jax.lax.fori_loop(0, nchunks, chunk, w)
     return w
 
 
 def _unit(w: Array) -> Array:
-    norm = jnp.linalg.norm(w)
+    norm = jnp.linalg.norm(w, axis=-1, keepdims=True)
     return w / jnp.maximum(norm, jnp.finfo(w.dtype).tiny)
 
 
+def _next_vector(w, raw_norm, basis, rows, scale, direction, ulps):
+    """Coefficients and unit vectors of w ⟂ basis; a random orthogonal direction on breakdown.
+
+    A coefficient at round-off level (≤ ulps · max(‖raw‖, ‖B‖ so far)) means an invariant
+    subspace was found: the run continues from `direction` orthogonalized against the basis,
+    with coefficient 0, so the bidiagonal relations stay exact. The restart is computed only
+    when some run broke down (`lax.cond`; a batched predicate under `vmap` evaluates both).
+    """
+    w = _project_out(w, basis, rows)
+    coef = jnp.linalg.norm(w, axis=-1)
+    broke = coef <= ulps * jnp.maximum(raw_norm, scale)
+
+    def restart(w):
+        fresh = _unit(_project_out(jnp.broadcast_to(direction, w.shape), basis, rows))
+        return jnp.where(broke[:, None], fresh, w / jnp.where(broke, 1, coef)[:, None])
+
+    def regular(w):
+        return w / jnp.maximum(coef, jnp.finfo(w.dtype).tiny)[:, None]
+
+    w = jax.lax.cond(jnp.any(broke), restart, regular, w)
+    return jnp.where(broke, 0.0, coef), w
+
+
+def _products(op: JacobianOperator, vectors: Array, side: str) -> Array:
+    """J v (side "J") or Jᵀ u (side "JT") for every row of `vectors` (p, n), batched."""
+    fn = op.matvec if side == "J" else op.rmatvec
+    if vectors.shape[0] == 1:
+        return fn(vectors[0])[None]
+    return jax.vmap(fn)(vectors)
+
+
+def _gk_step(op, g_u, g_v, ulps, j, carry):
+    """Step j (0-based) of p independent runs: α_j u_j = J v_j − β_{j−1} u_{j−1}, then
+    β_j v_{j+1} = Jᵀ u_j − α_j v_j, each orthogonalized against the run's earlier vectors."""
+    us, vs, alphas, betas, scale = carry
+    v = jax.lax.dynamic_index_in_dim(vs, j, axis=1, keepdims=False)  # (p, n_in)
+    jv = _products(op, v, "J")
+    u_prev = jax.lax.dynamic_index_in_dim(us, jnp.maximum(j - 1, 0), axis=1, keepdims=False)
+    beta_prev = jnp.where(j > 0, jax.lax.dynamic_index_in_dim(betas, jnp.maximum(j - 1, 0),
+                                                              axis=1, keepdims=False), 0.0)
+    alpha, u = _next_vector(jv - beta_prev[:, None] * u_prev, jnp.linalg.norm(jv, axis=-1),
+                            us, j, scale, jnp.roll(g_u, j), ulps)
+    scale = jnp.maximum(scale, alpha)
+    jtu = _products(op, u, "JT")
+    beta, v_next = _next_vector(jtu - alpha[:, None] * v, jnp.linalg.norm(jtu, axis=-1),
+                                vs, j + 1, scale, jnp.roll(g_v, j), ulps)
+    scale = jnp.maximum(scale, beta)
+    return (jax.lax.dynamic_update_index_in_dim(us, u, j, axis=1),
+            jax.lax.dynamic_update_index_in_dim(vs, v_next, j + 1, axis=1),
+            alphas.at[:, j].set(alpha), betas.at[:, j].set(beta), scale)
+
+
+def _gk_init(op, v0, m, key):
+    """Zero buffers (rows padded to whole chunks), v_1 = v0/‖v0‖, and the restart directions:
+    one Gaussian vector per side, rolled by the step number (no random draws in the loop)."""
+    p, dtype = v0.shape[0], op.dtype
+    key_u, key_v = jax.random.split(key)
+    g_u = jax.random.normal(key_u, (op.n_out,), dtype)
+    g_v = jax.random.normal(key_v, (op.n_in,), dtype)
+    rows_u = -(-m // _CHUNK) * _CHUNK
+    rows_v = -(-(m + 1) // _CHUNK) * _CHUNK
+    vs = jnp.zeros((p, rows_v, op.n_in), dtype).at[:, 0].set(_unit(jnp.asarray(v0, dtype)))
+    carry = (jnp.zeros((p, rows_u, op.n_out), dtype), vs, jnp.zeros((p, m), dtype),
+             jnp.zeros((p, m), dtype), jnp.zeros((p,), dtype))
+    return carry, g_u, g_v
+
+
+def _bidiagonalization(carry, steps, m) -> Bidiagonalization:
+    us, vs, alphas, betas, _ = carry
+    filled = (jnp.arange(m) < steps)[:, None]
+    nxt = jax.lax.dynamic_index_in_dim(vs, steps, axis=1, keepdims=False)
+    return Bidiagonalization(alphas, betas, jnp.full((alphas.shape[0],), steps),
+                             jnp.where(filled, vs[:, :m], 0), jnp.where(filled, us[:, :m], 0), nxt)
+
+
+def _bidiagonalize_runs(op: JacobianOperator, v0: Array, num_steps: int, key: Array):
+    """`num_steps` steps of p independent Golub–Kahan runs from the rows of v0 (p, n_in),
+    their products batched (SLQ probes). Returns a `Bidiagonalization` with a leading p axis."""
+    m = num_steps
+    carry, g_u, g_v = _gk_init(op, v0, m, key)
+    ulps = _BREAKDOWN_ULPS * jnp.finfo(op.dtype).eps
+    carry = jax.lax.fori_loop(0, m, functools.partial(_gk_step, op, g_u, g_v, ulps), carry)
+    return _bidiagonalization(carry, jnp.asarray(m), m)
+
+
+# --- Ritz values and their error bounds ------------------------------------------------------
+def _bucket_sizes(count: int, m: int) -> tuple[int, ...]:
+    """Static sizes of the leading blocks of B whose SVD a convergence test takes: powers of
+    two from 32 (at least `count`) up to m, so a test after j steps costs O(max(32, 2j)³)."""
+    sizes, s = [], 32
+    while s < m:
+        if s >= count:
+            sizes.append(s)
+        s *= 2
+    return tuple(sizes) + (m,)
+
+
+def _top_ritz(alphas: Array, betas: Array, steps: Array, count: int, sizes: tuple[int, ...]):
+    """The top `count` Ritz values σ_i(B_steps) and residual bounds |β_steps P_{steps,i}|.
+
+    The SVD is taken of the smallest leading block of the (zero-padded) B buffer in `sizes`
+    that holds B_steps (`lax.switch`), not of the whole buffer.
+    """
+
+    def leading(s):
+        def svd(alphas, betas, steps):
+            sup = jnp.where(jnp.arange(s - 1) < steps - 1, betas[:s - 1], 0)
+            p, sv, _ = jnp.linalg.svd(jnp.diag(alphas[:s]) + jnp.diag(sup, 1))
+            last = jnp.minimum(steps, s) - 1
+            res = jnp.abs(betas[steps - 1] * p[last, :])
+            return sv[:count], res[:count]
+        return svd
+
+    index = jnp.sum(steps > jnp.asarray(sizes[:-1])) if len(sizes) > 1 else 0
+    return jax.lax.switch(index, [leading(s) for s in sizes], alphas, betas, steps)
+
+
+#: Relative gaps below which neighbouring Ritz values are also bounded as one cluster.
+_CLUSTER_GAPS = (0.0, 1e-3, 1e-2, 1e-1)
+
+
+def error_bounds(values: Array, residuals: Array, steps: Array | int | None = None) -> Array:
+    """Bounds on σ_i(J) − θ_i for Ritz values θ (descending) with residual bounds r.
+
+    Each Ritz triplet (θ_i, U p_i, V q_i) is an approximate eigenpair of the symmetric
+    H = [[0, J], [Jᵀ, 0]] with residual r_i/√2. Three bounds, the smallest taken:
+
+    * r_i (some eigenvalue of H lies within the residual);
+    * the gap bound r_i² / (2 δ_i) (Parlett, Thm 11.7.1), δ_i the distance from θ_i to the
+      rest of the spectrum, estimated as min(θ_{i−1} − θ_i, θ_i − θ_{i+1} − r_{i+1}) (above,
+      σ_{i−1} ≥ θ_{i−1} by interlacing; below, θ_{i+1} + r_{i+1} stands in for σ_{i+1} as in
+      PROPACK, a heuristic: a value the Krylov space has not seen yet cannot be bounded);
+    * for a cluster C of neighbours closer than a relative gap τ ∈ `_CLUSTER_GAPS`, the
+      block bound Σ_{j∈C} r_j² / (2 δ_C) (Cao, Xie & Li 2008), δ_C the gap from the cluster
+      to the rest: tight for tight clusters, where δ_i is tiny but δ_C is not.
+
+    A quadratic bound applies only when the gap exceeds the residual. The bounds are those of
+    the computed B: round-off of the products (about eps · σ_max) is not included.
+
+    Args:
+      values: θ, descending, (count,).
+      residuals: r, (count,).
+      steps: number of steps (θ_i with i ≥ steps are padding); None: all are real.
+
+    Returns:
+      Error bounds, (count,) (∞-free: at most r_i; the last value gets r only).
+    """
+    count = values.shape[-1]
+    idx = jnp.arange(count)
+    real = count if steps is None else jnp.minimum(steps, count)
+    r2 = jnp.square(residuals)
+    best = residuals
+    for tau in _CLUSTER_GAPS:
+        gaps = values[:-1] - values[1:]
+        boundary = gaps > tau * values[:-1]
+        label = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(boundary, dtype=jnp.int32)])
+        same = label[:, None] == label[None, :]
+        first = jnp.min(jnp.where(same, idx[None, :], count), axis=1)
+        last = jnp.max(jnp.where(same, idx[None, :], -1), axis=1)
+        block = jnp.sum(jnp.where(same, r2[None, :], 0), axis=1)
+        above = jnp.where(first > 0, values[jnp.maximum(first - 1, 0)] - values[first], jnp.inf)
+        below_ok = last + 1 < real
+        nxt = jnp.minimum(last + 1, count - 1)
+        below = jnp.where(below_ok, values[last] - values[nxt] - residuals[nxt], -jnp.inf)
+        gap = jnp.minimum(above, below)
+        ok = (gap > jnp.sqrt(block)) & below_ok
+        best = jnp.minimum(best, jnp.where(ok, block / (2 * jnp.where(ok, gap, 1)), jnp.inf))
+    return best
+
+
+def _stop_ratio(values, residuals, steps, k, rtol):
+    """max_i≤k of error bound / (rtol · θ_i): ≤ 1 means the top k are certified."""
+    bounds = error_bounds(values, residuals, steps)[:k]
+    tiny = jnp.finfo(values.dtype).tiny
+    return jnp.max(bounds / jnp.maximum(rtol * values[:k], tiny)), bounds
+
+
 def golub_kahan(op: JacobianOperator, v0: Array, num_steps: int, key: Array, *,
-                k: int | None = None, rtol: float = 1e-6,
-                check_every: int = 16) -> Bidiagonalization:
+                k: int | None = None, rtol: float = 1e-6) -> Bidiagonalization:
     """Golub–Kahan–Lanczos bidiagonalization with full reorthogonalization.
 
     Starting from v₁ = v0/‖v0‖:
         α_j u_j = J v_j − β_{j−1} u_{j−1},    β_j v_{j+1} = Jᵀ u_j − α_j v_j,
-    each new vector orthogonalized against all earlier u's (or v's). When α_j or β_j falls
-    to round-off level the recurrence continues from a random vector orthogonal to the basis
-    (its coefficient set to 0), which keeps J V = U B exact.
+    each new vector orthogonalized twice against the earlier u's (or v's) — only the rows
+    filled so far, chunk by chunk, so step j costs two products and O(j · n). When α_j or β_j
+    falls to round-off level (an invariant subspace, e.g. J = I or rank J < m) the recurrence
+    continues from a random vector orthogonal to the basis, its coefficient set to 0; this
+    keeps J V = U B and Jᵀ U = V Bᵀ + β_s v_{s+1} e_sᵀ exact.
 
-    Convergence test (when `k` is given): every `check_every` steps the SVD of the current B
-    gives the top-k Ritz values and their residual bounds; the run stops once every bound is
-    ≤ rtol · σ_i, or after `num_steps` steps.
+    Stopping rule (when `k` is given): after step j the top-k Ritz values of B_j get the
+    error bounds of `error_bounds` (residual, gap and cluster bounds); the run stops as soon
+    as every bound is ≤ rtol · θ_i, or after `num_steps` steps. Tests are scheduled from the
+    observed convergence rate: with ρ = max_i bound_i / (rtol θ_i) falling by a factor e^c
+    per step, the next test comes after ⌊(ln ρ / c) / 2⌋ steps (at least 1, at most j/8), so
+    tests get denser as ρ nears 1 and the run overshoots the first certifiable step by
+    little. A test costs the SVD of the smallest power-of-two leading block holding B_j.
 
     Args:
       op: the operator (`jacobian_operator`): matvec (n_in,) → (n_out,), rmatvec back.
       v0: starting vector (n_in,), not zero.
       num_steps: m, the most steps, ≤ min(n_in, n_out) (static).
       key: PRNG key for restart vectors.
-      k: stop early once the top k Ritz values have converged (None: run all m steps).
-      rtol: relative residual bound of the convergence test.
-      check_every: steps between convergence tests.
+      k: stop early once the top k Ritz values are certified (None: run all m steps).
+      rtol: relative error bound of the stopping rule.
 
     Returns:
-      `Bidiagonalization` with α and β of shape (m,) and the number of steps done.
+      `Bidiagonalization` with α, β of shape (m,), both bases, and the number of steps done.
+
+    Example:
+      >>> op = jacobian_operator(lambda x: a @ x, jnp.ones(n))
+      >>> bd = golub_kahan(op, jnp.ones(n), 64, jax.random.key(0), k=5, rtol=1e-8)
+      >>> _, s, _, res = bd.ritz()
     """
     m = num_steps
     if not 1 <= m <= min(op.n_in, op.n_out):
         raise ValueError(f"num_steps must be in [1, min(n_in, n_out) = {min(op.n_in, op.n_out)}], "
                          f"got {m}")
-    dtype = op.dtype
-    ulps = _BREAKDOWN_ULPS * jnp.finfo(dtype).eps
-
-    # Restart directions: one Gaussian vector per side, rolled by the step number (no random
-    # draws inside the loop: they are slow to compile on CPU).
-    key_u, key_v = jax.random.split(key)
-    g_u = jax.random.normal(key_u, (op.n_out,), dtype)
-    g_v = jax.random.normal(key_v, (op.n_in,), dtype)
-
-    def next_vector(w, raw_norm, basis, scale, g, j):
-        # Coefficient and unit vector; a random orthogonal direction after a breakdown.
-        w = _orthogonalize(w, basis)
-        coef = jnp.linalg.norm(w)
-        broke = coef <= ulps * jnp.maximum(raw_norm, scale)
-        fresh = _unit(_orthogonalize(jnp.roll(g, j), basis))
-        return jnp.where(broke, 0.0, coef), jnp.where(broke, fresh, w / jnp.where(broke, 1, coef))
-
-    def step(j, carry):
-        us, vs, alphas, betas, scale = carry
-        v = vs[j]
-        jv = op.matvec(v)
-        previous = jnp.where(j > 0, betas[j - 1], 0.0) * us[j - 1]
-        alpha, u = next_vector(jv - previous, jnp.linalg.norm(jv), us, scale, g_u, j)
-        scale = jnp.maximum(scale, alpha)
-        jtu = op.rmatvec(u)
-        beta, v_next = next_vector(jtu - alpha * v, jnp.linalg.norm(jtu), vs, scale, g_v, j)
-        scale = jnp.maximum(scale, beta)
-        return (us.at[j].set(u), vs.at[j + 1].set(v_next), alphas.at[j].set(alpha),
-                betas.at[j].set(beta), scale)
-
-    zeros = jnp.zeros((m,), dtype)
-    carry = (jnp.zeros((m, op.n_out), dtype),
-             jnp.zeros((m + 1, op.n_in), dtype).at[0].set(_unit(jnp.asarray(v0, dtype))),
-             zeros, zeros, jnp.zeros((), dtype))
     if k is None:
-        _, vs, alphas, betas, _ = jax.lax.fori_loop(0, m, step, carry)
-        return Bidiagonalization(alphas, betas, jnp.asarray(m), vs[:m])
+        out = _bidiagonalize_runs(op, jnp.asarray(v0)[None], m, key)
+        return jax.tree_util.tree_map(lambda a: a[0], out)
+    if not 1 <= k <= m:
+        raise ValueError(f"k must be in [1, num_steps = {m}], got {k}")
+    return _golub_kahan_until(op, v0, m, key, k, rtol)[0]
 
-    def unconverged(state):
-        j, (_, _, alphas, betas, _) = state
-        _, s, _, res = Bidiagonalization(alphas, betas, j, None).ritz()
-        done = jnp.all(res[:k] <= rtol * s[:k]) & (j >= k)
+
+def _golub_kahan_until(op, v0, m, key, k, rtol):
+    """The stopping-rule run of `golub_kahan`: (Bidiagonalization, θ, r, bounds, tests)."""
+    carry, g_u, g_v = _gk_init(op, jnp.asarray(v0)[None], m, key)
+    ulps = _BREAKDOWN_ULPS * jnp.finfo(op.dtype).eps
+    step = functools.partial(_gk_step, op, g_u, g_v, ulps)
+    count = min(k + 6, m)
+    sizes = _bucket_sizes(count, m)
+
+    def ratio_at(carry, j):
+        _, _, alphas, betas, _ = carry
+        s, res = _top_ritz(alphas[0], betas[0], j, count, sizes)
+        return _stop_ratio(s, res, j, k, rtol)[0]
+
+    def test(state):
+        j, carry, _, last_j, last_log, _, tests = state
+        log_ratio = jnp.log(jnp.maximum(ratio_at(carry, j), jnp.finfo(op.dtype).tiny))
+        rate = (last_log - log_ratio) / jnp.maximum(j - last_j, 1)
+        ahead = jnp.where((last_j > 0) & (rate > 0), log_ratio / rate, jnp.inf)
+        interval = jnp.clip(jnp.floor(ahead / 2), 1, jnp.maximum(j // 8, 1)).astype(j.dtype)
+        return j, carry, j + interval, j, log_ratio, log_ratio <= 0, tests + 1
+
+    def body(state):
+        j, carry, next_test, last_j, last_log, done, tests = state
+        carry = step(j, carry)
+        state = (j + 1, carry, next_test, last_j, last_log, done, tests)
+        return jax.lax.cond(j + 1 >= next_test, test, lambda s: s, state)
+
+    def unfinished(state):
+        j, _, _, _, _, done, _ = state
         return (j < m) & ~done
 
-    def block(state):
-        j, carry = state
-        stop = jnp.minimum(j + check_every, m)
-        return stop, jax.lax.fori_loop(j, stop, step, carry)
-
-    steps, (_, vs, alphas, betas, _) = jax.lax.while_loop(unconverged, block,
-                                                          (jnp.asarray(0), carry))
-    vs = jnp.where((jnp.arange(m) < steps)[:, None], vs[:m], 0)  # drop v_{steps+1}
-    return Bidiagonalization(alphas, betas, steps, vs)
+    zero = jnp.zeros((), jnp.int32)
+    state = (zero, carry, jnp.asarray(min(k + 1, m), jnp.int32), zero,
+             jnp.zeros((), op.dtype), jnp.zeros((), bool), zero)
+    steps, carry, _, _, _, _, tests = jax.lax.while_loop(unfinished, body, state)
+    out = jax.tree_util.tree_map(lambda a: a[0], _bidiagonalization(carry, steps, m))
+    s, res = _top_ritz(out.alphas, out.betas, steps, count, sizes)
+    _, bounds = _stop_ratio(s, res, steps, k, rtol)
+    return out, s[:k], res[:k], bounds, tests
 
 
 def _hutchinson(tangents: Array) -> tuple[Array, Array]:
@@ -241,7 +454,8 @@ class LanczosSpectrum:
 
     Attributes:
       singular_values: the top k Ritz values, descending (lower bounds on σ_1..σ_k), (..., k).
-      residual_bounds: |β_m P_{m,i}|: a singular value of J lies within this of each, (..., k).
+      residual_bounds: error bounds σ_i(J) − θ_i ≤ bound (`error_bounds`: the residual
+        |β_m P_{m,i}| refined by the Ritz-value gaps), (..., k).
       sigma_min_estimate: the smallest Gauss node over the probes: an upper bound on σ_min,
         often far above it (the density's lowest node), (...).
       sigma_min_residual: its residual bound, (...).
@@ -378,8 +592,8 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
 
     Two kinds of Golub–Kahan runs on the short side of J (`jacobian_operator` products):
 
-    * top k: one run from a random start until the top k residual bounds are ≤ rtol · σ_i
-      (tested every 16 steps) or `max_steps` steps;
+    * top k: one run from a random start until the top k error bounds are ≤ rtol · σ_i
+      (the stopping rule of `golub_kahan`) or `max_steps` steps;
     * density: `num_probes` runs of `num_steps` steps from Rademacher probes, vmapped so
       the products of all probes are batched;
     * chi: ‖B‖_F² of the top run plus Hutchinson with `chi_probes` probes projected off its
@@ -396,7 +610,7 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
       k: number of top singular values to report.
       max_steps: the most steps of the top-k run (capped at min(n_in, n_out), where all σ
         are exact).
-      rtol: convergence test of the top-k run: residual bound ≤ rtol · σ_i.
+      rtol: stopping rule of the top-k run: error bound ≤ rtol · σ_i.
       num_steps: m, GK steps per density probe (capped like max_steps).
       num_probes: p, random probes for the density.
       chi_probes: Rademacher probes of the deflated Hutchinson estimate of chi (one JVP
@@ -426,15 +640,13 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
     top_key, probe_key, chi_key, restart_key = jax.random.split(key, 4)
 
-    # Top k: one run with a convergence test.
+    # Top k: one run with the stopping rule (as `top_singular_values`).
     start = jax.random.normal(top_key, (n_short,), op.dtype)
-    top = golub_kahan(op, start, m_top, restart_key, k=k, rtol=rtol)
-    _, s_top, _, res_top = top.ritz()
+    top, s_top, _, bounds_top, _ = _golub_kahan_until(op, start, m_top, restart_key, k, rtol)
 
-    # Density and chi: Gauss quadrature of every probe.
+    # Density and chi: Gauss quadrature of every probe (the runs' products batched).
     probes = _rademacher(probe_key, (num_probes, n_short), op.dtype)
-    restart_keys = jax.random.split(jax.random.fold_in(restart_key, 1), num_probes)
-    bidiag = jax.vmap(lambda v, kk: golub_kahan(op, v, m, kk))(probes, restart_keys)
+    bidiag = _bidiagonalize_runs(op, probes, m, jax.random.fold_in(restart_key, 1))
     _, nodes, qt, residuals = jax.vmap(Bidiagonalization.ritz)(bidiag)
     weights = jnp.square(qt[:, :, 0])
     low = jnp.argmin(nodes[:, -1])  # every probe's smallest node is an upper bound on σ_min
@@ -449,7 +661,7 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
     frob = frob + jnp.sum(jnp.square(top.matrix()))
     n_bad = sum(jnp.sum(~jnp.isfinite(a)) for a in (bidiag.alphas, bidiag.betas, s_top, frob))
     return LanczosSpectrum(
-        singular_values=s_top[:k], residual_bounds=res_top[:k],
+        singular_values=s_top, residual_bounds=bounds_top,
         sigma_min_estimate=nodes[low, -1], sigma_min_residual=residuals[low, -1],
         chi=frob / n_in, chi_stderr=err / n_in,
         nodes=nodes, weights=weights, n_nonfinite=n_bad.astype(jnp.int32),
