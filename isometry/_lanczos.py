@@ -147,16 +147,30 @@ def _project_out(w: Array, basis: Array, rows: Array) -> Array:
     """
     nchunks = (rows + _CHUNK - 1) // _CHUNK
 
-    def chunk(i, w):
-        block = jax.lax.dynamic_slice_in_dim(basis, i * _CHUNK, _CHUNK, axis=1)  # (p, c, n)
+    def chunk(i, w):  # both passes in one loop: chunk i mod nchunks
+        start = (i % jnp.maximum(nchunks, 1)) * _CHUNK
+        block = jax.lax.dynamic_slice_in_dim(basis, start, _CHUNK, axis=1)  # (p, c, n)
         if w.shape[0] == 1:  # one run: plain matrix-vector products
             return w - ((block[0] @ w[0]) @ block[0])[None]
         h = jnp.einsum("pcn,pn->pc", block, w)
         return w - jnp.einsum("pc,pcn->pn", h, block)
 
-    for _ in range(2):
-        w = jax.lax.fori_loop(0, nchunks, chunk, w)
-    return w
+    return jax.lax.fori_loop(0, 2 * nchunks, chunk, w)
+
+
+def _hashed_normal(key: Array, n: int, dtype) -> Array:
+    """n pseudo-random numbers of zero mean and unit variance from a cheap integer hash of
+    the key (a multiply-xorshift mix of the index and the key's bits, then the uniform
+    mapped to [−√3, √3]). For start and restart directions, which only need to be generic:
+    it compiles in a fraction of the time of `jax.random.normal` (threefry) on CPU."""
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    seed = jnp.asarray(data, jnp.uint32).reshape(-1)
+    h = jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) + seed[0]
+    for mult in (0x85EBCA6B, 0xC2B2AE35):
+        h = (h ^ (h >> 16)) * jnp.uint32(mult) + seed[-1]
+    h = h ^ (h >> 16)
+    uniform = (h >> 8).astype(jnp.float32) * (1.0 / 2**24) + (0.5 / 2**24)
+    return (math.sqrt(3.0) * (2.0 * uniform - 1.0)).astype(dtype)
 
 
 def _unit(w: Array) -> Array:
@@ -169,22 +183,30 @@ def _next_vector(w, raw_norm, basis, rows, scale, direction, ulps):
 
     A coefficient at round-off level (≤ ulps · max(‖raw‖, ‖B‖ so far)) means an invariant
     subspace was found: the run continues from `direction` orthogonalized against the basis,
-    with coefficient 0, so the bidiagonal relations stay exact. The restart is computed only
-    when some run broke down (`lax.cond`; a batched predicate under `vmap` evaluates both).
+    with coefficient 0, so the bidiagonal relations stay exact. The orthogonalization is a
+    loop of one pass, taken a second time (on the restart direction) only when some run broke
+    down: the restart costs nothing otherwise, and its code is the same traced loop body
+    (one copy of the orthogonalization in the program; under `vmap` the second pass runs when
+    any member of the batch broke down).
     """
-    w = _project_out(w, basis, rows)
-    coef = jnp.linalg.norm(w, axis=-1)
-    broke = coef <= ulps * jnp.maximum(raw_norm, scale)
 
-    def restart(w):
-        fresh = _unit(_project_out(jnp.broadcast_to(direction, w.shape), basis, rows))
-        return jnp.where(broke[:, None], fresh, w / jnp.where(broke, 1, coef)[:, None])
+    def attempt(state):
+        tries, w, coef, broke = state
+        again = tries > 0
+        candidate = jnp.where((again & broke)[:, None], direction, w)
+        candidate = _project_out(candidate, basis, rows)
+        norm = jnp.linalg.norm(candidate, axis=-1)
+        return (tries + 1, jnp.where((again & ~broke)[:, None], w, candidate),
+                jnp.where(again, coef, norm),
+                jnp.where(again, broke, norm <= ulps * jnp.maximum(raw_norm, scale)))
 
-    def regular(w):
-        return w / jnp.maximum(coef, jnp.finfo(w.dtype).tiny)[:, None]
+    def pending(state):
+        tries, _, _, broke = state
+        return (tries == 0) | ((tries == 1) & jnp.any(broke))
 
-    w = jax.lax.cond(jnp.any(broke), restart, regular, w)
-    return jnp.where(broke, 0.0, coef), w
+    no = jnp.zeros(w.shape[:1], bool)
+    _, w, coef, broke = jax.lax.while_loop(pending, attempt, (0, w, jnp.zeros(w.shape[:1], w.dtype), no))
+    return jnp.where(broke, 0.0, coef), _unit(w)
 
 
 def _products(op: JacobianOperator, vectors: Array, side: str) -> Array:
@@ -220,9 +242,8 @@ def _gk_init(op, v0, m, key):
     """Zero buffers (rows padded to whole chunks), v_1 = v0/‖v0‖, and the restart directions:
     one Gaussian vector per side, rolled by the step number (no random draws in the loop)."""
     p, dtype = v0.shape[0], op.dtype
-    key_u, key_v = jax.random.split(key)
-    g_u = jax.random.normal(key_u, (op.n_out,), dtype)
-    g_v = jax.random.normal(key_v, (op.n_in,), dtype)
+    g = _hashed_normal(key, op.n_out + op.n_in, dtype)
+    g_u, g_v = g[:op.n_out], g[op.n_out:]
     rows_u = -(-m // _CHUNK) * _CHUNK
     rows_v = -(-(m + 1) // _CHUNK) * _CHUNK
     vs = jnp.zeros((p, rows_v, op.n_in), dtype).at[:, 0].set(_unit(jnp.asarray(v0, dtype)))
@@ -315,8 +336,8 @@ def error_bounds(values: Array, residuals: Array, steps: Array | int | None = No
     idx = jnp.arange(count)
     real = count if steps is None else jnp.minimum(steps, count)
     r2 = jnp.square(residuals)
-    best = residuals
-    for tau in _CLUSTER_GAPS:
+
+    def clustered(tau):  # the bounds with clusters of relative gap ≤ tau
         gaps = values[:-1] - values[1:]
         boundary = gaps > tau * values[:-1]
         label = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(boundary, dtype=jnp.int32)])
@@ -330,8 +351,10 @@ def error_bounds(values: Array, residuals: Array, steps: Array | int | None = No
         below = jnp.where(below_ok, values[last] - values[nxt] - residuals[nxt], -jnp.inf)
         gap = jnp.minimum(above, below)
         ok = (gap > jnp.sqrt(block)) & below_ok
-        best = jnp.minimum(best, jnp.where(ok, block / (2 * jnp.where(ok, gap, 1)), jnp.inf))
-    return best
+        return jnp.where(ok, block / (2 * jnp.where(ok, gap, 1)), jnp.inf)
+
+    taus = jnp.asarray(_CLUSTER_GAPS, values.dtype)
+    return jnp.minimum(residuals, jnp.min(jax.vmap(clustered)(taus), axis=0))
 
 
 def _stop_ratio(values, residuals, steps, k, rtol):
@@ -390,44 +413,46 @@ def golub_kahan(op: JacobianOperator, v0: Array, num_steps: int, key: Array, *,
 
 
 def _golub_kahan_until(op, v0, m, key, k, rtol):
-    """The stopping-rule run of `golub_kahan`: (Bidiagonalization, θ, r, bounds, tests)."""
+    """The stopping-rule run of `golub_kahan`: (Bidiagonalization, θ, r, bounds, tests), the
+    top-k Ritz values θ, their residuals r and error bounds from the last test (the test
+    after the last step). v0 None: a Gaussian start drawn with the restart directions."""
+    if v0 is None:  # a generic start, drawn apart from the restart directions
+        v0 = _hashed_normal(key, op.n_out + 2 * op.n_in, op.dtype)[-op.n_in:]
     carry, g_u, g_v = _gk_init(op, jnp.asarray(v0)[None], m, key)
     ulps = _BREAKDOWN_ULPS * jnp.finfo(op.dtype).eps
     step = functools.partial(_gk_step, op, g_u, g_v, ulps)
     count = min(k + 6, m)
     sizes = _bucket_sizes(count, m)
 
-    def ratio_at(carry, j):
+    def test(state):
+        j, carry, _, last_j, last_log, _, tests, _ = state
         _, _, alphas, betas, _ = carry
         s, res = _top_ritz(alphas[0], betas[0], j, count, sizes)
-        return _stop_ratio(s, res, j, k, rtol)[0]
-
-    def test(state):
-        j, carry, _, last_j, last_log, _, tests = state
-        log_ratio = jnp.log(jnp.maximum(ratio_at(carry, j), jnp.finfo(op.dtype).tiny))
+        ratio, bounds = _stop_ratio(s, res, j, k, rtol)
+        log_ratio = jnp.log(jnp.maximum(ratio, jnp.finfo(op.dtype).tiny))
         rate = (last_log - log_ratio) / jnp.maximum(j - last_j, 1)
         ahead = jnp.where((last_j > 0) & (rate > 0), log_ratio / rate, jnp.inf)
         interval = jnp.clip(jnp.floor(ahead / 2), 1, jnp.maximum(j // 8, 1)).astype(j.dtype)
-        return j, carry, j + interval, j, log_ratio, log_ratio <= 0, tests + 1
+        return (j, carry, jnp.minimum(j + interval, m), j, log_ratio, log_ratio <= 0, tests + 1,
+                (s[:k], res[:k], bounds))
 
     def body(state):
-        j, carry, next_test, last_j, last_log, done, tests = state
+        j, carry, next_test, last_j, last_log, done, tests, found = state
         carry = step(j, carry)
-        state = (j + 1, carry, next_test, last_j, last_log, done, tests)
+        state = (j + 1, carry, next_test, last_j, last_log, done, tests, found)
         return jax.lax.cond(j + 1 >= next_test, test, lambda s: s, state)
 
     def unfinished(state):
-        j, _, _, _, _, done, _ = state
+        j, _, _, _, _, done, _, _ = state
         return (j < m) & ~done
 
     zero = jnp.zeros((), jnp.int32)
+    nothing = (jnp.zeros((k,), op.dtype),) * 3
     state = (zero, carry, jnp.asarray(min(k + 1, m), jnp.int32), zero,
-             jnp.zeros((), op.dtype), jnp.zeros((), bool), zero)
-    steps, carry, _, _, _, _, tests = jax.lax.while_loop(unfinished, body, state)
+             jnp.zeros((), op.dtype), jnp.zeros((), bool), zero, nothing)
+    steps, carry, _, _, _, _, tests, (s, res, bounds) = jax.lax.while_loop(unfinished, body, state)
     out = jax.tree_util.tree_map(lambda a: a[0], _bidiagonalization(carry, steps, m))
-    s, res = _top_ritz(out.alphas, out.betas, steps, count, sizes)
-    _, bounds = _stop_ratio(s, res, steps, k, rtol)
-    return out, s[:k], res[:k], bounds, tests
+    return out, s, res, bounds, tests
 
 
 @jax.tree_util.register_dataclass
@@ -495,9 +520,7 @@ def top_singular_values(fn: Callable, x: Any, k: int = DEFAULT_K, rtol: float = 
     if not 1 <= k <= m:
         raise ValueError(f"k must be in [1, min(max_steps, n) = {m}], got {k}")
     key = jax.random.key(0) if key is None else key
-    start_key, restart_key = jax.random.split(key)
-    start = jax.random.normal(start_key, (op.n_in,), op.dtype)
-    out, s, res, bounds, _ = _golub_kahan_until(op, start, m, restart_key, k, rtol)
+    out, s, res, bounds, _ = _golub_kahan_until(op, None, m, key, k, rtol)
     return TopSingularValues(singular_values=s, error_bounds=bounds, residual_bounds=res,
                              converged=jnp.all(bounds <= rtol * s), steps=out.steps)
 
@@ -662,7 +685,7 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
                      max_steps: int = DEFAULT_MAX_STEPS, rtol: float = DEFAULT_RTOL,
                      num_steps: int = DEFAULT_NUM_STEPS, num_probes: int = DEFAULT_NUM_PROBES,
                      chi_probes: int = DEFAULT_CHI_PROBES,
-                     bandwidth: float = DEFAULT_BANDWIDTH) -> LanczosSpectrum:
+                     bandwidth: float = DEFAULT_BANDWIDTH, top_run: bool = True) -> LanczosSpectrum:
     """Matrix-free spectrum of J = ∂fn(x)/∂x: top-k σ, SLQ density of log10 σ, Hutchinson chi.
 
     Two kinds of Golub–Kahan runs on the short side of J (`jacobian_operator` products):
@@ -691,6 +714,10 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
       chi_probes: Rademacher probes of the deflated Hutchinson estimate of chi (one JVP
         each, batched; ≥ 2 for a standard error).
       bandwidth: kernel width of the density in decades of σ.
+      top_run: False skips the top-k run (density and chi only, at the cost of the probes):
+        the top k are then the largest Ritz values over the probes at each rank, with their
+        error bounds (uncertified at `rtol`), and chi is deflated by the probes' own Krylov
+        spaces (`_probe_deflated_chi`) instead of the top run's.
 
     Returns:
       `LanczosSpectrum`. Check `converged()` (or `residual_bounds`) before trusting the top
@@ -708,32 +735,41 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
     m, m_top = min(num_steps, n_short), min(max_steps, n_short)
     if not 1 <= k <= m_top:
         raise ValueError(f"k must be in [1, min(max_steps, n) = {m_top}], got {k}")
-    if min(num_probes, chi_probes, m) < 1:
-        raise ValueError(f"num_probes, chi_probes and num_steps must be positive, got "
+    if min(num_probes, chi_probes if top_run else chi_probes + 1, m) < 1 or (
+            not top_run and num_probes + chi_probes < 2):
+        raise ValueError(f"num_probes, chi_probes and num_steps must be positive (without the "
+                         f"top run chi_probes may be 0 with 2 or more probes), got "
                          f"{num_probes}, {chi_probes}, {num_steps}")
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
-    top_key, probe_key, chi_key, restart_key = jax.random.split(key, 4)
-
-    # Top k: one run with the stopping rule (as `top_singular_values`).
-    start = jax.random.normal(top_key, (n_short,), op.dtype)
-    top, s_top, _, bounds_top, _ = _golub_kahan_until(op, start, m_top, restart_key, k, rtol)
+    # One Rademacher draw for the density probes and the chi probes (one threefry compiled).
+    probe_key, restart_key = jax.random.split(key)
+    draws = _rademacher(probe_key, (num_probes + chi_probes, n_short), op.dtype)
+    probes, r = draws[:num_probes], draws[num_probes:]
 
     # Density and chi: Gauss quadrature of every probe (the runs' products batched).
-    probes = _rademacher(probe_key, (num_probes, n_short), op.dtype)
     bidiag = _bidiagonalize_runs(op, probes, m, jax.random.fold_in(restart_key, 1))
     _, nodes, qt, residuals = jax.vmap(Bidiagonalization.ritz)(bidiag)
     weights = jnp.square(qt[:, :, 0])
     low = jnp.argmin(nodes[:, -1])  # every probe's smallest node is an upper bound on σ_min
 
-    # chi, deflated Hutchinson (Hutch++): with P the projector on the top run's span V,
-    # ‖J‖_F² = ‖J P‖_F² + ‖J (I − P)‖_F², where ‖J P‖_F² = ‖B‖_F² exactly (J V = U B) and the
-    # remainder, without the dominant directions, is sampled with the projected probes.
-    q = top.right_vectors
-    r = _rademacher(chi_key, (chi_probes, n_short), op.dtype)
-    rest = jax.vmap(op.matvec)(r - (r @ q.T) @ q)
-    frob, err = _hutchinson(rest)
-    frob = frob + jnp.sum(jnp.square(top.matrix()))
+    if top_run:
+        # Top k: one run with the stopping rule (as `top_singular_values`).
+        top, s_top, _, bounds_top, _ = _golub_kahan_until(op, None, m_top, restart_key, k, rtol)
+        # chi, deflated Hutchinson (Hutch++): with P the projector on the top run's span V,
+        # ‖J‖_F² = ‖J P‖_F² + ‖J (I − P)‖_F², where ‖J P‖_F² = ‖B‖_F² exactly (J V = U B) and
+        # the remainder, without the dominant directions, is sampled with the projected probes.
+        q = top.right_vectors
+        rest = jax.vmap(op.matvec)(r - (r @ q.T) @ q)
+        frob, err = _hutchinson(rest)
+        frob = frob + jnp.sum(jnp.square(top.matrix()))
+    else:
+        count = min(k, m)
+        bounds = jax.vmap(lambda s, res: error_bounds(s, res))(nodes, residuals)[:, :count]
+        best = jnp.argmax(nodes[:, :count], axis=0)  # the largest Ritz value at each rank
+        s_top = jnp.take_along_axis(nodes[:, :count], best[None], axis=0)[0]
+        bounds_top = jnp.take_along_axis(bounds, best[None], axis=0)[0]
+        frob, err = _probe_deflated_chi(bidiag, probes, r, jax.vmap(op.matvec)(r))
     n_bad = sum(jnp.sum(~jnp.isfinite(a)) for a in (bidiag.alphas, bidiag.betas, s_top, frob))
     return LanczosSpectrum(
         singular_values=s_top, residual_bounds=bounds_top,
@@ -741,6 +777,43 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
         chi=frob / n_in, chi_stderr=err / n_in,
         nodes=nodes, weights=weights, n_nonfinite=n_bad.astype(jnp.int32),
         n_in=n_in, n_out=n_out, bandwidth=float(bandwidth))
+
+
+def _probe_deflated_chi(bidiag: Bidiagonalization, probes: Array, extra: Array,
+                        extra_products: Array) -> tuple[Array, Array]:
+    """‖J‖_F² deflated by each probe's own Krylov space, sampled by the other probes.
+
+    With Π_p the projector on span V_p of probe p (m steps), ‖J‖_F² = ‖B_p‖_F² + ‖J(I − Π_p)‖_F²
+    (J V_p = U_p B_p). The remainder is sampled (Hutchinson) with vectors z independent of
+    V_p: the other probes' starts r_q (J r_q = ‖r_q‖ α_1^q u_1^q is already known: no new
+    product) and the `extra` probes (their products J z given), using
+    J(I − Π_p) z = J z − U_p B_p (V_p z). The estimate is the mean over p; its standard
+    error is taken as if the p estimates were fully correlated (conservative).
+
+    Args:
+      bidiag: the probes' runs (leading probe axis p), started from `probes` (p, n).
+      probes: the Rademacher starts (p, n).
+      extra: further Rademacher probes (s, n), possibly s = 0.
+      extra_products: J z for them, (s, n_out).
+
+    Returns:
+      (estimate of ‖J‖_F², its standard error).
+    """
+    p = probes.shape[0]
+    b = jax.vmap(Bidiagonalization.matrix)(bidiag)  # (p, m, m)
+    exact = jnp.sum(jnp.square(b), axis=(1, 2))
+    j_probes = (jnp.linalg.norm(probes, axis=-1) * bidiag.alphas[:, 0])[:, None] * bidiag.left_vectors[:, 0]
+    z = jnp.concatenate([probes, extra])
+    jz = jnp.concatenate([j_probes, extra_products])
+    coef = jnp.einsum("pmn,sn->psm", bidiag.right_vectors, z)
+    rest = jz[None] - jnp.einsum("pkn,psk->psn", bidiag.left_vectors,
+                                 jnp.einsum("pkm,psm->psk", b, coef))
+    samples = jnp.sum(jnp.square(rest), axis=-1)  # (p, s_all)
+    valid = jnp.arange(z.shape[0])[None, :] != jnp.arange(p)[:, None]  # not the run's own start
+    count = jnp.sum(valid, axis=1)
+    mean = jnp.sum(jnp.where(valid, samples, 0), axis=1) / count
+    var = jnp.sum(jnp.where(valid, jnp.square(samples - mean[:, None]), 0), axis=1) / (count - 1)
+    return jnp.mean(exact + mean), jnp.sqrt(jnp.mean(var / count))
 
 
 def hutchinson_chi(fn: Callable, x: Any, key: Array, num_probes: int = 16):
