@@ -7,17 +7,23 @@ v₁ build orthonormal V = [v₁ … v_m], U = [u₁ … u_m] and the upper-bidi
 
     J V = U B,        Jᵀ U = V Bᵀ + β_m v_{m+1} e_mᵀ.
 
-Every vector is re-orthogonalized against all earlier ones (twice, classical Gram–Schmidt),
-so the recurrence stays accurate in floating point; a breakdown (α_j or β_j at round-off
-level: an invariant subspace was found, e.g. J = I) restarts with a random orthogonal vector.
+Every vector is re-orthogonalized against all earlier ones (twice, classical Gram–Schmidt
+by chunks of 16 rows, reading only the rows filled so far: step j costs two products and
+O(j · n)), so the recurrence stays accurate in floating point; a breakdown (α_j or β_j at
+round-off level: an invariant subspace was found, e.g. J = I) restarts with a random
+orthogonal vector, computed only when it happens.
 
 From the SVD B = P Σ Qᵀ:
 
 * **Top singular values.** σ_i(B) ≤ σ_i(J) (B is J restricted to span V), and the Ritz
   triplet leaves the residual ‖Jᵀ(U p_i) − σ_i V q_i‖ = |β_m P_{m,i}|, so some singular value
-  of J lies within that bound of σ_i(B). The largest values converge first: a few tens of
-  steps beyond k give the top k to many digits unless they are clustered. Several runs
-  (probes) are combined by taking the largest Ritz value at each rank (all are lower bounds).
+  of J lies within that bound of σ_i(B); the gap to the neighbouring Ritz values squares it
+  (`error_bounds`: r²/2δ for single values, the block residual over the gap for clusters).
+  The run stops at the first step where these bounds certify the requested accuracy
+  (`golub_kahan`'s stopping rule, `top_singular_values`). The largest values converge
+  first: a few tens of steps beyond k give the top k to many digits unless they are
+  clustered. Several runs (probes) are combined by taking the largest Ritz value at each
+  rank (all are lower bounds).
 * **Smallest singular value — an estimate only.** The smallest Ritz value is an upper bound
   on σ_min(J) and converges slowly: for a spread spectrum (n ≫ m) it can be orders of
   magnitude above the truth. Trust it only when its residual bound is small against it,
@@ -32,7 +38,8 @@ From the SVD B = P Σ Qᵀ:
   the projector on the top run's Krylov basis V, ‖J‖_F² = ‖B‖_F² + E‖J (I − P) r‖²: the
   dominant directions count exactly, only the remainder is sampled (Hutch++, Meyer et al.
   2021), which keeps the error small for spectra with a few large σ. Standard error
-  reported. `hutchinson_chi` is plain Hutchinson with JVPs alone (cheap enough for every
+  reported. Without a top run (`top_run=False`) each probe's own Krylov space deflates
+  and the other probes sample the remainder, at no extra product (`_probe_deflated_chi`). `hutchinson_chi` is plain Hutchinson with JVPs alone (cheap enough for every
   training step).
 
 Rectangular J: everything runs on the short side (JᵀJ or JJᵀ, whichever is smaller), so the
@@ -272,14 +279,11 @@ def _bidiagonalize_runs(op: JacobianOperator, v0: Array, num_steps: int, key: Ar
 
 # --- Ritz values and their error bounds ------------------------------------------------------
 def _bucket_sizes(count: int, m: int) -> tuple[int, ...]:
-    """Static sizes of the leading blocks of B whose SVD a convergence test takes: powers of
-    two from 32 (at least `count`) up to m, so a test after j steps costs O(max(32, 2j)³)."""
-    sizes, s = [], 32
-    while s < m:
-        if s >= count:
-            sizes.append(s)
-        s *= 2
-    return tuple(sizes) + (m,)
+    """Static sizes of the leading blocks of B whose SVD a convergence test takes: 128 (if it
+    holds `count` and is below m), then m. A test after j ≤ 128 steps costs a 128² SVD
+    (about 1 ms in float32 here) instead of an m² one (6 ms at m = 256); each size is one
+    more SVD to compile, so there are at most two."""
+    return ((128,) if count <= 128 < m else ()) + (m,)
 
 
 def _top_ritz(alphas: Array, betas: Array, steps: Array, count: int, sizes: tuple[int, ...]):
@@ -382,7 +386,7 @@ def golub_kahan(op: JacobianOperator, v0: Array, num_steps: int, key: Array, *,
     observed convergence rate: with ρ = max_i bound_i / (rtol θ_i) falling by a factor e^c
     per step, the next test comes after ⌊(ln ρ / c) / 2⌋ steps (at least 1, at most j/8), so
     tests get denser as ρ nears 1 and the run overshoots the first certifiable step by
-    little. A test costs the SVD of the smallest power-of-two leading block holding B_j.
+    little. A test costs the SVD of the leading 128 × 128 block of B (or all of B past 128 steps).
 
     Args:
       op: the operator (`jacobian_operator`): matvec (n_in,) → (n_out,), rmatvec back.

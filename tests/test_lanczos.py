@@ -311,3 +311,26 @@ def test_top_singular_values_is_certified_jittable_and_vmappable():
     assert batched._cache_size() == 1
     with pytest.raises(ValueError, match="k must be"):
         iso.top_singular_values(lambda z: z, jnp.ones(4), k=5)
+
+
+def test_density_and_chi_without_the_top_run():
+    # chi deflated by the probes' own Krylov spaces (no product beyond the probes' runs):
+    # unbiased, and far tighter than plain Hutchinson on a spectrum with a few large σ.
+    s = jnp.concatenate([jnp.array([20.0, 15.0, 12.0, 10.0]), jnp.linspace(1.0, 0.1, 296)])
+    fn, matrix = known_spectrum_map(jax.random.key(6), s, 300, 300)
+    exact = float(jnp.sum(s**2) / 300)
+    errors = []
+    for seed in range(4):
+        spec = jitted_lanczos(fn, jnp.ones(300), jax.random.key(seed), k=4, num_steps=24,
+                              num_probes=6, chi_probes=0, top_run=False)
+        assert abs(float(spec.chi) - exact) < 5 * float(spec.chi_stderr) + 1e-12
+        errors.append(abs(float(spec.chi) / exact - 1))
+        np.testing.assert_allclose(jnp.sum(spec.weights, axis=-1), 1.0, rtol=F64_RTOL)
+        np.testing.assert_allclose(spec.singular_values, s[:4], rtol=1e-6)
+        assert bool(jnp.all(s[:4] - spec.singular_values <= spec.residual_bounds + 1e-12))
+    # plain Hutchinson with the same 6 probes: the quadrature's Σ w σ² of each probe
+    plain = jnp.mean(jnp.sum(spec.weights * spec.nodes**2, axis=-1))
+    assert max(errors) < 0.02 and max(errors) < abs(float(plain) / exact - 1)
+    with pytest.raises(ValueError, match="chi_probes"):
+        lanczos_spectrum(fn, jnp.ones(300), jax.random.key(0), k=2, num_probes=1, chi_probes=0,
+                         top_run=False)
