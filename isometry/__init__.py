@@ -21,7 +21,8 @@ from isometry._jacobian import (JacobianOperator, JacobianTooLargeError, dense_j
                                 jacobian_operator)
 from isometry._params import alpha_mask, alpha_values
 from isometry._spectrum import ISOMETRY_BAND, METHODS, Spectrum, jacobian_spectrum, spectrum_fn
-from isometry._lanczos import LanczosSpectrum, hutchinson_chi, lanczos_spectrum
+from isometry._lanczos import (LanczosSpectrum, TopSingularValues, hutchinson_chi,
+                               lanczos_spectrum, top_singular_values)
 from isometry._layerwise import depth_profile, from_stack, layerwise_chi_fn, layerwise_spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY, LayerStack
 from isometry._sharding import batch_mesh, sharded_spectrum_fn
@@ -42,6 +43,7 @@ __all__ = [
     "JacobianTooLargeError",
     "LanczosSpectrum",
     "Spectrum",
+    "TopSingularValues",
     "TrainConfig",
     "Tracker",
     "alpha_mask",
@@ -63,6 +65,7 @@ __all__ = [
     "sharded_spectrum_fn",
     "spectrum_fn",
     "theory",
+    "top_singular_values",
     "toy",
     "train",
 ]
