@@ -25,6 +25,8 @@ from isometry._lanczos import LanczosSpectrum, hutchinson_chi, lanczos_spectrum
 from isometry._layerwise import depth_profile, from_stack, layerwise_chi_fn, layerwise_spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY, LayerStack
 from isometry._sharding import batch_mesh, sharded_spectrum_fn
+from isometry.diagnose import Diagnosis, Finding, diagnose  # noqa: E402
+from isometry._plot_diagnosis import diagnosis_figure  # noqa: E402
 from isometry import toy  # noqa: E402  (the (1 + αw)^L model of Figure 2, as `iso.toy`)
 from isometry import theory  # noqa: E402  (mean field and free probability, as `iso.theory`)
 from isometry import data  # noqa: E402  (CIFAR-10, enwik8, text and synthetic data, as `iso.data`)
@@ -36,6 +38,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ISOMETRY_BAND",
     "METHODS",
+    "Diagnosis",
+    "Finding",
     "JacobianOperator",
     "LAYER_AXIS_KEY",
     "LayerStack",
@@ -49,6 +53,8 @@ __all__ = [
     "batch_mesh",
     "data",
     "dense_jacobian",
+    "diagnose",
+    "diagnosis_figure",
     "depth_profile",
     "from_linen",
     "from_nnx",
