@@ -25,8 +25,9 @@ from isometry._lanczos import LanczosSpectrum, hutchinson_chi, lanczos_spectrum
 from isometry._layerwise import depth_profile, from_stack, layerwise_chi_fn, layerwise_spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY, LayerStack
 from isometry._sharding import batch_mesh, sharded_spectrum_fn
-from isometry.diagnose import Diagnosis, Finding, diagnose  # noqa: E402
+from isometry._diagnose import Diagnosis, Finding, diagnose  # noqa: E402
 from isometry._plot_diagnosis import diagnosis_figure  # noqa: E402
+from isometry._tune import TuneResult, tune_init  # noqa: E402
 from isometry import toy  # noqa: E402  (the (1 + αw)^L model of Figure 2, as `iso.toy`)
 from isometry import theory  # noqa: E402  (mean field and free probability, as `iso.theory`)
 from isometry import data  # noqa: E402  (CIFAR-10, enwik8, text and synthetic data, as `iso.data`)
@@ -48,6 +49,7 @@ __all__ = [
     "Spectrum",
     "TrainConfig",
     "Tracker",
+    "TuneResult",
     "alpha_mask",
     "alpha_values",
     "batch_mesh",
@@ -71,4 +73,5 @@ __all__ = [
     "theory",
     "toy",
     "train",
+    "tune_init",
 ]

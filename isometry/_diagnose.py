@@ -43,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -342,24 +343,81 @@ def _group_norms(grads) -> dict[str, float]:
     return {k: math.sqrt(v) for k, v in sq.items()}
 
 
-def _float_grad(loss: Callable, params) -> Any:
-    """(aux, ∂loss/∂params) for `loss(params) -> (scalar, aux)`; gradients of the floating
-    leaves of params (None elsewhere)."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    idx = [i for i, a in enumerate(leaves)
-           if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.inexact)]
+def _default_loss(out, target):
+    """½·mean (y − t)² summed over output leaves."""
+    diff = jax.tree.map(lambda a, t: jnp.mean(jnp.square(a - t)), out, target)
+    return 0.5 * sum(jax.tree.leaves(diff))
 
-    def f(floats):
-        full = list(leaves)
+
+@functools.lru_cache(maxsize=32)
+def _grad_fn(apply_fn: Callable, loss_fn: Callable | None, treedef, idx: tuple) -> Callable:
+    """Jitted (floating leaves, other leaves, x, target) -> (output, gradients)."""
+
+    def f(floats, others, x, target):
+        full = list(others)
         for i, a in zip(idx, floats):
             full[i] = a
-        return loss(jax.tree_util.tree_unflatten(treedef, full))
+        out = apply_fn(jax.tree_util.tree_unflatten(treedef, full), x)
+        value = _default_loss(out, target) if loss_fn is None else loss_fn(out)
+        return value, out
 
-    (_, aux), g = jax.jit(jax.value_and_grad(f, has_aux=True))([leaves[i] for i in idx])
-    out = [None] * len(leaves)
+    return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+
+def _float_grad(apply_fn: Callable, loss_fn, params, x, target) -> tuple:
+    """(output, ∂loss/∂params) with gradients of the floating leaves of params (None
+    elsewhere); compiled once per (apply_fn, loss_fn, parameter structure)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    idx = tuple(i for i, a in enumerate(leaves)
+                if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.inexact))
+    others = [None if i in idx else a for i, a in enumerate(leaves)]
+    fn = _grad_fn(apply_fn, loss_fn, treedef, idx)
+    (_, out), g = fn([leaves[i] for i in idx], others, x, target)
+    full = [None] * len(leaves)
     for i, a in zip(idx, g):
-        out[i] = a
-    return aux, jax.tree_util.tree_unflatten(treedef, out)
+        full[i] = a
+    return out, jax.tree_util.tree_unflatten(treedef, full)
+
+
+@functools.lru_cache(maxsize=32)
+def _module_fns(graphdef) -> dict:
+    """Pure functions of a module's graph, one object per graph (so their compilations are
+    reused across seeds and scales of the same architecture)."""
+
+    def apply(p, xx):
+        return nnx.merge(graphdef, p)(xx)
+
+    def states(p, x0):
+        return nnx.merge(graphdef, p).states(x0)
+
+    def embed(p, xx):
+        return nnx.merge(graphdef, p).embed(xx)
+
+    def attention(p, x0):
+        return nnx.merge(graphdef, p).attention_weights(x0)
+
+    return dict(apply=apply, states=states, embed=embed, attention=attention)
+
+
+@functools.lru_cache(maxsize=32)
+def _jit(fn: Callable) -> Callable:
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=32)
+def _layerwise_fns(states_fn: Callable, memory_budget: float, num_probes: int) -> dict:
+    return dict(spectrum=layerwise_spectrum_fn(states_fn, memory_budget=memory_budget),
+                chi=layerwise_chi_fn(states_fn, num_probes=num_probes))
+
+
+@functools.lru_cache(maxsize=32)
+def _spectrum_fns(fn: Callable, memory_budget: float) -> Callable:
+    return spectrum_fn(fn, "dense", memory_budget=memory_budget)
+
+
+@functools.lru_cache(maxsize=32)
+def _last_state_fn(states_fn: Callable) -> Callable:
+    return lambda p, xx: _runs(states_fn(p, xx))[-1][-1]
 
 
 def _alpha_layer_key(name: str) -> str:
@@ -440,13 +498,13 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
         module = apply_fn
         if x is None:
             x, params = params, None
-        apply_fn, params = _from_module(module)
+        graphdef, params = nnx.split(module)
+        fns = _module_fns(graphdef)
+        apply_fn = fns["apply"]
         if isinstance(module, LayerStack) and states_fn is None:
-            gd = nnx.graphdef(module)
-            states_fn = lambda p, x0: nnx.merge(gd, p).states(x0)  # noqa: E731
-            embed_fn = lambda p, xx: nnx.merge(gd, p).embed(xx)  # noqa: E731
+            states_fn, embed_fn = fns["states"], fns["embed"]
             if attention_fn is None and hasattr(module, "attention_weights"):
-                attention_fn = lambda p, x0: nnx.merge(gd, p).attention_weights(x0)  # noqa: E731
+                attention_fn = fns["attention"]
     if x is None:
         raise TypeError("diagnose needs an input x: diagnose(apply_fn, params, x) or "
                         "diagnose(module, x=x)")
@@ -454,20 +512,10 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
     findings: list[Finding] = []
 
     # one compiled pass: the output, the loss and its gradient
-    if loss_fn is None:
-        shapes = jax.eval_shape(apply_fn, params, x)
-        target = jax.tree.map(lambda a: jax.random.normal(jax.random.fold_in(key, 1), a.shape,
-                                                          a.dtype), shapes)
-
-        def loss_fn(out):
-            diff = jax.tree.map(lambda a, t: jnp.mean(jnp.square(a - t)), out, target)
-            return 0.5 * sum(jax.tree.leaves(diff))
-
-    def loss_and_output(p):
-        out = apply_fn(p, x)
-        return loss_fn(out), out
-
-    y, grads = _float_grad(loss_and_output, params)
+    shapes = jax.eval_shape(apply_fn, params, x)
+    target = jax.tree.map(lambda a: jax.random.normal(jax.random.fold_in(key, 1), a.shape,
+                                                      a.dtype), shapes)
+    y, grads = _float_grad(apply_fn, loss_fn, params, x, target)
     bad = sum(int(np.sum(~np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(y))
     if bad:
         total = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(y))
@@ -481,15 +529,15 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
     # --- J, the profile ---------------------------------------------------------------------
     n_layers, chi_prof, chi_err, quant, spec, states = 0, None, None, None, None, None
     if states_fn is not None:
-        x0 = x if embed_fn is None else jax.jit(embed_fn)(params, x)
-        states = jax.jit(states_fn)(params, x0)
+        x0 = x if embed_fn is None else _jit(embed_fn)(params, x)
+        states = _jit(states_fn)(params, x0)
         runs = _runs(states)
         n_layers = sum(r.shape[0] for r in runs) - len(runs)
         n_in = int(np.size(x0))
         n_total = sum(int(np.size(r)) for r in runs)
         itemsize = jnp.dtype(runs[-1].dtype).itemsize
         if 3 * n_in * n_total * itemsize <= memory_budget:
-            prof = layerwise_spectrum_fn(states_fn, memory_budget=memory_budget)(params, x0)
+            prof = _layerwise_fns(states_fn, memory_budget, num_probes)["spectrum"](params, x0)
             dp = depth_profile(prof)
             chi_prof, quant = dp["chi"], dp["log10_sigma_quantiles"]
             chi_err = np.zeros_like(chi_prof)
@@ -498,16 +546,16 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
             spec = Spectrum(spec.singular_values, spec.chi, spec.n_nonfinite, last.n_in,
                             last.n_out)
         else:
-            chi, err = layerwise_chi_fn(states_fn, num_probes=num_probes)(params, x0, key)
+            chi, err = _layerwise_fns(states_fn, memory_budget, num_probes)["chi"](params, x0,
+                                                                                 key)
             chi_prof, chi_err = np.asarray(chi, np.float64), np.asarray(err, np.float64)
-            stack_fn = lambda p, xx: _runs(states_fn(p, xx))[-1][-1]  # noqa: E731
             try:
-                spec = spectrum_fn(stack_fn, "dense", memory_budget=memory_budget)(params, x0)
+                spec = _spectrum_fns(_last_state_fn(states_fn), memory_budget)(params, x0)
             except JacobianTooLargeError:
                 spec = None
     else:
         try:
-            spec = spectrum_fn(apply_fn, "dense", memory_budget=memory_budget)(params, x)
+            spec = _spectrum_fns(apply_fn, memory_budget)(params, x)
         except JacobianTooLargeError:
             spec = None
 
@@ -544,8 +592,8 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
             tok = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     att_sigma = att_ratio = None
     if attention_fn is not None:
-        x0 = x if embed_fn is None else jax.jit(embed_fn)(params, x)  # (cached)
-        w = np.asarray(jax.jit(attention_fn)(params, x0), np.float64)
+        x0 = x if embed_fn is None else _jit(embed_fn)(params, x)
+        w = np.asarray(_jit(attention_fn)(params, x0), np.float64)
         s, r = attention_gap(w)
         att_sigma = s.reshape(s.shape[0], -1, 2).mean(axis=1)
         att_ratio = r.reshape(r.shape[0], -1).mean(axis=1)
@@ -599,15 +647,6 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
                      tok["cosine"], tok["inverse_stable_rank"], tok["stable_rank"],
                      tok["rank_one_residual"], att_sigma, att_ratio, theory_info,
                      tuple(sorted(findings, key=lambda f: FINDING_CODES.index(f.code))))
-
-
-def _from_module(module: nnx.Module):
-    graphdef, state = nnx.split(module)
-
-    def apply_fn(p, xx):
-        return nnx.merge(graphdef, p)(xx)
-
-    return apply_fn, state
 
 
 def _empty(findings, dtype) -> Diagnosis:
