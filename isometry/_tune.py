@@ -12,11 +12,13 @@ Two ways:
 * **mean field**, where it applies — a plain fully connected net (`mean_field=` names its
   activation and the other variance): the critical line χ₁(σ_w², σ_b²) = 1 of
   `theory.critical_sigma_w2` (tanh, σ_b² = 0.05 → σ_w² = 1.760955), exact in the wide limit;
-* **measured**: f(s) = (1/n) Σ_i ln χ_i(s) − ln c over n seeds (the same seeds at every s —
-  common random numbers — so f is smooth in s), a bracket grown geometrically from the
-  default until f changes sign, then Brent's method on ln s. The uncertainty of the root is
-  the delta method, se(s*) = se(f(s*)) / |f′(s*)|, se(f) = sd_i ln χ_i(s*)/√n (nets differ;
-  width and depth set how much), f′ from a central difference.
+* **measured**: f(s) = ln[(1/n) Σ_i χ_i(s)] − ln c over n seeds (the same seeds at every s —
+  common random numbers — so f is smooth in s; the mean of χ, not of ln χ, because mean field
+  predicts E[m₁] = χ₁^L while E ln χ falls short of it by about Var(ln χ)/2), a bracket
+  grown geometrically from the default until f changes sign, then Brent's method on ln s.
+  The uncertainty of the root is the delta method, se(s*) = se(f(s*)) / |f′(s*)|,
+  se(f) = sd_i χ_i(s*) / (√n · mean χ) (nets differ: relative sd ~ √(L/N) for plain nets,
+  so se(s*) ~ 1/√(L·N·n)), f′ from a central difference.
 
 Either way the result reports the tuned values beside the defaults with both spectra.
 
@@ -58,8 +60,8 @@ class TuneResult:
       stderr: {name: standard error of the tuned value} (0 for mean field).
       method: "mean_field" or "measured".
       target: "chi", "isometry" or the target χ.
-      objective, objective_stderr: at the tuned values, mean over seeds of ln χ (target
-        "chi"/number) or of the share of σ in [0.5, 2] ("isometry"), and its standard error.
+      objective, objective_stderr: at the tuned values, ln(mean χ over seeds) − ln c (target
+        "chi"/number) or the mean share of σ in [0.5, 2] ("isometry"), and its standard error.
       default_objective, default_objective_stderr: the same at the defaults.
       spectra: {"default": Spectrum, "tuned": Spectrum} of the first seed.
       evaluations: [(value, mean objective, stderr)] in the order they were computed.
@@ -130,9 +132,12 @@ def _objective(spectra: list[Spectrum], target) -> tuple[float, float, np.ndarra
     """(mean, standard error, per-seed values) of the objective over seeds."""
     if target == "isometry":
         vals = np.array([float(np.mean(s.isometry_share)) for s in spectra])
-    else:
+    else:  # ln of the mean χ over nets: mean field's E[m₁] = χ₁^L (mean ln χ is biased low)
         c = 1.0 if target == "chi" else float(target)
-        vals = np.array([math.log(float(np.mean(s.chi))) - math.log(c) for s in spectra])
+        vals = np.array([float(np.mean(s.chi)) for s in spectra])
+        se = float(vals.std(ddof=1) / (math.sqrt(len(vals)) * vals.mean())) if len(
+            vals) > 1 else math.nan
+        return math.log(float(vals.mean())) - math.log(c), se, vals
     se = float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else math.nan
     return float(vals.mean()), se, vals
 
@@ -140,7 +145,7 @@ def _objective(spectra: list[Spectrum], target) -> tuple[float, float, np.ndarra
 def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="chi",
               defaults: dict | None = None, bracket: tuple[float, float] | None = None,
               seeds: Sequence[int] = (0, 1, 2), mean_field: dict | None = None,
-              xtol: float = 1e-3, max_expansions: int = 12,
+              xtol: float = 1e-2, max_expansions: int = 12,
               memory_budget: float = 2**28) -> TuneResult:
     """Finds the initialization scale that puts a model at χ = 1 (or the most σ in [0.5, 2]).
 
@@ -160,7 +165,8 @@ def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="c
       mean_field: {"activation": …, "sigma_b2": …} of a plain FC net whose tuned name is
         "sigma_w2": the critical line of `theory.critical_sigma_w2` instead of a search
         (target "chi" only).
-      xtol: relative tolerance of the root (on ln s).
+      xtol: tolerance of the root on ln s (1e-2: 1% of s, below the sampling error of a
+        few seeds).
       max_expansions: bracket growth steps before giving up.
       memory_budget: bytes for each dense Jacobian.
 
@@ -223,10 +229,14 @@ def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="c
 
 
 def _root(name, values, measure, evaluations, bracket, xtol, max_expansions):
+    memo: dict = {}
+
     def f(t):
-        mean, se, _ = measure({**values, name: math.exp(t)})
-        evaluations.append((math.exp(t), mean, se))
-        return mean
+        if t not in memo:
+            mean, se, _ = measure({**values, name: math.exp(t)})
+            evaluations.append((math.exp(t), mean, se))
+            memo[t] = mean
+        return memo[t]
 
     if bracket is not None:
         lo, hi = math.log(bracket[0]), math.log(bracket[1])
