@@ -30,6 +30,7 @@ from isometry._plot_diagnosis import diagnosis_figure  # noqa: E402
 from isometry._tune import TuneResult, tune_init  # noqa: E402
 from isometry import toy  # noqa: E402  (the (1 + αw)^L model of Figure 2, as `iso.toy`)
 from isometry import theory  # noqa: E402  (mean field and free probability, as `iso.theory`)
+from isometry import theory_residual  # noqa: E402  (residual/ReZero nets at α > 0)
 from isometry import data  # noqa: E402  (CIFAR-10, enwik8, text and synthetic data, as `iso.data`)
 from isometry.tracking import Tracker, read_metrics  # noqa: E402
 from isometry.train import TrainConfig  # noqa: E402  (`iso.train.train(...)`: the loop)
@@ -71,6 +72,7 @@ __all__ = [
     "sharded_spectrum_fn",
     "spectrum_fn",
     "theory",
+    "theory_residual",
     "toy",
     "train",
     "tune_init",
