@@ -88,3 +88,18 @@ def test_relu_residual_nets_match_in_the_bulk_with_one_outlier():
         m, se = theory.mean_and_sem(np.sum(lam[:, 1:] ** k, axis=1) / WIDTH)
         allowance = float(np.mean(lam[:, 1] ** k)) / WIDTH
         assert abs(m - pred[k - 1]) <= 4 * se + allowance, (k, m, se, allowance, pred[k - 1])
+
+
+def test_cli_theory_rezero(tmp_path, capsys):
+    import json
+
+    from isometry.cli import main
+
+    rc = main(["theory", "--variant", "rezero", "--alpha", "0.1,0.3", "--activation", "linear",
+               "--depth", "8", "--samples", "0", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["alpha"] for r in doc["records"]] == [0.1, 0.3]
+    assert doc["records"][1]["predicted"]["m1"] == pytest.approx(1.09 ** 8, rel=1e-12)
+    assert (tmp_path / "theory.png").exists()
+    assert main(["theory", "--variant", "rezero", "--out", str(tmp_path)]) == 2
