@@ -464,8 +464,9 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
       ordered / chaotic: the phase from the growth rate g of ln χ_l is not critical
         (see `phase_of`); with `mean_field` the suggestion names the critical σ_w².
       resolution: more than 1% of σ(J) are below the dtype's resolution.
-      dead_branch: α_l = 0 and every gradient of layer l (∂L/∂α_l and the branch's) is 0 —
-        a zero gate on a branch whose output is identically 0: nothing in the layer moves.
+      dead_branch: every gradient of a gated layer l (∂L/∂α_l and the branch's) is 0 — a zero
+        gate on a branch whose output is identically 0, or a branch with zero output and zero
+        derivative (ReLU of 0) at any α: nothing in the layer moves.
       negative_alpha: some α_l < 0.
       inactive_alpha: α's differ (a trained model) and some |α_l| < 1% of max |α|.
       gradient_spread: per-layer gradient norms of the stacked layers span > 3 decades.
@@ -684,16 +685,23 @@ def _alpha_findings(alphas: dict, alpha_grads: dict, layer_norms: dict) -> list[
     for n in names:
         ga = np.asarray(alpha_grads.get(n, np.nan), np.float64)
         layer = layer_norms.get(_alpha_layer_key(n), math.nan)
-        if np.all(a[n] == 0) and np.all(np.abs(ga) <= tiny) and layer <= tiny:
+        if np.all(np.abs(ga) <= tiny) and layer <= tiny:
             dead.append(n)
     if dead:
+        zero_gate = all(np.all(a[n] == 0) for n in dead)
+        if zero_gate:
+            why = "α = 0 and a branch output that is identically 0"
+            sug = ("initialize α to a small non-zero value (α_init = 1e-3) when the branch "
+                   "passes gradient at 0 (a zero-initialized linear output projection, tanh), "
+                   "else the branch's last layer to non-zero weights")
+        else:
+            why = "a branch whose output and gradient are identically 0 (e.g. ReLU of 0)"
+            sug = ("initialize the branch's weights to non-zero values: α alone cannot "
+                   "revive a branch with zero output and zero derivative")
         out.append(Finding(
-            "dead_branch", f"α = 0 and a branch output that is identically 0 in {len(dead)} of "
-                           f"{len(names)} layers ({_span(dead)}): ∂L/∂α = 0 and no parameter "
-                           f"of these layers receives gradient, so they never move",
-            float(len(dead)),
-            "initialize α to a small non-zero value (α_init = 1e-3), or the branch's last "
-            "layer (e.g. the output projection) to non-zero weights"))
+            "dead_branch", f"{why} in {len(dead)} of {len(names)} layers ({_span(dead)}): "
+                           f"∂L/∂α = 0 and no parameter of these layers receives gradient, so "
+                           f"they never move", float(len(dead)), sug))
     neg = [n for n in names if np.any(a[n] < 0)]
     if neg:
         worst = min(neg, key=lambda n: float(np.min(a[n])))

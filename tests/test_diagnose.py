@@ -123,6 +123,21 @@ def test_dead_branch_numbers():
     assert live.phase == "critical" and live.growth_rate == 0.0  # J = I exactly
 
 
+def test_dead_branch_depends_on_the_branch_derivative_at_zero():
+    """Zero weights with α = 1e-3: a tanh branch still passes gradient (tanh′(0) = 1), a ReLU
+    branch does not (ReLU′(0) = 0 in JAX), whatever α."""
+    def zero_branch(activation):
+        net = _fc("rezero", activation, 1.0, alpha_init=1e-3)
+        kernel = net.blocks.layers.linear.kernel
+        kernel[...] = jnp.zeros_like(kernel[...])
+        return net
+
+    assert "dead_branch" not in iso.diagnose(zero_branch("tanh"), _x(32)).codes
+    (f,) = [f for f in iso.diagnose(zero_branch("relu"), _x(32)).findings
+            if f.code == "dead_branch"]
+    assert "α alone cannot revive" in f.suggestion and f.value == 16
+
+
 def test_suggestion_names_the_critical_sigma_w2():
     net, x = _fc(sigma_b2=0.05, sigma_w2=1.0), _x(32, scale=0.5)
     d = iso.diagnose(net, x, mean_field=dict(activation="tanh", sigma_w2=1.0, sigma_b2=0.05))
