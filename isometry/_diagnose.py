@@ -434,6 +434,20 @@ def _mean_field_theory(spec: dict, n_layers: int) -> dict:
 
     activation = spec["activation"]
     sw2, sb2 = float(spec["sigma_w2"]), float(spec.get("sigma_b2", 0.0))
+    if spec.get("alpha") is not None:  # ReZero/residual x + α φ(Wx + b): free probability
+        from isometry import theory_residual
+
+        alpha, depth = float(spec["alpha"]), max(n_layers, 1)
+        m1 = theory_residual.residual_m1(activation, depth, alpha, sw2, sb2,
+                                         q0=float(spec.get("q0", 1.0)))
+        g = math.log(m1) / depth
+        return dict(activation=activation, sigma_w2=sw2, sigma_b2=sb2, alpha=alpha,
+                    chi_1=math.exp(g), growth_rate=g,
+                    depth_scale=1 / abs(g) if g else math.inf,
+                    phase=phase_of(g, 0.0, n_layers) if n_layers else "",
+                    nvar=theory_residual.residual_nvar(activation, depth, alpha, sw2, sb2,
+                                                       q0=float(spec.get("q0", 1.0))),
+                    critical_sigma_w2=math.nan)
     chi1 = theory.chi_1(activation, sw2, sb2)
     g = math.log(chi1)
     out = dict(activation=activation, sigma_w2=sw2, sigma_b2=sb2, chi_1=chi1, growth_rate=g,
@@ -484,7 +498,9 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
       loss_fn: `y -> scalar` of the output for the gradients (default ½·mean (y − t)², t a
         fixed N(0, 1) target).
       mean_field: {"activation", "sigma_w2", "sigma_b2"} of a plain FC net: adds the
-        mean-field prediction (χ₁, ln χ₁, ξ, critical σ_w²) and names σ_w² in suggestions.
+        mean-field prediction (χ₁, ln χ₁, ξ, critical σ_w²) and names σ_w² in suggestions;
+        with "alpha" (and "q0" = ‖x_0‖²/N) for a ReZero FC net x + α φ(Wx + b), the
+        free-probability prediction of `theory_residual` (geometric-mean χ per layer, nvar).
       tokens: treat each x_l (T, d) as a token sequence (default: when x_l is 2-D).
       burn_in: layers skipped at the bottom of the growth-rate fit.
       num_probes: Hutchinson probes of χ_l when the dense layer-by-layer Jacobians exceed

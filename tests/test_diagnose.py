@@ -146,6 +146,28 @@ def test_suggestion_names_the_critical_sigma_w2():
     assert d.theory["depth_scale"] == pytest.approx(theory.depth_scales("tanh", 1.0, 0.05)[0])
 
 
+def test_rezero_overlay_from_residual_theory():
+    """ReZero ReLU nets at α = 0.3, width 256, 3 seeds: the theory diagnose overlays is
+    `theory_residual`'s; the measured χ of the bulk (all σ but the top one, the outlier of ReLU
+    residual nets) matches it within 4 se over nets plus one bulk value σ₂²/N."""
+    from isometry import theory_residual
+
+    width, depth, bulk, top2 = 256, 16, [], []
+    for seed in range(3):
+        net = _fc("rezero", "relu", 2.0, alpha_init=0.3, width=width, depth=depth, seed=seed)
+        d = iso.diagnose(net, _x(width, seed=seed),
+                         mean_field=dict(activation="relu", sigma_w2=2.0, alpha=0.3))
+        s = np.asarray(d.spectrum.singular_values, np.float64)
+        bulk.append(np.sum(s[1:] ** 2) / width)
+        top2.append(s[1] ** 2 / width)
+        assert d.phase == d.theory["phase"] == "chaotic"
+    m1 = theory_residual.residual_m1("relu", depth, 0.3, 2.0)
+    assert d.theory["growth_rate"] == pytest.approx(math.log(m1) / depth, rel=1e-12)
+    assert d.theory["nvar"] == pytest.approx(theory_residual.residual_nvar("relu", depth, 0.3, 2.0))
+    mean, se = theory.mean_and_sem(bulk)
+    assert abs(mean - m1) <= 4 * se + max(top2), (mean, se, m1)
+
+
 # --- phase and depth scale against mean field ------------------------------------------------
 
 WIDTH, DEPTH, SEEDS = 256, 24, 3
