@@ -21,7 +21,8 @@ from isometry._jacobian import (JacobianOperator, JacobianTooLargeError, dense_j
                                 jacobian_operator)
 from isometry._params import alpha_mask, alpha_values
 from isometry._spectrum import ISOMETRY_BAND, METHODS, Spectrum, jacobian_spectrum, spectrum_fn
-from isometry._lanczos import LanczosSpectrum, hutchinson_chi, lanczos_spectrum
+from isometry._lanczos import (LanczosSpectrum, TopSingularValues, hutchinson_chi,
+                               lanczos_spectrum, top_singular_values)
 from isometry._layerwise import depth_profile, from_stack, layerwise_chi_fn, layerwise_spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY, LayerStack
 from isometry._sharding import batch_mesh, sharded_spectrum_fn
@@ -48,6 +49,7 @@ __all__ = [
     "JacobianTooLargeError",
     "LanczosSpectrum",
     "Spectrum",
+    "TopSingularValues",
     "TrainConfig",
     "Tracker",
     "TuneResult",
@@ -73,6 +75,7 @@ __all__ = [
     "spectrum_fn",
     "theory",
     "theory_residual",
+    "top_singular_values",
     "toy",
     "train",
     "tune_init",

@@ -46,14 +46,21 @@ from flax import nnx
 
 from isometry._params import alpha_mask
 from isometry._stack import LayerStack
+from isometry.calibrate import batchnorm_calibration, has_batchnorm
 from isometry._io import atomic_write
 from isometry.tracking import Tracker
 
 __all__ = ["TrainConfig", "TrainResult", "RunConfigError", "train", "make_optimizer",
            "learning_rate_schedule", "make_train_step", "make_eval_step", "save_checkpoint",
-           "load_checkpoint", "OPTIMIZERS", "SCHEDULES"]
+           "load_checkpoint", "scale_by_torch_adagrad", "OPTIMIZERS", "SCHEDULES", "ADAGRAD_STYLES",
+           "FIXUP_LR_FACTORS"]
 
 OPTIMIZERS = ("adagrad", "sgd", "adam", "adamw")
+#: FixUp's scalar biases and multipliers train at lr/10 (the FixUp code's parameter groups).
+FIXUP_LR_FACTORS = tuple((name, 0.1) for name in ("bias1a", "bias1b", "bias2a", "bias2b",
+                                                  "scale", "stem_bias", "head_bias"))
+#: `TrainConfig.adagrad`: PyTorch's Adagrad (the paper's) or optax's defaults.
+ADAGRAD_STYLES = ("pytorch", "optax")
 SCHEDULES = ("constant", "step", "onecycle", "cosine")
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -78,8 +85,15 @@ class TrainConfig:
       steps: optimizer steps.
       batch_size: examples (or sequences) per step.
       optimizer: "adagrad", "sgd" (with `momentum`), "adam" or "adamw".
+      adagrad: "pytorch" (default: `torch.optim.Adagrad`, as the paper ran it — the
+        accumulator starts at 0 and the update is g/(√G + 1e-10), so the first step is
+        −lr·sign(g)) or "optax" (`optax.adagrad`: accumulator from 0.1, g/√(G + 1e-7), whose
+        first step is lr·g/√(0.1 + g²), far smaller for small gradients).
       lr: peak learning rate of all parameters but α.
       alpha_lr: learning rate of the α's (None: `lr`); α's never get weight decay.
+      lr_factors: ((name, factor), …): leaves with a key `name` on their path train at
+        lr·factor (with weight decay), e.g. FixUp's scalar biases and multipliers at lr/10 as
+        in the FixUp code (`FIXUP_LR_FACTORS`).
       momentum: SGD momentum (0 for plain SGD).
       weight_decay: L2 coupled to the gradient for sgd/adagrad/adam (PyTorch style),
         decoupled for adamw; never applied to α.
@@ -98,8 +112,10 @@ class TrainConfig:
     steps: int
     batch_size: int = 100
     optimizer: str = "adagrad"
+    adagrad: str = "pytorch"
     lr: float = 0.01
     alpha_lr: float | None = None
+    lr_factors: tuple[tuple[str, float], ...] = ()
     momentum: float = 0.9
     weight_decay: float = 0.0
     warmup: int = 0
@@ -118,6 +134,10 @@ class TrainConfig:
             problems.append(f"steps and batch_size must be positive (got {self.steps}, {self.batch_size})")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
+        if any(not f > 0 for _, f in self.lr_factors):
+            problems.append(f"lr_factors must be positive, got {self.lr_factors}")
+        if self.adagrad not in ADAGRAD_STYLES:
+            problems.append(f"unknown adagrad style {self.adagrad!r}; use one of {ADAGRAD_STYLES}")
         if self.schedule not in SCHEDULES:
             problems.append(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
         if not self.lr > 0 or (self.alpha_lr is not None and not self.alpha_lr >= 0):
@@ -159,9 +179,40 @@ def learning_rate_schedule(peak: float, config: TrainConfig) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, w), after], [w])
 
 
+def scale_by_torch_adagrad(eps: float = 1e-10) -> optax.GradientTransformation:
+    """PyTorch's Adagrad scaling: G_t = G_{t−1} + g_t² from G_0 = 0, update g_t / (√G_t + eps).
+
+    With a learning rate after it (`optax.scale_by_learning_rate`) this is
+    `torch.optim.Adagrad(lr, lr_decay=0, initial_accumulator_value=0, eps=1e-10)`: its first
+    step is −lr·g/(|g| + eps) ≈ −lr·sign(g), whatever the gradient's size. (`optax.adagrad`
+    starts G at 0.1 and divides by √(G + eps), so its first step is lr·g/√(0.1 + g²).)
+
+    Example:
+      >>> tx = optax.chain(scale_by_torch_adagrad(), optax.scale_by_learning_rate(0.1))
+      >>> params = {"w": jnp.zeros(2)}
+      >>> updates, _ = tx.update({"w": jnp.array([1e-3, -4.0])}, tx.init(params))
+      >>> [round(float(u), 6) for u in updates["w"]]
+      [-0.1, 0.1]
+    """
+
+    def init(params):
+        return optax.ScaleByRssState(sum_of_squares=jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None):
+        del params
+        sums = jax.tree_util.tree_map(lambda s, g: s + jnp.square(g), state.sum_of_squares,
+                                      updates)
+        updates = jax.tree_util.tree_map(lambda g, s: g / (jnp.sqrt(s) + eps), updates, sums)
+        return updates, optax.ScaleByRssState(sum_of_squares=sums)
+
+    return optax.GradientTransformation(init, update)
+
+
 def _base_optimizer(config: TrainConfig, lr: optax.Schedule, weight_decay: float):
     decay = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
     match config.optimizer:
+        case "adagrad" if config.adagrad == "pytorch":
+            return optax.chain(*decay, scale_by_torch_adagrad(), optax.scale_by_learning_rate(lr))
         case "adagrad":
             return optax.chain(*decay, optax.adagrad(lr))
         case "sgd":
@@ -172,18 +223,32 @@ def _base_optimizer(config: TrainConfig, lr: optax.Schedule, weight_decay: float
             return optax.adamw(lr, weight_decay=weight_decay)
 
 
+def _lr_label(path, is_alpha: bool, factors: dict) -> str:
+    if is_alpha:
+        return "alpha"
+    names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+    hits = [name for name in factors if name in names]
+    return f"factor:{hits[0]}" if hits else "rest"
+
+
 def make_optimizer(config: TrainConfig, params: Any) -> optax.GradientTransformation:
     """The optax optimizer: global-norm clipping, then separate rules for α and the rest.
 
     α (leaves on a path with a key named `alpha`, `isometry.alpha_mask`) gets the same
-    optimizer with learning rate `alpha_lr` (warm-up and schedule included) and no weight decay.
+    optimizer with learning rate `alpha_lr` (warm-up and schedule included) and no weight decay;
+    leaves named in `config.lr_factors` get lr·factor.
     """
     alpha_lr = config.lr if config.alpha_lr is None else config.alpha_lr
-    labels = jax.tree_util.tree_map(lambda a: "alpha" if a else "rest", alpha_mask(params))
-    tx = optax.multi_transform(
-        {"rest": _base_optimizer(config, learning_rate_schedule(config.lr, config), config.weight_decay),
-         "alpha": _base_optimizer(config, learning_rate_schedule(alpha_lr, config), 0.0)},
-        labels)
+    factors = dict(config.lr_factors)
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, a: _lr_label(path, a, factors), alpha_mask(params))
+    rules = {"rest": _base_optimizer(config, learning_rate_schedule(config.lr, config),
+                                     config.weight_decay),
+             "alpha": _base_optimizer(config, learning_rate_schedule(alpha_lr, config), 0.0)}
+    for name, factor in factors.items():
+        rules[f"factor:{name}"] = _base_optimizer(
+            config, learning_rate_schedule(config.lr * factor, config), config.weight_decay)
+    tx = optax.multi_transform(rules, labels)
     return optax.chain(optax.clip_by_global_norm(config.clip), tx) if config.clip else tx
 
 
@@ -331,23 +396,28 @@ def _prepare_run_dir(run_dir: str, info: dict, resume: bool) -> bool:
     return False
 
 
-def _spectrum_target(model, graphdef_eval, probe_inputs):
+def _spectrum_target(model, graphdef_eval, probe_inputs, calibration_inputs=None):
     """(apply_fn(state, x), probes): the residual stack x_0 → x_L at fixed x_0 = embed(probes).
 
     Models that follow `isometry.LayerStack` (every `models.Stack`) are tracked on their stack,
     with x_0 the embedding of the probe inputs at initialization (fixed afterwards); other
-    models on their whole function of (floating) inputs.
+    models on their whole function of (floating) inputs. With `calibration_inputs`, every
+    spectrum is taken with BatchNorm statistics of that batch (`isometry.calibrate`).
     """
+    calibrated = (batchnorm_calibration(model, calibration_inputs)
+                  if calibration_inputs is not None and has_batchnorm(model) else (lambda s: s))
     if isinstance(model, LayerStack):
-        x0 = nnx.merge(graphdef_eval, nnx.state(model)).embed(jnp.asarray(probe_inputs))
-        return (lambda state, x: nnx.merge(graphdef_eval, state).stack(x)), x0
-    return (lambda state, x: nnx.merge(graphdef_eval, state)(x)), jnp.asarray(probe_inputs)
+        x0 = nnx.merge(graphdef_eval, calibrated(nnx.state(model))).embed(jnp.asarray(probe_inputs))
+        return (lambda state, x: nnx.merge(graphdef_eval, calibrated(state)).stack(x)), x0
+    return ((lambda state, x: nnx.merge(graphdef_eval, calibrated(state))(x)),
+            jnp.asarray(probe_inputs))
 
 
 def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None = None,
           resume: bool = False, run_info: dict | None = None, input_shape: tuple | None = None,
           probes: int = 8, track_every: int = 100, log_every: int = 10,
-          method: str = "auto", progress: bool | None = None) -> TrainResult:
+          method: str = "auto", progress: bool | None = None,
+          calibrate_batchnorm: bool = False) -> TrainResult:
     """Trains `model` on `data`, tracking spectra, α's and losses into `run_dir`.
 
     Args:
@@ -364,6 +434,9 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
       track_every, log_every: spectrum and record intervals (`isometry.Tracker`).
       method: spectrum method ("auto", "dense", "lanczos").
       progress: show a tqdm bar (default: when stderr is a terminal).
+      calibrate_batchnorm: take every tracked spectrum with BatchNorm statistics of the first
+        training batch (one train-mode pass, `isometry.calibrate`) instead of the running
+        averages, which start at (0, 1) and describe no data early in training.
 
     Returns:
       `TrainResult` with the final params/rest, the last step, the final record, and whether
@@ -399,6 +472,7 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
                                  "train": dataclasses.asdict(config), "probes": probes,
                                  "track_every": track_every, "log_every": log_every,
                                  "method": method, "input_shape": input_shape,
+                                 "calibrate_batchnorm": calibrate_batchnorm,
                                  **(run_info or {})})
         resuming = _prepare_run_dir(run_dir, info, resume)
         ckpt = os.path.join(run_dir, CHECKPOINT_FILE)
@@ -406,7 +480,10 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
             start, (params, rest, opt_state) = load_checkpoint(ckpt, (params, rest, opt_state))
         apply_fn, x0 = (None, None)
         if probes:
-            apply_fn, x0 = _spectrum_target(model, graphdef_eval, prepare(data.probe_inputs(probes)))
+            calib = (prepare(data.train_batch(config.seed, 0, config.batch_size)[0])
+                     if calibrate_batchnorm else None)
+            apply_fn, x0 = _spectrum_target(model, graphdef_eval,
+                                            prepare(data.probe_inputs(probes)), calib)
         tracker = Tracker(run_dir, apply_fn=apply_fn, probes=x0, every=track_every,
                           log_every=log_every, method=method,
                           resume_step=start if resuming else None)

@@ -8,10 +8,13 @@ block maps x_i to x_{i+1} by
 
     residual     x_{i+1} = φ(S(x_i) + F(x_i))                         He et al. 2016a
     prenorm      x_{i+1} = S(x_i) + conv(φ(BN(conv(φ(BN(x_i))))))     pre-activation, He et al. 2016b
+    prenorm_rezero  x_{i+1} = S(x_i) + α_i·conv(φ(BN(conv(φ(BN(x_i))))))  pre-activation + ReZero
     gated        x_{i+1} = (1 − α_i)·S(x_i) + α_i·φ(F(x_i))           Gated ResNet (Savarese et al. 2016)
     zero_gamma   residual with the scale γ of the branch's last BatchNorm initialized to 0
-    fixup        x_{i+1} = φ(S(x_i + a) + s·conv(φ(conv(x_i + a) + b) + c) + d), no BatchNorm;
-                 scalar biases a, b, c, d = 0 and multiplier s = 1, the first convolution
+    fixup        x_{i+1} = φ(S'(x_i) + s·conv(φ(conv(x_i + a) + b) + c) + d), no BatchNorm, with
+                 S'(x) = x where the shape is kept and S(x + a) where it changes (the identity
+                 path carries x itself, as in the FixUp code); scalar biases a, b, c, d = 0 and
+                 multiplier s = 1, the first convolution
                  scaled by L^{-1/2}, the last one and the classifier zero-initialized (Zhang et al. 2019)
     rezero       x_{i+1} = S(x_i) + α_i·φ(F(x_i)),   α_i = alpha_init (0 by default)
 
@@ -23,7 +26,9 @@ identity, so a single-stage residual stack starts as the identity function.
 Depths: 6n + 2 gives the CIFAR ResNets of He et al. (ResNet-20, -56, -110: three stages of n
 blocks, 16/32/64 channels, parameter-free shortcuts); 18 and 34 give the ImageNet layouts with a
 CIFAR stem (four stages, 64…512 channels, 1×1 projection shortcuts), so
-`ResNet(18, variant="prenorm")` is PreAct-ResNet-18 and `variant="rezero"` its ReZero version.
+`ResNet(18, variant="prenorm")` is PreAct-ResNet-18, `variant="prenorm_rezero"` the same
+pre-activation net with ReZero's α on every branch (the paper's "Pre-activation ResNet-18 +
+ReZero"), and `variant="rezero"` the post-activation ReZero ResNet-18.
 
 BatchNorm runs in train mode after construction (batch statistics); `model.eval()` switches
 to the running averages, which is how Jacobians are taken.
@@ -40,12 +45,14 @@ from flax import nnx
 
 from models._stack import Identity, Layers, Stack, check_variant
 
-VARIANTS = ("residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero")
+VARIANTS = ("residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero", "prenorm_rezero")
+#: Pre-activation variants: BatchNorm and φ at the start of each block and once before the head.
+PREACT_VARIANTS = ("prenorm", "prenorm_rezero")
 SHORTCUTS = ("identity", "projection")
 #: Blocks per stage of the ImageNet-style basic-block ResNets, by depth.
 BASIC_LAYOUTS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 #: Variants whose blocks carry a residual weight α.
-ALPHA_VARIANTS = ("gated", "rezero")
+ALPHA_VARIANTS = ("gated", "rezero", "prenorm_rezero")
 
 relu = jax.nn.relu
 #: He (Kaiming) normal initialization, untruncated as PyTorch's `kaiming_normal_`.
@@ -127,7 +134,7 @@ class BasicBlock(nnx.Module):
             conv2_init = nnx.initializers.zeros_init()
         bias = not batchnorm and variant != "fixup"
         # the pre-activation block normalizes its input (cin features) before the first conv
-        bn1_features = cin if variant == "prenorm" else cout
+        bn1_features = cin if variant in PREACT_VARIANTS else cout
         self.conv1 = _conv(cin, cout, 3, stride, bias=bias, kernel_init=conv1_init,
                            param_dtype=param_dtype, rngs=rngs)
         self.bn1 = _batchnorm(bn1_features, batchnorm, param_dtype=param_dtype, rngs=rngs)
@@ -136,7 +143,7 @@ class BasicBlock(nnx.Module):
         self.bn2 = _batchnorm(cout, batchnorm, zero_scale=variant == "zero_gamma",
                               param_dtype=param_dtype, rngs=rngs)
         self.shortcut = Shortcut(cin, cout, stride, kind=shortcut,
-                                 batchnorm=batchnorm and variant != "prenorm",
+                                 batchnorm=batchnorm and variant not in PREACT_VARIANTS,
                                  param_dtype=param_dtype, rngs=rngs)
         if variant in ALPHA_VARIANTS:
             self.alpha = _scalar(alpha_init, param_dtype)
@@ -161,14 +168,15 @@ class BasicBlock(nnx.Module):
         match self.variant:
             case "residual" | "zero_gamma":
                 return relu(S(x) + F(x))
-            case "prenorm":
+            case "prenorm" | "prenorm_rezero":
                 h = relu(self.bn1(x))
-                return S(h if S.projection is not None else x) + self.preact_branch(h)
+                gate = self.alpha if self.variant == "prenorm_rezero" else 1.0
+                return S(h if S.projection is not None else x) + gate * self.preact_branch(h)
             case "gated":
                 return (1 - self.alpha) * S(x) + self.alpha * relu(F(x))
             case "fixup":
-                x = x + self.bias1a
-                return relu(S(x) + F(x))
+                xa = x + self.bias1a
+                return relu((S(xa) if S.changes_shape else x) + F(xa))
             case "rezero":
                 return S(x) + self.alpha * relu(F(x))
 
@@ -180,7 +188,8 @@ class ResNet(Stack):
       depth: 6n + 2 (ResNet-20, -56, -110: three stages of n blocks, 16 channels first,
         parameter-free shortcuts) or 18 / 34 (four stages, 64 channels first, projection
         shortcuts: PreAct-ResNet-18 with variant="prenorm"). Ignored when `stages` is given.
-      variant: "residual", "prenorm", "gated", "zero_gamma", "fixup" or "rezero".
+      variant: "residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero" or
+        "prenorm_rezero".
       stages: blocks per stage, overriding the depth's layout (the depth is then
         2·sum(stages) + 2); stage s has width·2^s channels and, after the first, stride 2.
       width: channels of the first stage (default: 16 for 6n + 2 layouts, 64 otherwise).
@@ -247,7 +256,7 @@ class ResNet(Stack):
                           kernel_init=HE_NORMAL, param_dtype=param_dtype,
                           rngs=rngs)
         # pre-activation nets normalize at the start of each block and once before the head
-        self.stem_norm = _batchnorm(width, batchnorm and variant != "prenorm",
+        self.stem_norm = _batchnorm(width, batchnorm and variant not in PREACT_VARIANTS,
                                     param_dtype=param_dtype, rngs=rngs)
         # a stage: its first block (strided and widened after stage 0), then one scanned
         # `Layers` stack of the n − 1 blocks that keep the shape
@@ -263,7 +272,7 @@ class ResNet(Stack):
                                     remat=remat, unroll=unroll))
             cin = cout
         self.blocks = nnx.List(parts)
-        self.final_norm = _batchnorm(cin, batchnorm and variant == "prenorm",
+        self.final_norm = _batchnorm(cin, batchnorm and variant in PREACT_VARIANTS,
                                      param_dtype=param_dtype, rngs=rngs)
         zero = nnx.initializers.zeros_init()
         self.classifier = nnx.Linear(cin, num_classes, param_dtype=param_dtype, rngs=rngs,
@@ -282,7 +291,7 @@ class ResNet(Stack):
             raise ValueError(f"ResNet expects NHWC images (…, height, width, {self.in_channels}), "
                              f"got shape {x.shape}")
         h = self.stem(x)
-        if self.variant == "prenorm":
+        if self.variant in PREACT_VARIANTS:
             return h
         if self.variant == "fixup":
             return relu(h + self.stem_bias)
@@ -290,7 +299,7 @@ class ResNet(Stack):
 
     def head(self, x):
         """Logits: linear(mean over height and width) (pre-activation: of φ(BN(x_L)))."""
-        if self.variant == "prenorm":
+        if self.variant in PREACT_VARIANTS:
             x = relu(self.final_norm(x))
         pooled = jnp.mean(x, axis=(-3, -2))
         if self.variant == "fixup":

@@ -164,3 +164,173 @@ def test_bad_options_are_rejected():
         lanczos_spectrum(lambda x: x, jnp.ones(4), jax.random.key(0), k=10)
     with pytest.raises(ValueError, match="bandwidth"):
         lanczos_spectrum(lambda x: x, jnp.ones(4), jax.random.key(0), k=2, bandwidth=0.0)
+
+
+# --- issue 19: the bidiagonalization, its stopping rule and top_singular_values -------------
+N_KNOWN = 400
+KNOWN_SPECTRA = {
+    # a spread spectrum: slow, steady convergence
+    "linear": jnp.linspace(1.0, 0.01, N_KNOWN),
+    # ten top values 0.2 % apart: the gap bound of each is useless, the cluster bound is not
+    "clustered": jnp.concatenate([10 * (1 - 0.002 * jnp.arange(10)),
+                                  jnp.linspace(9.0, 0.1, N_KNOWN - 10)]),
+    # Hilbert-like: twelve decades, condition number 1e12
+    "hilbert": jnp.logspace(0, -12, N_KNOWN),
+    "sqrt": 1 / jnp.sqrt(jnp.arange(1.0, N_KNOWN + 1)),
+}
+
+
+def known_operator(name):
+    s = KNOWN_SPECTRA[name]
+    fn, matrix = known_spectrum_map(jax.random.key(1), s, N_KNOWN, N_KNOWN)
+    return s, matrix, jacobian_operator(fn, jnp.ones(N_KNOWN))
+
+
+def assert_bidiagonal_relations(bd, matrix, tol=F64_RTOL):
+    """J V = U B and Jᵀ U = V Bᵀ + β_s v_{s+1} e_sᵀ, U and [V, v_{s+1}] orthonormal."""
+    s = int(bd.steps)
+    v, u, b = bd.right_vectors[:s].T, bd.left_vectors[:s].T, bd.matrix()[:s, :s]
+    scale = float(jnp.linalg.norm(matrix, 2))
+    np.testing.assert_allclose(matrix @ v, u @ b, atol=tol * scale)
+    e_s = jnp.zeros(s).at[-1].set(1.0)
+    residual = bd.betas[s - 1] * jnp.outer(bd.next_vector, e_s)
+    np.testing.assert_allclose(matrix.T @ u, v @ b.T + residual, atol=tol * scale)
+    vv = jnp.concatenate([v, bd.next_vector[:, None]], axis=1)
+    np.testing.assert_allclose(vv.T @ vv, jnp.eye(s + 1), atol=tol)
+    np.testing.assert_allclose(u.T @ u, jnp.eye(s), atol=tol)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_SPECTRA))
+def test_bidiagonal_relations_on_prescribed_spectra(name):
+    s, matrix, op = known_operator(name)
+    v0 = jax.random.normal(jax.random.key(2), (N_KNOWN,))
+    bd = jax.jit(lambda v: golub_kahan(op, v, 120, jax.random.key(3)))(v0)
+    assert int(bd.steps) == 120
+    assert_bidiagonal_relations(bd, matrix)
+    # and after an early stop
+    bd = jax.jit(lambda v: golub_kahan(op, v, 200, jax.random.key(3), k=5, rtol=1e-8))(v0)
+    assert 5 < int(bd.steps) < 200
+    assert_bidiagonal_relations(bd, matrix)
+
+
+def test_restart_on_an_exact_breakdown_of_a_rank_three_operator():
+    s = jnp.array([3.0, 2.0, 1.0])
+    fn, matrix = known_spectrum_map(jax.random.key(4), s, 30, 30)
+    op = jacobian_operator(fn, jnp.ones(30))
+    bd = jax.jit(lambda v: golub_kahan(op, v, 8, jax.random.key(5)))(jnp.arange(1.0, 31.0))
+    # u_1..u_3 span the range of J, so α_4 = ‖(I − U Uᵀ) J v_4‖ = 0 (v_4 carries the start's
+    # component in the null space); the restarted u_4 ⟂ range J gives Jᵀ u_4 = 0, β_4 = 0, and
+    # so on. Restarts keep the bases orthonormal and the relations exact.
+    assert float(jnp.min(bd.alphas[:3])) > 0.1 and float(bd.betas[2]) > 0.1
+    assert float(jnp.max(jnp.abs(bd.alphas[3:]))) < 1e-12
+    assert float(jnp.max(jnp.abs(bd.betas[3:]))) < 1e-12
+    assert_bidiagonal_relations(bd, matrix)
+    _, sv, _, _ = bd.ritz()
+    np.testing.assert_allclose(sv[:3], s, rtol=F64_RTOL)
+    np.testing.assert_allclose(sv[3:], 0.0, atol=1e-12)
+
+
+def minimum_steps(op, s, v0, k, rtol, max_steps=250):
+    """The fewest steps whose top-k Ritz values are within rtol of the truth (same start)."""
+    bd = jax.jit(lambda v: golub_kahan(op, v, max_steps, jax.random.key(3)))(v0)
+    b = np.asarray(bd.matrix())
+    for j in range(k, max_steps + 1):
+        theta = np.linalg.svd(b[:j, :j], compute_uv=False)[:k]
+        if np.max((s[:k] - theta) / s[:k]) <= rtol:
+            return j
+    raise AssertionError("not reached")
+
+
+@pytest.mark.parametrize("rtol", [1e-6, 1e-8])
+@pytest.mark.parametrize("name", sorted(KNOWN_SPECTRA))
+def test_stopping_rule_takes_within_10_percent_of_the_fewest_steps(name, rtol):
+    s, _, op = known_operator(name)
+    s = np.asarray(s)
+    v0 = jax.random.normal(jax.random.key(2), (N_KNOWN,))
+    need = minimum_steps(op, s, v0, 10, rtol)
+    bd = jax.jit(lambda v: golub_kahan(op, v, 250, jax.random.key(3), k=10, rtol=rtol))(v0)
+    steps = int(bd.steps)
+    assert need <= steps <= 1.1 * need, (need, steps)
+    theta = np.asarray(bd.ritz()[1][:10])
+    assert np.max((s[:10] - theta) / s[:10]) <= rtol
+
+
+def test_products_are_the_steps_taken_and_restarts_only_on_breakdown():
+    counts = {"J": 0, "JT": 0}
+
+    def counted(side, fn):
+        def product(v):
+            jax.debug.callback(lambda: counts.__setitem__(side, counts[side] + 1))
+            return fn(v)
+        return product
+
+    s, matrix, op = known_operator("sqrt")
+    op = type(op)(counted("J", op.matvec), counted("JT", op.rmatvec), op.n_in, op.n_out, op.dtype)
+    v0 = jax.random.normal(jax.random.key(2), (N_KNOWN,))
+    bd = jax.jit(lambda v: golub_kahan(op, v, 250, jax.random.key(3), k=10, rtol=1e-8))(v0)
+    jax.effects_barrier()
+    assert counts == {"J": int(bd.steps), "JT": int(bd.steps)}
+
+
+def test_reorthogonalization_never_reads_the_whole_buffer():
+    # The compiled step touches the bases only in 16-row chunks: no product with the
+    # (max_steps, n) buffers, and the restart direction reuses the same loop (no second copy).
+    _, _, op = known_operator("sqrt")
+    text = jax.jit(lambda v: golub_kahan(op, v, 256, jax.random.key(3), k=10)).lower(
+        jnp.ones(N_KNOWN)).as_text()
+    shapes = [line.split(":")[-1].strip() for line in text.splitlines() if "dot_general" in line]
+    operator = {"(tensor<400x400xf64>, tensor<400xf64>) -> tensor<400xf64>",
+                "(tensor<400xf64>, tensor<400x400xf64>) -> tensor<400xf64>"}
+    chunk = {"(tensor<16x400xf64>, tensor<400xf64>) -> tensor<16xf64>",
+             "(tensor<16xf64>, tensor<16x400xf64>) -> tensor<400xf64>"}
+    assert set(shapes) == operator | chunk
+    # the two products, and per side one chunk loop (h = B_c w, w − B_cᵀ h) for both passes
+    assert len([s for s in shapes if s in operator]) == 2
+    assert len([s for s in shapes if s in chunk]) == 4
+
+
+def test_top_singular_values_is_certified_jittable_and_vmappable():
+    s = KNOWN_SPECTRA["clustered"]
+    fn, matrix = known_spectrum_map(jax.random.key(1), s, N_KNOWN, N_KNOWN)
+    top = jax.jit(lambda x: iso.top_singular_values(fn, x, k=10, rtol=1e-8))(jnp.ones(N_KNOWN))
+    assert isinstance(top, iso.TopSingularValues) and bool(top.converged)
+    np.testing.assert_allclose(top.singular_values, s[:10], rtol=1e-8)
+    assert bool(jnp.all(s[:10] - top.singular_values <= top.error_bounds + 1e-14))
+    assert bool(jnp.all(top.error_bounds <= top.residual_bounds))
+    # vmapped over inputs (a batch of different Jacobians) and not recompiled on new values
+    w = jax.random.normal(jax.random.key(0), (60, 60)) / jnp.sqrt(60.0)
+    batched = jax.jit(jax.vmap(lambda x: iso.top_singular_values(
+        lambda z: jnp.tanh(w @ z), x, k=3, rtol=1e-10)))
+    xs = jax.random.normal(jax.random.key(1), (3, 60))
+    top = batched(xs)
+    assert top.singular_values.shape == (3, 3) and top.steps.shape == (3,)
+    dense = iso.jacobian_spectrum(lambda z: jnp.tanh(w @ z), xs, batched=True)
+    np.testing.assert_allclose(top.singular_values, dense.singular_values[:, :3], rtol=1e-9)
+    assert bool(jnp.all(top.converged))
+    batched(xs + 1.0)
+    assert batched._cache_size() == 1
+    with pytest.raises(ValueError, match="k must be"):
+        iso.top_singular_values(lambda z: z, jnp.ones(4), k=5)
+
+
+def test_density_and_chi_without_the_top_run():
+    # chi deflated by the probes' own Krylov spaces (no product beyond the probes' runs):
+    # unbiased, and far tighter than plain Hutchinson on a spectrum with a few large σ.
+    s = jnp.concatenate([jnp.array([20.0, 15.0, 12.0, 10.0]), jnp.linspace(1.0, 0.1, 296)])
+    fn, matrix = known_spectrum_map(jax.random.key(6), s, 300, 300)
+    exact = float(jnp.sum(s**2) / 300)
+    errors = []
+    for seed in range(4):
+        spec = jitted_lanczos(fn, jnp.ones(300), jax.random.key(seed), k=4, num_steps=24,
+                              num_probes=6, chi_probes=0, top_run=False)
+        assert abs(float(spec.chi) - exact) < 5 * float(spec.chi_stderr) + 1e-12
+        errors.append(abs(float(spec.chi) / exact - 1))
+        np.testing.assert_allclose(jnp.sum(spec.weights, axis=-1), 1.0, rtol=F64_RTOL)
+        np.testing.assert_allclose(spec.singular_values, s[:4], rtol=1e-6)
+        assert bool(jnp.all(s[:4] - spec.singular_values <= spec.residual_bounds + 1e-12))
+    # plain Hutchinson with the same 6 probes: the quadrature's Σ w σ² of each probe
+    plain = jnp.mean(jnp.sum(spec.weights * spec.nodes**2, axis=-1))
+    assert max(errors) < 0.02 and max(errors) < abs(float(plain) / exact - 1)
+    with pytest.raises(ValueError, match="chi_probes"):
+        lanczos_spectrum(fn, jnp.ones(300), jax.random.key(0), k=2, num_probes=1, chi_probes=0,
+                         top_run=False)

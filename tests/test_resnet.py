@@ -67,7 +67,7 @@ def images(batch=(), seed=0):
 
 @pytest.mark.parametrize("variant,kw", [("fixup", {}), ("rezero", {}),
                                         ("rezero", {"batchnorm": False}), ("gated", {}),
-                                        ("zero_gamma", {})])
+                                        ("zero_gamma", {}), ("prenorm_rezero", {})])
 def test_identity_at_init_where_it_should(variant, kw):
     """Shape-keeping blocks start as the identity: ReZero and Gated (α = 0) on any stream,
     FixUp and zero-γ (x ↦ φ(x + 0)) on the non-negative stream their stem produces."""
@@ -77,9 +77,29 @@ def test_identity_at_init_where_it_should(variant, kw):
     assert np.any(x0 > 0)
     np.testing.assert_array_equal(model.stack(x0), x0)
     # J = I where φ' = 1: anywhere for α = 0, on the positive stream for φ(x + 0)
-    x1 = x0 - 0.5 if variant in ("rezero", "gated") else x0 + 0.5
+    x1 = x0 - 0.5 if variant in ("rezero", "gated", "prenorm_rezero") else x0 + 0.5
     np.testing.assert_array_equal(model.stack(x1), x1)
     np.testing.assert_array_equal(iso.dense_jacobian(model.stack, x1), np.eye(x1.size))
+
+
+def test_fixup_identity_path_carries_x_and_preact_rezero_gates_the_preact_branch():
+    """FixUp: x_{i+1} = φ(x + F(x + a)) where the shape is kept (the identity path carries x,
+    not x + a, as in the FixUp code); PreAct + ReZero: x + α·(the pre-activation branch)."""
+    fixup = tiny("fixup")
+    x = fixup.embed(images((2,))) - 0.2  # a stream with negative entries too
+    fix = fixup.blocks[0]
+    fix.bias1a[...] = 0.3
+    fix.conv2.kernel[...] = jax.random.normal(jax.random.key(5), fix.conv2.kernel.shape, F64)
+    np.testing.assert_allclose(fix(x), jax.nn.relu(x + fix.branch(x + 0.3)), rtol=1e-12)
+    pre = tiny("prenorm_rezero", alpha_init=0.4)
+    pre.eval()
+    x = pre.embed(images((2,)))
+    block, ref = pre.blocks[0], tiny("prenorm").blocks[0]
+    ref.eval()
+    h = jax.nn.relu(block.bn1(x))
+    np.testing.assert_allclose(block(x), x + 0.4 * block.preact_branch(h), rtol=1e-12)
+    np.testing.assert_allclose(ref(x), x + ref.preact_branch(jax.nn.relu(ref.bn1(x))),
+                               rtol=1e-12)
 
 
 def test_residual_stack_is_not_the_identity():

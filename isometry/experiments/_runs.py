@@ -41,7 +41,8 @@ class CharLMSettings:
 
 
 def train_run(model, data, config, run_dir: str, *, input_shape=None, probes: int = 0,
-              track_every: int = 100, log_every: int = 10, run_info: dict | None = None):
+              track_every: int = 100, log_every: int = 10, run_info: dict | None = None,
+              calibrate_batchnorm: bool = False):
     """Trains `model` with `isometry.train.train` into `run_dir` (resuming a finished or killed
     run with the same settings); returns (records of metrics.jsonl, TrainResult)."""
     from isometry.tracking import read_metrics
@@ -50,7 +51,8 @@ def train_run(model, data, config, run_dir: str, *, input_shape=None, probes: in
     try:
         result = train(model, data, config, run_dir=run_dir, resume=True, run_info=run_info,
                        input_shape=input_shape, probes=probes, track_every=track_every,
-                       log_every=log_every, progress=False)
+                       log_every=log_every, progress=False,
+                       calibrate_batchnorm=calibrate_batchnorm)
     except RunConfigError as err:
         raise RunConfigError(f"{err}; delete {run_dir!r} (or pass another --runs folder) to "
                              f"start it again") from None

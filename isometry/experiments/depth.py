@@ -72,11 +72,19 @@ SETTINGS = {
 
 
 def _profile(model, x) -> list | None:
-    """χ_l of the stack at every depth, averaged over the inputs; None when non-finite."""
+    """χ_l of the stack at every depth, averaged over the inputs; None when non-finite.
+
+    Non-finite parameters (a diverged run) give None before any Jacobian is taken: through
+    ReLU, NaN weights have derivative 0, so J could look finite (even = I) for a broken net.
+    """
     import jax
+    from flax import nnx
 
     import isometry as iso
 
+    if not all(np.all(np.isfinite(np.asarray(leaf)))
+               for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))):
+        return None
     model.eval()
     embed_fn, states_fn, params = iso.from_stack(model)
     try:
@@ -228,7 +236,7 @@ def markdown(record: dict) -> str:
             f"## (a) Fully connected, {s['fc_depth']:,} layers\n",
             f"Data: **{record['fc_data']}**. Width {s['fc_width']}, batch {s['fc_batch_size']}, "
             f"{s['fc_steps']} iterations of Adagrad lr {s['fc_lr']:g} (the paper's footnote; "
-            f"optax's Adagrad, whose accumulator starts at 0.1, not PyTorch's 0), ReLU, the "
+            f"PyTorch's Adagrad, as the authors ran it: `TrainConfig.adagrad`), ReLU, the "
             f"paper's σ_w² (2, 0.25 for FC+Res). χ_L: the mean squared singular value of "
             f"∂x_L/∂x_0 of the stack, averaged over {s['profile_inputs']} training inputs.\n",
             markdown_table(["variant", "loss on the fixed set at init", "after training",

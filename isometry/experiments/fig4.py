@@ -53,6 +53,7 @@ class Fig4Settings:
     resnet_track_every: int = 25
     batch_size: int = 128
     probes: int = 2
+    calibrate_batchnorm: bool = True
 
 
 SETTINGS = {
@@ -140,8 +141,10 @@ def _resnet(s: Fig4Settings, variant: str, data_dir, seed: int, runs_dir: str) -
     records, _ = train_run(model, data, config, run_dir, probes=s.probes,
                            track_every=s.resnet_track_every, log_every=s.resnet_track_every,
                            run_info={"experiment": "fig4cd", "variant": variant,
-                                     "depth": s.resnet_depth})
-    return {"data": data.name, "steps": _tracked(run_dir, records)}
+                                     "depth": s.resnet_depth},
+                           calibrate_batchnorm=s.calibrate_batchnorm)
+    return {"data": data.name, "steps": _tracked(run_dir, records),
+            "batchnorm_calibrated": s.calibrate_batchnorm}
 
 
 def run(s: Fig4Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict:
@@ -228,7 +231,11 @@ def markdown(record: dict) -> str:
         f"encoder. (b) ReZero LM on {record['b_rezero_lm']['data']}: J of the residual stack at "
         f"{s['probes']} embedded windows of {s['lm_seq_len']} bytes. (c, d) ResNets on "
         f"{record['c_resnet_vanilla']['data']} ({s['image_size']}×{s['image_size']} images): J "
-        f"of the residual stack at the stem output of {s['probes']} probe images.\n",
+        f"of the residual stack at the stem output of {s['probes']} probe images, "
+        + ("with BatchNorm statistics calibrated on one training batch at every tracked step "
+           "(`isometry.calibrate`; the running averages start at (0, 1) and describe no data "
+           "early in training).\n" if s.get("calibrate_batchnorm") else
+           "with BatchNorm's running averages (not calibrated).\n"),
         markdown_table(["panel", "curve", "mean σ²", "median log10 σ", f"share σ < {VANISHED:g}"],
                        rows),
         f"Paper: (a) {PAPER['a']}; (b) {PAPER['b']}. Authors' notebook: mean σ² of a 12-layer "

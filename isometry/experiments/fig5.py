@@ -33,7 +33,7 @@ class Fig5Settings:
     width: int = 256
     variants: tuple[str, ...] = ("plain", "residual", "norm", "rezero")
     seeds: int = 5
-    steps: int = 10_000
+    steps: int = 150_000
     batch_size: int = 100
     lr: float = 0.01
     log_every: int = 10
@@ -46,7 +46,8 @@ SETTINGS = {
     "smoke": Fig5Settings(depth=4, width=32, seeds=1, steps=30, log_every=5, smooth=2,
                           threshold=2.1, synthetic_shape=(8, 8, 3)),
     "cpu": Fig5Settings(seeds=3, steps=600, log_every=10, smooth=3, threshold=1.0),
-    "paper": Fig5Settings(),
+    # the paper's Figure 5 runs 300 epochs of CIFAR-10: 150,000 iterations at batch 100
+    "paper": Fig5Settings(log_every=100),
 }
 
 
@@ -129,7 +130,9 @@ def markdown(record: dict) -> str:
             for o in out.values()]
     text = [f"# Figure 5: {s['depth']}-layer fully connected nets\n",
             f"Data: **{record['data']}** ({'CIFAR-10' if record['data'] == 'cifar10' else 'synthetic Gaussian-prototype images; no CIFAR-10 copy was given'}). "
-            f"Width {s['width']}, Adagrad lr {s['lr']:g}, batch {s['batch_size']}, {s['steps']} "
+            f"Width {s['width']}, Adagrad lr {s['lr']:g} (PyTorch's, as the authors ran it: "
+            f"accumulator from 0; optax's default starts it at 0.1 and steps far smaller at "
+            f"small gradients), batch {s['batch_size']}, {s['steps']} "
             f"iterations, {s['seeds']} seeds. Threshold: training loss ≤ {s['threshold']:g} nats "
             f"(moving average over {s['smooth']} records of every {s['log_every']} steps).\n",
             markdown_table(["variant", "runs reaching", "iterations to threshold (mean ± sd)",
@@ -169,6 +172,11 @@ def _verdict(record: dict) -> str:
                          f"is only known to exceed {bound:.1f}× (run length / ReZero's "
                          f"iterations), so the direction of the paper's claim holds and its "
                          f"7–15× size is neither confirmed nor refuted here.")
+        elif ok and never:
+            parts.append(f"For the variants that never got there the speed-up is only known to "
+                         f"exceed {bound:.1f}× (run length / ReZero's iterations): at least the "
+                         f"paper's lower end of 7×, so the claim holds here; whether it stays "
+                         f"under 15× this run cannot tell.")
         elif ok:
             parts.append("This matches the paper's 7–15× claim.")
         elif first == "rezero":
