@@ -289,7 +289,7 @@ def test_plain_function_gets_the_whole_network_part():
 def test_cli_diagnose(tmp_path, capsys):
     rc = main(["diagnose", "--model", "fc", "--variant", "plain", "--activation", "tanh",
                "--width", "32", "--depth", "16", "--sigma-w2", "1", "--sigma-b2", "0.05",
-               "--x64", "--out", str(tmp_path), "--json"])
+               "--x64", "--burn-in", "2", "--out", str(tmp_path), "--json"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     codes = [f["code"] for f in doc["diagnosis"]["findings"]]

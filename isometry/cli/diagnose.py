@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--sigma-b2", type=float, default=0.0, help="FC bias variance (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and input (default: 0)")
     p.add_argument("--x64", action="store_true", help="float64 weights and inputs")
+    p.add_argument("--burn-in", type=int, default=0,
+                   help="layers left out at the bottom of the ln chi_l slope (the transient "
+                        "while the probe's length settles to its fixed point; default: 0)")
     p.add_argument("--out", default="isometry-diagnose",
                    help="directory for diagnosis.json and diagnosis.png (default: "
                         "./isometry-diagnose)")
@@ -71,8 +74,10 @@ def compute(args):
         if hasattr(net, "eval"):
             net.eval()
     x = kind.probe_inputs(args, jax.random.key(10_000 + args.seed), 1, args.param_dtype)[0]
+    if not 0 <= args.burn_in < depth:
+        raise UsageError(f"--burn-in must be in [0, depth), got {args.burn_in}")
     try:
-        diagnosis = iso.diagnose(net, x, mean_field=mean_field)
+        diagnosis = iso.diagnose(net, x, mean_field=mean_field, burn_in=args.burn_in)
     except FloatingPointError as err:
         raise UsageError(str(err)) from None
     doc = dict(model=args.model, variant=variant, depth=depth, seed=args.seed,
