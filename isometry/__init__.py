@@ -26,8 +26,12 @@ from isometry._lanczos import (LanczosSpectrum, TopSingularValues, hutchinson_ch
 from isometry._layerwise import depth_profile, from_stack, layerwise_chi_fn, layerwise_spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY, LayerStack
 from isometry._sharding import batch_mesh, sharded_spectrum_fn
+from isometry._diagnose import Diagnosis, Finding, diagnose  # noqa: E402
+from isometry._plot_diagnosis import diagnosis_figure  # noqa: E402
+from isometry._tune import TuneResult, tune_init  # noqa: E402
 from isometry import toy  # noqa: E402  (the (1 + αw)^L model of Figure 2, as `iso.toy`)
 from isometry import theory  # noqa: E402  (mean field and free probability, as `iso.theory`)
+from isometry import theory_residual  # noqa: E402  (residual/ReZero nets at α > 0)
 from isometry import data  # noqa: E402  (CIFAR-10, enwik8, text and synthetic data, as `iso.data`)
 from isometry.tracking import Tracker, read_metrics  # noqa: E402
 from isometry.train import TrainConfig  # noqa: E402  (`iso.train.train(...)`: the loop)
@@ -37,6 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ISOMETRY_BAND",
     "METHODS",
+    "Diagnosis",
+    "Finding",
     "JacobianOperator",
     "LAYER_AXIS_KEY",
     "LayerStack",
@@ -46,11 +52,14 @@ __all__ = [
     "TopSingularValues",
     "TrainConfig",
     "Tracker",
+    "TuneResult",
     "alpha_mask",
     "alpha_values",
     "batch_mesh",
     "data",
     "dense_jacobian",
+    "diagnose",
+    "diagnosis_figure",
     "depth_profile",
     "from_linen",
     "from_nnx",
@@ -65,7 +74,9 @@ __all__ = [
     "sharded_spectrum_fn",
     "spectrum_fn",
     "theory",
+    "theory_residual",
     "top_singular_values",
     "toy",
     "train",
+    "tune_init",
 ]

@@ -89,6 +89,20 @@ class SelfAttention(nnx.Module):
                               param_dtype=param_dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
+    def attention_weights(self, x, padding_mask=None):
+        """softmax(Q Kᵀ/√d_head + mask) before dropout: shape (…, heads, query, key)."""
+        *batch, length, d_model = x.shape
+        d_head = d_model // self.heads
+        qkv = self.qkv(x).reshape(*batch, length, 3, self.heads, d_head)
+        q, k = qkv[..., 0, :, :], qkv[..., 1, :, :]
+        logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(d_head)
+        mask = attention_mask(length, causal=self.causal, padding_mask=padding_mask,
+                              batch_ndim=len(batch))
+        if mask is not None:
+            mask = jnp.broadcast_to(mask, logits.shape)
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        return jax.nn.softmax(logits, axis=-1)
+
     def __call__(self, x, padding_mask=None):
         *batch, length, d_model = x.shape
         d_head = d_model // self.heads
@@ -148,6 +162,11 @@ class TransformerLayer(nnx.Module):
         """(α of the attention sublayer, α of the feed-forward sublayer)."""
         alpha = self.alpha[...]
         return (alpha, alpha) if alpha.ndim == 0 else (alpha[0], alpha[1])
+
+    def attention_weights(self, x, padding_mask=None):
+        """The attention matrices this layer applies to the stream x (before dropout)."""
+        h = x if self.variant in ("postnorm", "gpt2norm") else self.norm1(x)
+        return self.attention.attention_weights(h, padding_mask)
 
     def __call__(self, x, padding_mask=None):
         def A(h):
@@ -276,3 +295,17 @@ class Transformer(Stack):
 
     def stack_stages(self) -> tuple:
         return (self.blocks,)
+
+    def attention_weights(self, x0, padding_mask=None):
+        """Every layer's attention matrices on the stream x_0 … x_{L−1} from `states(x0)`.
+
+        Returns shape (L, …, heads, query, key): row-stochastic softmax weights, before dropout
+        (`isometry.diagnose` takes the gap between their top two singular values).
+        """
+        inputs = self.states(x0, padding_mask)[:-1]
+        graphdef, state = nnx.split(self.blocks.stacked)
+
+        def one(layer_state, h):
+            return nnx.merge(graphdef, layer_state).attention_weights(h, padding_mask)
+
+        return jax.vmap(one)(state, inputs)

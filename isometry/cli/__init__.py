@@ -13,7 +13,7 @@ import sys
 
 
 #: Subcommand modules, in the order `isometry --help` lists them.
-SUBCOMMANDS = ["spectrum", "train", "plot", "toy", "theory", "reproduce"]
+SUBCOMMANDS = ["spectrum", "train", "plot", "toy", "theory", "reproduce", "diagnose"]
 
 
 class UsageError(ValueError):

@@ -44,6 +44,10 @@ def register(sub) -> None:
     p.add_argument("--out", default="isometry-theory",
                    help="directory for theory.png and theory.json (default: ./isometry-theory)")
     p.add_argument("--json", action="store_true", help="print the JSON on stdout")
+    p.add_argument("--variant", default="plain", choices=("plain", "rezero"),
+                   help="plain nets, or ReZero nets x + α·φ(Wx + b) at the --alpha values")
+    p.add_argument("--alpha", type=comma_list(float), default=None,
+                   help="comma list of α for --variant rezero, e.g. 0.1,0.3")
     p.set_defaults(func=run)
 
 
@@ -157,6 +161,10 @@ def _fmt(x) -> str:
 def run(args) -> int:
     from isometry import plot
 
+    if args.variant == "rezero":  # residual nets at α > 0: moments (isometry.theory_residual)
+        _check(args)
+        from isometry.cli import _theory_rezero
+        return _theory_rezero.run(args)
     doc, preds, measured = compute(args)
     table = sys.stderr if args.json else sys.stdout
     print(f"{'depth':>5} {'':>9} " + " ".join(f"{k:>10}" for k in KEYS), file=table)

@@ -1,0 +1,105 @@
+"""`isometry diagnose`: why a model's signal does (not) propagate, and what to change.
+
+Builds one model (`--model fc|resnet|transformer`, `--variant`, `--depth`, …), runs
+`isometry.diagnose` on one Gaussian probe input and prints a table of the measurements and the
+findings, each with its number and a suggested change; writes diagnosis.json and a four-panel
+diagnosis.png (χ_l profile, σ histogram, token similarity by depth, |α| and ∂L/∂α by layer).
+
+    isometry diagnose --model fc --variant plain --activation tanh --sigma-w2 1 --sigma-b2 0.05
+    isometry diagnose --model transformer --variant postnorm --depth 64 --json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from isometry._io import jsonable, write_json
+from isometry.cli import UsageError, _zoo
+
+
+def register(sub) -> None:
+    p = sub.add_parser("diagnose", help="diagnose a model's signal propagation: findings and fixes",
+                       description=__doc__)
+    _zoo.add_model_args(p, depth_default="32")
+    p.add_argument("--sigma-w2", type=float, default=None,
+                   help="FC weight variance x width (default: the variant's; with --model fc the "
+                        "mean-field prediction is added)")
+    p.add_argument("--sigma-b2", type=float, default=0.0, help="FC bias variance (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and input (default: 0)")
+    p.add_argument("--x64", action="store_true", help="float64 weights and inputs")
+    p.add_argument("--burn-in", type=int, default=0,
+                   help="layers left out at the bottom of the ln chi_l slope (the transient "
+                        "while the probe's length settles to its fixed point; default: 0)")
+    p.add_argument("--out", default="isometry-diagnose",
+                   help="directory for diagnosis.json and diagnosis.png (default: "
+                        "./isometry-diagnose)")
+    p.add_argument("--json", action="store_true",
+                   help="print the JSON on stdout (the table goes to stderr)")
+    p.set_defaults(func=run, seq_len=8)
+
+
+def compute(args):
+    """(the Diagnosis, the JSON document) for the model the arguments describe."""
+    import jax
+    from flax import nnx
+
+    import isometry as iso
+    import models
+
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    kind, variants = _zoo.resolve(args)
+    if len(variants) != 1 or len(args.depth) != 1:
+        raise UsageError("diagnose looks at one model: give one --variant and one --depth")
+    variant, depth = variants[0], args.depth[0]
+    rngs = nnx.Rngs(args.seed)
+    mean_field = None
+    if args.model == "fc":
+        try:
+            net = models.FullyConnected(depth, args.width, variant=variant,
+                                        activation=args.activation, alpha_init=args.alpha_init,
+                                        sigma_w2=args.sigma_w2, sigma_b2=args.sigma_b2,
+                                        param_dtype=args.param_dtype, rngs=rngs)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if variant == "plain" and args.activation in iso.theory.ACTIVATIONS:
+            sw2 = args.sigma_w2 if args.sigma_w2 is not None else 2.0
+            mean_field = dict(activation=args.activation, sigma_w2=sw2, sigma_b2=args.sigma_b2)
+    else:
+        if args.sigma_w2 is not None:
+            raise UsageError("--sigma-w2 applies to --model fc only")
+        net = kind.build(args, variant, depth, rngs)
+        if hasattr(net, "eval"):
+            net.eval()
+    x = kind.probe_inputs(args, jax.random.key(10_000 + args.seed), 1, args.param_dtype)[0]
+    if not 0 <= args.burn_in < depth:
+        raise UsageError(f"--burn-in must be in [0, depth), got {args.burn_in}")
+    try:
+        diagnosis = iso.diagnose(net, x, mean_field=mean_field, burn_in=args.burn_in)
+    except FloatingPointError as err:
+        raise UsageError(str(err)) from None
+    doc = dict(model=args.model, variant=variant, depth=depth, seed=args.seed,
+               dtype=diagnosis.dtype, diagnosis=diagnosis.to_json())
+    return diagnosis, doc
+
+
+def run(args) -> int:
+    from isometry import plot
+
+    diagnosis, doc = compute(args)
+    table = sys.stderr if args.json else sys.stdout
+    print(f"{args.model} {doc['variant']} depth {doc['depth']}", file=table)
+    print(diagnosis.table(), file=table)
+    os.makedirs(args.out, exist_ok=True)
+    png = plot.save(diagnosis.figure(title=f"{args.model} {doc['variant']}, depth {doc['depth']}: "
+                                           f"{diagnosis.phase or 'no stack'}; "
+                                           f"{', '.join(diagnosis.codes) or 'no findings'}"),
+                    os.path.join(args.out, "diagnosis.png"))
+    path = write_json(os.path.join(args.out, "diagnosis.json"), doc, indent=1)
+    print(f"wrote {png} and {path}", file=sys.stderr)
+    if args.json:
+        json.dump(jsonable(doc), sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+    return 0
