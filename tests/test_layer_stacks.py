@@ -17,7 +17,7 @@ from flax import nnx
 import isometry as iso
 import models
 from isometry.train import make_train_step
-from tests.test_models import CASES, MODELS, REZERO_CASES, build, inputs
+from test_models import CASES, MODELS, REZERO_CASES, build, inputs  # tests/ is on sys.path
 
 F64 = jnp.float64
 
