@@ -8,7 +8,6 @@ training runs (Figures 4b–d, 8).
 from __future__ import annotations
 
 import os
-import tempfile
 
 import matplotlib
 
@@ -22,21 +21,19 @@ __all__ = ["save", "spectrum_histograms", "toy_figure2", "toy_depth_sweep",
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 120) -> str:
-    """Writes `fig` to `path` (format from the suffix) via a temp file and `os.replace`."""
+    """Writes `fig` to `path` (format from the suffix) atomically (`isometry._io.atomic_write`)."""
+    import io
+
+    from isometry._io import atomic_write
+
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
-    os.close(fd)
+    fmt = (os.path.splitext(path)[1] or ".png")[1:]
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         plt.close(fig)
-    return path
+    return atomic_write(path, buf.getvalue())
 
 
 # --- spectrum histograms (Figure 4 style) ------------------------------------------------------
