@@ -41,11 +41,15 @@ def spectrum_histograms(panels: dict, bins: int = 50, range: tuple[float, float]
                         title: str | None = None):
     """Histograms of log10 σ, one panel per key of `panels` (e.g. per depth), like Figure 4a.
 
+    Exact zeros have no place on a log axis: they are left out of the curves, the axis is
+    chosen from the non-zero σ, and each curve's legend entry says how many σ are 0 ("all σ = 0"
+    for a zero Jacobian, which then has no curve).
+
     Args:
       panels: {panel title: {curve label: Spectrum}}; every spectrum in a panel shares the bins.
         Anything with a `histogram(bins, range, density)` method works (dense or matrix-free).
       bins: number of bins.
-      range: (lo, hi) in log10 σ; default: the data range of each panel.
+      range: (lo, hi) in log10 σ; default: the range of the non-zero σ of each panel.
       title: figure title.
 
     Returns:
@@ -56,27 +60,64 @@ def spectrum_histograms(panels: dict, bins: int = 50, range: tuple[float, float]
     for ax, (name, curves) in zip(axes[0], panels.items()):
         lo_hi = range or _common_range(curves.values())
         for label, spec in curves.items():
+            zero = _zero_share(spec)
+            if zero is not None and zero >= 1.0:
+                ax.plot([], [], linestyle="none", marker="x", color="0.3",
+                        label=f"{label} (all σ = 0)")
+                continue
             counts, edges = spec.histogram(bins=bins, range=lo_hi, density=True)
+            if zero:
+                label = f"{label} ({zero:.0%} of σ = 0, not drawn)"
             ax.stairs(counts, edges, label=label, fill=False, linewidth=1.4)
+        resolutions = [(float(np.max(np.asarray(spec.resolution))), np.asarray(spec.singular_values).dtype)
+                       for spec in curves.values() if hasattr(spec, "resolution")]
+        if resolutions:  # below it, σ are round-off of the SVD in this dtype
+            res, dtype = max(resolutions, key=lambda r: r[0])
+            if res > 0 and lo_hi[0] < np.log10(res) < lo_hi[1]:
+                ax.axvline(np.log10(res), color="tab:red", linewidth=0.9, linestyle="--",
+                           label=f"{dtype.name} resolution σ_max·ε·n")
         ax.set_title(name)
         ax.set_xlabel(r"$\log_{10}\,\sigma$")
         ax.set_ylabel("density")
+        ax.set_xlim(*lo_hi)
         ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
-    axes[0][-1].legend(fontsize=8, frameon=False)
+        ax.legend(fontsize=7, frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
+def _zero_share(spec) -> float | None:
+    """Share of exact zeros over the batch of a dense spectrum (None for the matrix-free one)."""
+    if not hasattr(spec, "zero_share"):
+        return None
+    s = np.asarray(spec.singular_values)
+    return float(np.mean(s == 0))
+
+
+def _positive_log10(spec) -> np.ndarray:
+    """log10 of the σ > 0 a spectrum holds (dense: σ; matrix-free: its weighted Gauss nodes)."""
+    if hasattr(spec, "nodes") and hasattr(spec, "weights"):
+        s, w = np.asarray(spec.nodes, np.float64).ravel(), np.asarray(spec.weights, np.float64).ravel()
+        s = s[(w > 1e-6 * w.max()) & (s > 0)] if w.size else s[s > 0]
+    else:
+        s = np.asarray(spec.singular_values, np.float64).ravel()
+        s = s[s > 0]
+    return np.log10(s)
+
+
 def _common_range(spectra) -> tuple[float, float]:
-    lows, highs = [], []
-    for spec in spectra:
-        _, edges = spec.histogram(bins=1)
-        lows.append(edges[0])
-        highs.append(edges[-1])
-    lo, hi = min(lows), max(highs)
-    return (lo - 0.5, hi + 0.5) if hi - lo < 1e-6 else (lo, hi)
+    """The log10 range of the non-zero σ of all `spectra`, padded by 2% (±0.5 for one value)."""
+    logs = [v for spec in spectra for v in (_positive_log10(spec),) if v.size]
+    if not logs:
+        return (-1.0, 1.0)
+    lo = min(float(v.min()) for v in logs)
+    hi = max(float(v.max()) for v in logs)
+    if hi - lo < 1e-6:
+        return (lo - 0.5, hi + 0.5)
+    pad = 0.02 * (hi - lo)
+    return (lo - pad, hi + pad)
 
 
 # --- the toy model (Figure 2) ---

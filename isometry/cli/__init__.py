@@ -55,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         step = getattr(err, "step", None)
         where = getattr(err, "run_dir", None)
         if step is not None and where is not None:
-            sys.stderr.write(f"\nisometry {args.command}: stopped at step {step}; continue with "
+        lead = "\n" if sys.stderr.isatty() else ""  # past the terminal's ^C
+        if step is not None and where is not None:
+            sys.stderr.write(f"{lead}isometry {args.command}: stopped at step {step}; continue with "
                              f"--resume (checkpoint in {where})\n")
         else:
-            sys.stderr.write(f"\nisometry {args.command}: interrupted; nothing was written\n")
+            sys.stderr.write(f"{lead}isometry {args.command}: interrupted\n")
         return 130
 
 

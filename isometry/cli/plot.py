@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-from isometry.cli import UsageError
+from isometry.cli import UsageError, output_dir
 
 
 def register(sub) -> None:
@@ -36,7 +36,7 @@ def run(args) -> int:
         print(f"isometry plot: {w.message}", file=sys.stderr)
     if not records:
         raise UsageError(f"{args.run_dir!r} has no records yet")
-    out = args.out or args.run_dir
+    out = output_dir(args.out or args.run_dir, "--out" if args.out else "RUN_DIR")
     name = os.path.basename(os.path.normpath(args.run_dir))
     figures = {"loss.png": plot.training_curves, "spectra.png": plot.spectrum_heatmap,
                "alpha.png": plot.alpha_heatmap, "chi.png": plot.chi_curve}
