@@ -54,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         step = getattr(err, "step", None)
         where = getattr(err, "run_dir", None)
-        if step is not None and where is not None:
         lead = "\n" if sys.stderr.isatty() else ""  # past the terminal's ^C
         if step is not None and where is not None:
             sys.stderr.write(f"{lead}isometry {args.command}: stopped at step {step}; continue with "

@@ -59,7 +59,6 @@ def _fmt(x: float) -> str:
 def compute(args):
     """[(record, Spectrum)] for every (depth, variant) the arguments ask for."""
     import jax
-    from flax import nnx
     from tqdm import tqdm
 
     import isometry as iso

@@ -84,7 +84,6 @@ def _default_variant(kind) -> str:
 
 def run(args) -> int:
     import jax
-    from flax import nnx
 
     from isometry import data as datasets
     from isometry.tracking import RunDirError
