@@ -284,6 +284,10 @@ def load_checkpoint(path: str, template: Any) -> tuple[int, Any]:
     """(step, tree) from `save_checkpoint`'s file; `template` gives the structure, shapes, dtypes."""
     leaves, treedef = jax.tree_util.tree_flatten(template)
     try:
+        with zipfile.ZipFile(path) as archive:  # CRC of every array: a flipped bit is an error
+            bad = archive.testzip()
+        if bad is not None:
+            raise zipfile.BadZipFile(f"CRC check failed for {bad}")
         z = np.load(path)
         step = int(z["step"])
         out = []
