@@ -45,8 +45,14 @@ def run(args) -> int:
     output_dir(args.out)  # before computing: a path that cannot be written fails at once
     if args.runs is not None:
         output_dir(args.runs, "--runs")
-    paths = reproduce(args.name, args.scale, args.out, data_dir=args.data_dir, seed=args.seed,
-                      runs_dir=args.runs)
+    from isometry.tracking import RunDirError
+    from isometry.train import RunConfigError
+
+    try:
+        paths = reproduce(args.name, args.scale, args.out, data_dir=args.data_dir, seed=args.seed,
+                          runs_dir=args.runs)
+    except (RunConfigError, RunDirError) as err:  # a broken or foreign run under --runs
+        raise UsageError(str(err)) from None
     for kind in ("png", "json", "md"):
         print(paths[kind])
     return 0
