@@ -18,8 +18,9 @@ Run directory layout:
                           flushed and fsync'ed per record. Keys: "step", scalars, "alpha"
                           ({path: value}), and on spectrum steps "spectrum" (statistics averaged
                           over probes), "histogram" ({"range", "counts"} of log10 σ over all
-                          probes; values outside the range counted in the end bins) and
-                          "spectrum_file".
+                          probes; values outside the range counted in the end bins, exact zeros left
+                          out and reported as the summary's "zero_share") and "spectrum_file".
+                          Strict JSON: a NaN/Inf value is null with "KEY_nonfinite" beside it.
   spectra/STEP.npy        σ at that step, shape (probes, k), descending (np.load).
   config.json             written by the training loop (`isometry.train`).
   checkpoint.npz          written by the training loop.
@@ -238,9 +239,12 @@ class Tracker:
         summary["engine"] = "dense" if isinstance(spec, Spectrum) else "lanczos"
         if summary["engine"] == "lanczos":  # estimates and bounds, not exact values
             summary["estimates"] = _MATRIX_FREE_ESTIMATES
+            for name in ("zero_share", "below_resolution"):  # the engine cannot tell
+                summary.pop(name, None)
         out: dict[str, Any] = {"spectrum": summary}
         lo, hi = self.hist_range
-        log10 = np.log10(np.clip(s, np.finfo(s.dtype).tiny, None))
+        positive = s[s > 0]  # exact zeros have no log10: counted by the summary's zero_share
+        log10 = np.log10(positive.astype(np.float64))
         counts, _ = np.histogram(np.clip(log10, lo, hi), bins=self.bins, range=(lo, hi))
         out["histogram"] = {"range": [lo, hi], "counts": counts.tolist()}
         name = os.path.join(SPECTRA_DIR, f"{int(step):09d}.npy")

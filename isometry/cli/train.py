@@ -140,6 +140,8 @@ def run(args) -> int:
                        progress=False if args.no_progress else None)
     except (RunConfigError, RunDirError, FileExistsError) as err:
         raise UsageError(str(err)) from None
+    except MemoryError as err:  # JacobianTooLargeError: a dense spectrum that does not fit
+        raise UsageError(f"{err} (--method lanczos tracks it matrix-free)") from None
     final = result.final
     shown = {k: final[k] for k in ("step", "loss", "eval_loss", "eval_accuracy", "eval_bpb")
              if k in final}
