@@ -10,7 +10,6 @@ case is one line in a table.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import io
 import json
 import os
@@ -193,9 +192,8 @@ def truncated_zip_is_not_a_corpus(tmp_path):
 
 
 def gzip_with_garbage_after_the_header(tmp_path):
-    good = gzip.compress(b"x" * 10_000)
     path = tmp_path / "cifar-10-python.tar.gz"
-    path.write_bytes(good[:10] + os.urandom(2000))
+    path.write_bytes(bad_targz_bytes())
     datasets.load_cifar10(str(path))
 
 
@@ -358,14 +356,17 @@ def truncated_zip_bytes():
 
 
 def bad_targz_bytes():
+    """A .tar.gz whose gzip header and first blocks are valid, then garbage (zlib.error)."""
+    rng = np.random.default_rng(0)
+    payload = bytes(rng.integers(97, 113, 300_000, dtype=np.uint8))  # compressible: Huffman blocks
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
-        payload = os.urandom(5000)
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))
     data = buf.getvalue()
-    return data[:12] + os.urandom(len(data) - 12)
+    cut = len(data) // 2
+    return data[:cut] + bytes(rng.integers(0, 256, len(data) - cut, dtype=np.uint8))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -215,7 +215,8 @@ def precision_warnings(records) -> list[str]:
         share = r.get("below_resolution")
         if share is not None and share == share and share > RESOLUTION_WARNING:
             advice = ("rerun with --x64 (same --seed: same weights and inputs)"
-                      if r["dtype"] != "float64" else "even float64 does not resolve them")
+                      if r["dtype"] != "float64" else "they are zero to float64 precision: J is rank-deficient there "
+                      "(e.g. the mean direction a LayerNorm removes)")
             lines.append(f"isometry spectrum: warning: {r['variant']} depth {r['depth']}: "
                          f"{share:.0%} of the singular values are below {r['dtype']} resolution "
                          f"(sigma_max * eps * n), so mean/std ln s are partly round-off; {advice}")
