@@ -17,7 +17,7 @@ RESOLUTION_WARNING = 0.01
 
 COLUMNS = ("chi", "mean_log", "std_log", "sigma_max", "sigma_min", "isometry_share")
 HEADER = ("model", "variant", "depth", "chi", "mean ln s", "std ln s", "s_max", "s_min",
-          "share[.5,2]")
+          "share[.5,2]", "engine")
 
 
 def register(sub) -> None:
@@ -232,7 +232,7 @@ def run(args) -> int:
     print(_row(HEADER), file=table)
     for record, _ in results:
         print(_row([record["model"], record["variant"], record["depth"],
-                    *(_cell(record, c) for c in COLUMNS)]), file=table)
+                    *(_cell(record, c) for c in COLUMNS), record["engine"]]), file=table)
     records = [r for r, _ in results]
     if any(r["engine"] == "lanczos" for r in records):
         print("matrix-free rows: ~ estimate, <= upper bound (see 'estimates' in spectra.json)",
