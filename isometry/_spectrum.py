@@ -121,7 +121,7 @@ class Spectrum:
         When it matters, compute in float64 (`jax_enable_x64`, float64 parameters and inputs).
         """
         s = self.singular_values
-        return jnp.mean(s < self.resolution[..., None], axis=-1, dtype=s.dtype)
+        return jnp.mean((s < self.resolution[..., None]) | (s == 0), axis=-1, dtype=s.dtype)
 
     @property
     def sigma_max(self) -> Array:

@@ -163,7 +163,7 @@ def float16_inputs_are_upcast_for_the_svd():
 def all_zero_jacobian_statistics():
     spec = iso.jacobian_spectrum(lambda v: 0.0 * v, jnp.ones(4))
     assert float(spec.mean_log) == -np.inf and float(spec.zero_share) == 1.0
-    assert np.isnan(float(spec.std_log))
+    assert np.isnan(float(spec.std_log)) and float(spec.below_resolution) == 1.0
 
 
 def zeros_are_left_out_of_log_statistics_and_histograms():

@@ -213,7 +213,10 @@ def precision_warnings(records) -> list[str]:
     lines = []
     for r in records:
         share = r.get("below_resolution")
-        if share is not None and share == share and share > RESOLUTION_WARNING:
+        if share is None or share != share:
+            continue
+        share -= r.get("zero_share") or 0.0  # exact zeros are no precision problem
+        if share > RESOLUTION_WARNING:
             advice = ("rerun with --x64 (same --seed: same weights and inputs)"
                       if r["dtype"] != "float64" else "they are zero to float64 precision: J is rank-deficient there "
                       "(e.g. the mean direction a LayerNorm removes)")
