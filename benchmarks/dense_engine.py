@@ -58,8 +58,8 @@ def bench_size(depth: int, width: int, repeats: int) -> dict:
     sfn = iso.spectrum_fn(apply_fn, method="dense")
     ours_sv = sfn(params, x).singular_values
 
-    kernels = [b.linear.kernel[...] for b in net.blocks]
-    biases = [b.linear.bias[...] for b in net.blocks]
+    kernels = list(net.blocks.layers.linear.kernel[...])  # stacked (L, N, N): one per layer
+    biases = list(net.blocks.layers.linear.bias[...])
     f = torch_model(kernels, biases)
     xt = torch.from_numpy(np.array(x))
 

@@ -22,7 +22,8 @@ from isometry._jacobian import (JacobianOperator, JacobianTooLargeError, dense_j
 from isometry._params import alpha_mask, alpha_values
 from isometry._spectrum import ISOMETRY_BAND, METHODS, Spectrum, jacobian_spectrum, spectrum_fn
 from isometry._lanczos import LanczosSpectrum, hutchinson_chi, lanczos_spectrum
-from isometry._layerwise import from_stack, layerwise_chi_fn, layerwise_spectrum_fn
+from isometry._layerwise import depth_profile, from_stack, layerwise_chi_fn, layerwise_spectrum_fn
+from isometry._stack import LAYER_AXIS_KEY, LayerStack
 from isometry._sharding import batch_mesh, sharded_spectrum_fn
 from isometry import toy  # noqa: E402  (the (1 + αw)^L model of Figure 2, as `iso.toy`)
 from isometry import theory  # noqa: E402  (mean field and free probability, as `iso.theory`)
@@ -36,6 +37,8 @@ __all__ = [
     "ISOMETRY_BAND",
     "METHODS",
     "JacobianOperator",
+    "LAYER_AXIS_KEY",
+    "LayerStack",
     "JacobianTooLargeError",
     "LanczosSpectrum",
     "Spectrum",
@@ -46,6 +49,7 @@ __all__ = [
     "batch_mesh",
     "data",
     "dense_jacobian",
+    "depth_profile",
     "from_linen",
     "from_nnx",
     "from_stack",

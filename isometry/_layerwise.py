@@ -1,21 +1,21 @@
 """Layer-by-layer spectra: J_l = ∂x_l/∂x_0 for every depth l of a stack, in one forward pass.
 
-A model built as a stack of blocks, x_{l+1} = block_l(x_l) (every model in `models/`), has
-one Jacobian per depth,
+A model built as a stack of blocks, x_{l+1} = block_l(x_l) (every model in `models/`, any
+`isometry.LayerStack`), has one Jacobian per depth,
 
     J_l = ∂x_l/∂x_0 = D_{l−1} ⋯ D_1 D_0,    D_i = ∂block_i/∂x_i,
 
 and the profile l ↦ chi_l = ‖J_l‖_F²/n_0, l ↦ quantiles of log σ(J_l) shows where along the
-depth the signal dies (chi_l → 0) or explodes. A tangent pushed forward through the stack
-carries J_l v for every l at once, so:
+depth the signal dies (chi_l → 0) or explodes. The stack's `states` are x_0 … x_L stacked on a
+depth axis by the model's own scan, so a tangent pushed through it carries J_l v for every l at
+once:
 
-* `layerwise_spectrum_fn`: all J_l densely from n_0 tangents in one forward-mode pass (the
-  Jacobian of the list [x_0, …, x_L] with respect to x_0), then one SVD per depth;
+* `layerwise_spectrum_fn`: every J_l densely from n_0 tangents in one forward-mode pass, then
+  one SVD per depth, vmapped over the depth axis: one `Spectrum` with a depth axis;
 * `layerwise_chi_fn`: chi_l of every depth from a few Rademacher tangents (Hutchinson): one
   pass, JVPs only, for models too large for dense Jacobians.
 
-The engine never imports `models/`: `from_stack` only needs a module with `.blocks` (a list
-of callables) and, optionally, `.embed`.
+The program's size does not depend on the depth (the scan, the vmapped SVD).
 """
 
 from __future__ import annotations
@@ -25,42 +25,43 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.flatten_util import ravel_pytree
 
 from isometry._jacobian import JacobianTooLargeError, check_floating, dense_jacobian, flat_sizes
-from isometry._lanczos import hutchinson_chi
-from isometry._spectrum import (DEFAULT_MEMORY_BUDGET, _raise_if_nonfinite, check_dense_fits,
-                                svd_spectrum)
+from isometry._spectrum import (DEFAULT_MEMORY_BUDGET, Spectrum, _raise_if_nonfinite,
+                                check_dense_fits, svd_spectrum)
+from isometry._stack import LayerStack
 
-__all__ = ["from_stack", "layerwise_chi_fn", "layerwise_spectrum_fn"]
+__all__ = ["from_stack", "layerwise_chi_fn", "layerwise_spectrum_fn", "depth_profile"]
 
 
 def from_stack(module: nnx.Module) -> tuple[Callable, Callable, Any]:
-    """`(embed_fn, states_fn, params)` for an NNX module built as a stack of blocks.
+    """`(embed_fn, states_fn, params)` for an NNX module that follows `LayerStack`.
 
-    `states_fn(params, x0) = [x_0, block_0(x_0), …]`, the stream after every block, and
-    `embed_fn(params, x) = module.embed(x)` gives x_0 from an input (the identity when the
-    module has no `embed`). Any module with a `.blocks` list works (`models.Stack` does).
+    `states_fn(params, x0) = module.states(x0)`, the stream x_0 … x_L stacked on a leading
+    depth axis (a tuple of such stacks where blocks change the shape), and
+    `embed_fn(params, x) = module.embed(x)` gives x_0 from an input.
 
     Example:
-      >>> embed_fn, states_fn, params = iso.from_stack(
-      ...     models.FullyConnected(8, 64, rngs=nnx.Rngs(0)))
-      >>> chi = iso.layerwise_chi_fn(states_fn)(params, embed_fn(params, x), key)[0]
+      >>> net = models.FullyConnected(8, 64, rngs=nnx.Rngs(0))
+      >>> embed_fn, states_fn, params = iso.from_stack(net)
+      >>> x = jax.random.normal(jax.random.key(1), (64,))
+      >>> states_fn(params, embed_fn(params, x)).shape   # x_0 … x_8
+      (9, 64)
     """
-    if not hasattr(module, "blocks"):
-        raise TypeError(f"{type(module).__name__} has no `blocks`: layer-by-layer spectra need a "
-                        f"model built as a stack of blocks (e.g. a subclass of models.Stack)")
+    if not isinstance(module, LayerStack):
+        raise TypeError(f"{type(module).__name__} does not follow isometry.LayerStack (embed, "
+                        f"stack, states, head): layer-by-layer spectra need the stream at every "
+                        f"depth, e.g. a subclass of models.Stack")
     graphdef, params = nnx.split(module)
 
     def embed_fn(params, x):
-        model = nnx.merge(graphdef, params)
-        return model.embed(x) if hasattr(model, "embed") else x
+        return nnx.merge(graphdef, params).embed(x)
 
     def states_fn(params, x0):
-        xs = [x0]
-        for block in nnx.merge(graphdef, params).blocks:
-            xs.append(block(xs[-1]))
-        return xs
+        return nnx.merge(graphdef, params).states(x0)
 
     return embed_fn, states_fn, params
 
@@ -71,23 +72,33 @@ def _vmapped(fn: Callable, batched: bool, n_args: int) -> Callable:
     return jax.vmap(fn, in_axes=(None,) + (0,) * (n_args - 1))
 
 
+def _runs(states) -> tuple:
+    """The depth-stacked runs of a `states` result, as a tuple (one array: a 1-tuple)."""
+    return tuple(states) if isinstance(states, (tuple, list)) else (states,)
+
+
+def _one_or_tuple(items: list):
+    return items[0] if len(items) == 1 else tuple(items)
+
+
 def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
                           chunk_size: int | None = None,
                           memory_budget: float = DEFAULT_MEMORY_BUDGET) -> Callable:
-    """A jitted `(params, x0) -> [Spectrum of J_0, …, Spectrum of J_L]`, J_l = ∂x_l/∂x_0.
+    """A jitted `(params, x0) -> Spectrum` of every J_l = ∂x_l/∂x_0, with a depth axis.
 
     One forward-mode pass with the n_0 basis tangents gives every J_l at once (the tangent of
-    the whole list of states); each J_l then gets its own SVD. Memory: n_0 × Σ_l n_l entries.
+    the stacked states); the SVD is vmapped over the depth axis. Memory: n_0 × Σ_l n_l entries.
 
     Args:
-      states_fn: `(params, x0) -> [x_0, …, x_L]` (see `from_stack`); states may differ in shape.
-      batched: the leading axis of x0 is a batch (each Spectrum keeps it).
+      states_fn: `(params, x0) -> states` stacked on a leading depth axis (see `from_stack`).
+      batched: the leading axis of x0 is a batch (each Spectrum keeps it, before the depth axis).
       chunk_size: at most this many tangents at once (bounds activation memory).
       memory_budget: bytes the stacked Jacobians and their SVDs may take; above it a
         `JacobianTooLargeError` points to `layerwise_chi_fn`.
 
     Returns:
-      `lfn(params, x0)` returning a list of L+1 `Spectrum`s (J_0 = I first). Outside a trace
+      `lfn(params, x0)` returning a `Spectrum` whose fields have shape (…, L+1, k) (J_0 = I
+      first) — a tuple of them, one per run, when the blocks change the shape. Outside a trace
       it raises FloatingPointError when a J_l has NaN/Inf entries.
     """
 
@@ -95,12 +106,13 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
         fn = lambda x: states_fn(params, x)  # noqa: E731
         n_in, _, _ = flat_sizes(fn, x0)
         jt = dense_jacobian(fn, x0, mode="fwd", chunk_size=chunk_size, transposed_ok=True)
-        sizes = [math.prod(jnp.shape(s)) for s in jax.eval_shape(fn, x0)]
         spectra, start = [], 0
-        for n_out in sizes:
-            spectra.append(svd_spectrum(jt[:, start:start + n_out], n_in, n_out))
-            start += n_out
-        return spectra
+        for run in _runs(jax.eval_shape(fn, x0)):
+            depth, n_out = run.shape[0], math.prod(run.shape[1:])
+            block = jt[:, start:start + depth * n_out].reshape(n_in, depth, n_out)
+            spectra.append(jax.vmap(lambda j: svd_spectrum(j, n_in, n_out), in_axes=1)(block))
+            start += depth * n_out
+        return _one_or_tuple(spectra)
 
     jitted = jax.jit(_vmapped(one, batched, 2))
 
@@ -115,11 +127,10 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
                 f"layer-by-layer: all {n_total} state entries x {n_in} inputs: {err}; or use "
                 f"layerwise_chi_fn (chi_l from a few JVPs)") from None
         spectra = jitted(params, x0)
-        for spec in spectra:
+        for spec in _runs(spectra):
             _raise_if_nonfinite(spec)
         return spectra
 
-    lfn.jitted = jitted
     return lfn
 
 
@@ -127,22 +138,34 @@ def layerwise_chi_fn(states_fn: Callable, *, num_probes: int = 16,
                      batched: bool = False) -> Callable:
     """A jitted `(params, x0, key) -> (chi, stderr)`, each of shape (..., L+1): chi_l of J_l.
 
-    chi_l = ‖∂x_l/∂x_0‖_F²/n_0 by Hutchinson: `num_probes` Rademacher tangents pushed
-    through the stack once (JVPs only), so the cost is about num_probes forward passes
-    whatever the depth and width.
+    chi_l = ‖∂x_l/∂x_0‖_F²/n_0 = E‖J_l r‖²/n_0 for Rademacher r (Hutchinson): `num_probes`
+    tangents pushed through the stack once (JVPs only), so the cost is about num_probes
+    forward passes whatever the depth and width.
 
     Args:
-      states_fn: `(params, x0) -> [x_0, …, x_L]` (see `from_stack`).
-      num_probes: Rademacher tangents (relative error ~ √(2/(num_probes·n_0)) near isometry).
+      states_fn: `(params, x0) -> states` stacked on a leading depth axis (see `from_stack`).
+      num_probes: Rademacher tangents (≥ 2; relative error ~ √(2/(num_probes·n_0)) near
+        isometry).
       batched: the leading axis of x0 is a batch (one key per input is split from `key`).
 
     Returns:
-      `cfn(params, x0, key)`: (chi, stderr) stacked over depth (last axis).
+      `cfn(params, x0, key)`: (chi, stderr) with the depth as the last axis (the runs of a
+      shape-changing stack joined in depth order).
     """
+    if num_probes < 2:
+        raise ValueError(f"num_probes must be at least 2 (for a standard error), got {num_probes}")
 
     def one(params, x0, key):
-        chi, err = hutchinson_chi(lambda x: states_fn(params, x), x0, key, num_probes)
-        return jnp.stack(chi, axis=-1), jnp.stack(err, axis=-1)
+        x_flat, unravel = ravel_pytree(x0)
+        probes = jax.random.rademacher(key, (num_probes, x_flat.size), dtype=x_flat.dtype)
+        push = lambda r: jax.jvp(lambda x: states_fn(params, x), (x0,), (unravel(r),))[1]  # noqa: E731
+        runs = _runs(jax.vmap(push)(probes))
+        # ‖J_l r_p‖² for every probe p and depth l: shape (num_probes, L+1)
+        sq = jnp.concatenate([jnp.sum(jnp.square(t.reshape(*t.shape[:2], -1)), axis=-1)
+                              for t in runs], axis=1)
+        chi = jnp.mean(sq, axis=0) / x_flat.size
+        err = jnp.std(sq, axis=0, ddof=1) / (math.sqrt(num_probes) * x_flat.size)
+        return chi, err
 
     def core(params, x0, key):
         if not batched:
@@ -157,3 +180,30 @@ def layerwise_chi_fn(states_fn: Callable, *, num_probes: int = 16,
         return jitted(params, x0, key)
 
     return cfn
+
+
+def depth_profile(profile, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict:
+    """chi_l and quantiles of log10 σ(J_l) against depth, pooled over batch axes (numpy).
+
+    Args:
+      profile: what `layerwise_spectrum_fn` returns (a `Spectrum` with a depth axis, or a
+        tuple of them), or a chi array from `layerwise_chi_fn` (depth last).
+      quantiles: the quantiles of log10 σ to report (spectra only).
+
+    Returns:
+      {"chi": array (L+1,)} and, for spectra, {"log10_sigma_quantiles": array
+      (len(quantiles), L+1)}; σ = 0 counts as the dtype's smallest normal number.
+    """
+    if not isinstance(profile, (Spectrum, tuple, list)):
+        chi = np.asarray(profile, np.float64)
+        return {"chi": chi.reshape(-1, chi.shape[-1]).mean(axis=0)}
+    chis, qs = [], []
+    for spec in _runs(profile):
+        s = np.asarray(spec.singular_values, np.float64)
+        depth = s.shape[-2]
+        chis.append(np.asarray(spec.chi, np.float64).reshape(-1, depth).mean(axis=0))
+        pooled = np.moveaxis(s, -2, 0).reshape(depth, -1)
+        log10 = np.log10(np.clip(pooled, np.finfo(np.asarray(spec.singular_values).dtype).tiny,
+                                 None))
+        qs.append(np.quantile(log10, quantiles, axis=1))
+    return {"chi": np.concatenate(chis), "log10_sigma_quantiles": np.concatenate(qs, axis=1)}

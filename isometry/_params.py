@@ -3,6 +3,11 @@
 A leaf is an α when a key on its path is named `alpha` (models in `models/` name every
 residual weight so; Linen or hand-written models can follow the same convention). The
 helpers work on any pytree: an `nnx.State`, a Linen variables dict, nested dicts.
+
+Scanned stacks keep one α leaf for all their layers, stacked on a leading axis under a key
+named `layers` (`isometry.LAYER_AXIS_KEY`): `alpha_mask` marks the stacked leaf, and
+`alpha_values` names every layer, `blocks/0/alpha`, `blocks/1/alpha`, … (the index takes the
+place of the `layers` key).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from isometry._stack import LAYER_AXIS_KEY
 
 __all__ = ["alpha_values", "alpha_mask", "is_alpha_path"]
 
@@ -42,14 +49,26 @@ def alpha_mask(params: Any) -> Any:
 
 
 def alpha_values(params: Any) -> dict[str, np.ndarray]:
-    """Every α of a model, as {path: value}, in the order of the pytree (layer order).
+    """Every α of a model, one entry per layer, as {path: value}, in layer order.
+
+    A stacked α (under a `layers` key, shape (L, …)) gives L entries, the layer index in
+    place of the `layers` key.
 
     Example:
-      >>> iso.alpha_values(params)   # {"blocks/0/alpha": array(0.), "blocks/1/alpha": ...}
+      >>> net = models.FullyConnected(3, 8, variant="rezero", rngs=nnx.Rngs(0))
+      >>> list(iso.alpha_values(nnx.state(net)))
+      ['blocks/0/alpha', 'blocks/1/alpha', 'blocks/2/alpha']
     """
     out = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if is_alpha_path(path):
-            names = [_key_name(k) for k in path if _key_name(k) != "value"]
-            out["/".join(names)] = np.asarray(leaf)
+        if not is_alpha_path(path):
+            continue
+        names = [_key_name(k) for k in path if _key_name(k) != "value"]
+        value = np.asarray(leaf)
+        if LAYER_AXIS_KEY not in names:
+            out["/".join(names)] = value
+            continue
+        at = names.index(LAYER_AXIS_KEY)
+        for i in range(value.shape[0]):
+            out["/".join(names[:at] + [str(i)] + names[at + 1:])] = value[i]
     return out

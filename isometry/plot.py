@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg") if not os.environ.get("MPLBACKEND") else None
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from isometry._layerwise import depth_profile  # noqa: E402
 
 __all__ = ["save", "spectrum_histograms", "toy_figure2", "toy_depth_sweep",
            "training_curves", "spectrum_heatmap", "alpha_heatmap", "chi_curve", "theory_overlay",
@@ -508,8 +509,9 @@ def layerwise_profiles(profiles: dict, quantiles: tuple[float, float, float] = (
     """chi_l and quantiles of log10 σ(∂x_l/∂x_0) against depth l, one curve per variant.
 
     Args:
-      profiles: {label: list of L+1 `Spectrum`s (from `layerwise_spectrum_fn`, batch axes
-        pooled) or an array of chi_l (from `layerwise_chi_fn`, leading axes averaged)}.
+      profiles: {label: what `layerwise_spectrum_fn` returns (a `Spectrum` with a depth axis,
+        batch axes pooled) or an array of chi_l (from `layerwise_chi_fn`, leading axes
+        averaged)}; see `isometry.depth_profile`.
       quantiles: (low, middle, high) quantiles of log10 σ: the middle is drawn as a line and
         the band between low and high is shaded.
       title: figure title.
@@ -519,18 +521,14 @@ def layerwise_profiles(profiles: dict, quantiles: tuple[float, float, float] = (
     """
     fig, (ax_chi, ax_q) = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, profile in profiles.items():
-        if isinstance(profile, (list, tuple)):
-            chi = np.array([np.mean(np.asarray(s.chi)) for s in profile])
-            logs = [np.log10(np.clip(np.asarray(s.singular_values, np.float64).ravel(),
-                                     np.finfo(np.float64).tiny, None)) for s in profile]
-            lo, mid, hi = np.array([np.quantile(v, quantiles) for v in logs]).T
-            depth = np.arange(len(profile))
+        summary = depth_profile(profile, quantiles)
+        chi, color = summary["chi"], None
+        if "log10_sigma_quantiles" in summary:
+            lo, mid, hi = summary["log10_sigma_quantiles"]
+            depth = np.arange(len(mid))
             (line,) = ax_q.plot(depth, mid, label=label, linewidth=1.4)
             ax_q.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
             color = line.get_color()
-        else:
-            chi = np.asarray(profile, np.float64).reshape(-1, np.shape(profile)[-1]).mean(axis=0)
-            color = None
         ax_chi.plot(np.arange(len(chi)), chi, label=label, color=color, linewidth=1.4)
     ax_chi.set_yscale("log")
     ax_chi.set_xlabel("depth l")

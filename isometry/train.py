@@ -17,7 +17,8 @@ Run directory (see `isometry.tracking` for metrics.jsonl and spectra/):
 
   config.json      the run's settings; `resume=True` with different settings raises
                    `RunConfigError` naming the keys that differ.
-  checkpoint.npz   the state after step k: arrays "step", "leaf_i" (the i-th leaf of
+  checkpoint.npz   the state after step k: arrays "step", "layout" (`PARAM_LAYOUT`), "leaf_i"
+                   (the i-th leaf of
                    (params, rest, opt_state) in pytree order; PRNG keys as "key_i" holding
                    their key data). Written atomically every `checkpoint_every` steps and
                    at the end, after the records of steps <= k are on disk; resuming cuts
@@ -49,17 +50,27 @@ import optax
 from flax import nnx
 
 from isometry._params import alpha_mask
+from isometry._stack import LayerStack
 from isometry._io import atomic_write, json_text
 from isometry.tracking import Tracker
 
 __all__ = ["TrainConfig", "TrainResult", "RunConfigError", "TrainingInterrupted", "train", "make_optimizer",
            "learning_rate_schedule", "make_train_step", "make_eval_step", "save_checkpoint",
-           "load_checkpoint", "OPTIMIZERS", "SCHEDULES"]
+           "load_checkpoint", "scale_by_torch_adagrad", "OPTIMIZERS", "SCHEDULES", "ADAGRAD_STYLES"]
 
 OPTIMIZERS = ("adagrad", "sgd", "adam", "adamw")
+#: `TrainConfig.adagrad`: PyTorch's Adagrad (the paper's) or optax's defaults.
+ADAGRAD_STYLES = ("pytorch", "optax")
 SCHEDULES = ("constant", "step", "onecycle", "cosine")
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.npz"
+#: The parameter layout of checkpoints and run directories: "stacked" = scanned layer stacks,
+#: one leaf per stack with a leading layer axis (isometry 0.1 wrote one leaf per layer and no
+#: marker; such files are refused, never loaded into the wrong leaves).
+PARAM_LAYOUT = "stacked"
+_OLD_LAYOUT = ("was written by isometry 0.1, whose models kept one parameter per layer; models "
+               "now stack their layers (one leaf per stack, a leading layer axis), so it cannot "
+               "be loaded: start a new run directory")
 
 
 class RunConfigError(ValueError):
@@ -93,6 +104,10 @@ class TrainConfig:
       steps: optimizer steps.
       batch_size: examples (or sequences) per step.
       optimizer: "adagrad", "sgd" (with `momentum`), "adam" or "adamw".
+      adagrad: "pytorch" (default: `torch.optim.Adagrad`, as the paper ran it — the
+        accumulator starts at 0 and the update is g/(√G + 1e-10), so the first step is
+        −lr·sign(g)) or "optax" (`optax.adagrad`: accumulator from 0.1, g/√(G + 1e-7), whose
+        first step is lr·g/√(0.1 + g²), far smaller for small gradients).
       lr: peak learning rate of all parameters but α.
       alpha_lr: learning rate of the α's (None: `lr`); α's never get weight decay.
       momentum: SGD momentum (0 for plain SGD).
@@ -113,6 +128,7 @@ class TrainConfig:
     steps: int
     batch_size: int = 100
     optimizer: str = "adagrad"
+    adagrad: str = "pytorch"
     lr: float = 0.01
     alpha_lr: float | None = None
     momentum: float = 0.9
@@ -133,6 +149,8 @@ class TrainConfig:
             problems.append(f"steps and batch_size must be positive (got {self.steps}, {self.batch_size})")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
+        if self.adagrad not in ADAGRAD_STYLES:
+            problems.append(f"unknown adagrad style {self.adagrad!r}; use one of {ADAGRAD_STYLES}")
         if self.schedule not in SCHEDULES:
             problems.append(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
         if not self.lr > 0 or (self.alpha_lr is not None and not self.alpha_lr >= 0):
@@ -174,9 +192,40 @@ def learning_rate_schedule(peak: float, config: TrainConfig) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, w), after], [w])
 
 
+def scale_by_torch_adagrad(eps: float = 1e-10) -> optax.GradientTransformation:
+    """PyTorch's Adagrad scaling: G_t = G_{t−1} + g_t² from G_0 = 0, update g_t / (√G_t + eps).
+
+    With a learning rate after it (`optax.scale_by_learning_rate`) this is
+    `torch.optim.Adagrad(lr, lr_decay=0, initial_accumulator_value=0, eps=1e-10)`: its first
+    step is −lr·g/(|g| + eps) ≈ −lr·sign(g), whatever the gradient's size. (`optax.adagrad`
+    starts G at 0.1 and divides by √(G + eps), so its first step is lr·g/√(0.1 + g²).)
+
+    Example:
+      >>> tx = optax.chain(scale_by_torch_adagrad(), optax.scale_by_learning_rate(0.1))
+      >>> params = {"w": jnp.zeros(2)}
+      >>> updates, _ = tx.update({"w": jnp.array([1e-3, -4.0])}, tx.init(params))
+      >>> [round(float(u), 6) for u in updates["w"]]
+      [-0.1, 0.1]
+    """
+
+    def init(params):
+        return optax.ScaleByRssState(sum_of_squares=jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None):
+        del params
+        sums = jax.tree_util.tree_map(lambda s, g: s + jnp.square(g), state.sum_of_squares,
+                                      updates)
+        updates = jax.tree_util.tree_map(lambda g, s: g / (jnp.sqrt(s) + eps), updates, sums)
+        return updates, optax.ScaleByRssState(sum_of_squares=sums)
+
+    return optax.GradientTransformation(init, update)
+
+
 def _base_optimizer(config: TrainConfig, lr: optax.Schedule, weight_decay: float):
     decay = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
     match config.optimizer:
+        case "adagrad" if config.adagrad == "pytorch":
+            return optax.chain(*decay, scale_by_torch_adagrad(), optax.scale_by_learning_rate(lr))
         case "adagrad":
             return optax.chain(*decay, optax.adagrad(lr))
         case "sgd":
@@ -269,7 +318,7 @@ def _is_key(leaf) -> bool:
 
 def save_checkpoint(path: str, step: int, tree: Any) -> None:
     """Writes `tree`'s leaves and `step` to an .npz file atomically (format: module docstring)."""
-    arrays = {"step": np.asarray(step, np.int64)}
+    arrays = {"step": np.asarray(step, np.int64), "layout": np.asarray(PARAM_LAYOUT)}
     for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
         if _is_key(leaf):
             arrays[f"key_{i}"] = np.asarray(jax.random.key_data(leaf))
@@ -289,6 +338,8 @@ def load_checkpoint(path: str, template: Any) -> tuple[int, Any]:
         if bad is not None:
             raise zipfile.BadZipFile(f"CRC check failed for {bad}")
         z = np.load(path)
+        if "layout" not in z.files:
+            raise RunConfigError(f"checkpoint {path!r} {_OLD_LAYOUT}")
         step = int(z["step"])
         out = []
         for i, t in enumerate(leaves):
@@ -300,8 +351,8 @@ def load_checkpoint(path: str, template: Any) -> tuple[int, Any]:
                 raise ValueError(f"leaf {i} is {a.dtype}{list(a.shape)}, the model needs "
                                  f"{np.dtype(t.dtype)}{list(np.shape(t))}")
             out.append(jnp.asarray(a))
-        if len(z.files) != len(leaves) + 1:
-            raise ValueError(f"it has {len(z.files) - 1} arrays, the model needs {len(leaves)}")
+        if len(z.files) != len(leaves) + 2:
+            raise ValueError(f"it has {len(z.files) - 2} arrays, the model needs {len(leaves)}")
     except (zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise RunConfigError(f"checkpoint {path!r} is corrupt ({type(err).__name__}: {err}); the "
                              f"run cannot continue from it (nothing was changed)") from None
@@ -383,6 +434,8 @@ def _prepare_run_dir(run_dir: str, info: dict, resume: bool) -> bool:
     except (ValueError, OSError) as err:
         raise RunConfigError(f"{path} is corrupt ({err}); the run cannot be resumed (nothing was "
                              f"changed)") from None
+    if "param_layout" not in stored:
+        raise RunConfigError(f"run dir {run_dir!r} {_OLD_LAYOUT}")
     old, new = _flat(stored), _flat(info)
     free = {f"train.{k}" for k in RESUMABLE_CHANGES}
     if info.get("train", {}).get("schedule") in ("constant", "step"):
@@ -420,11 +473,11 @@ def _interruptible():
 def _spectrum_target(model, graphdef_eval, probe_inputs):
     """(apply_fn(state, x), probes): the residual stack x_0 → x_L at fixed x_0 = embed(probes).
 
-    Models with `embed`/`stack` (every `models.Stack`) are tracked on their stack, with x_0 the
-    embedding of the probe inputs at initialization (fixed afterwards); other models on their
-    whole function of (floating) inputs.
+    Models that follow `isometry.LayerStack` (every `models.Stack`) are tracked on their stack,
+    with x_0 the embedding of the probe inputs at initialization (fixed afterwards); other
+    models on their whole function of (floating) inputs.
     """
-    if hasattr(model, "stack") and hasattr(model, "embed"):
+    if isinstance(model, LayerStack):
         x0 = nnx.merge(graphdef_eval, nnx.state(model)).embed(jnp.asarray(probe_inputs))
         return (lambda state, x: nnx.merge(graphdef_eval, state).stack(x)), x0
     return (lambda state, x: nnx.merge(graphdef_eval, state)(x)), jnp.asarray(probe_inputs)
@@ -490,7 +543,8 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
 
     start, tracker = 0, None
     if run_dir is not None:
-        info = _jsonable_config({"train": dataclasses.asdict(config), "probes": probes,
+        info = _jsonable_config({"param_layout": PARAM_LAYOUT,
+                                 "train": dataclasses.asdict(config), "probes": probes,
                                  "track_every": track_every, "log_every": log_every,
                                  "method": method, "input_shape": input_shape,
                                  **(run_info or {})})

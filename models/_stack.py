@@ -1,16 +1,26 @@
-"""The shape every model in `models/` shares: embed → blocks → head.
+"""The shape every model in `models/` shares: embed → scanned stages of blocks → head.
 
     x_0 = embed(input);  x_{l+1} = block_l(x_l), l = 0..L−1;  output = head(x_L)
 
-`hidden_states` returns [x_0, …, x_L] so the engine can take ∂x_l/∂x_0 at every depth
-(`isometry` never imports `models`; it only calls these methods).
+A run of identical blocks is data, not code: `Layers` keeps the parameters of its `depth`
+blocks stacked on a leading layer axis (built once by `nnx.vmap` over split RNG streams) and
+applies them with one `jax.lax.scan`, so tracing and compiling cost the same at 10,000 layers
+as at 10. `Stack.states` returns x_0 … x_L stacked from the same scan, so the engine can take
+∂x_l/∂x_0 at every depth (`isometry` never imports `models`; it calls these methods, the
+`isometry.LayerStack` protocol).
 """
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+# the attribute of `Layers` that holds the stacked block: a key of this name on a parameter
+# path marks the leaf's leading axis as the layer axis (`isometry.alpha_values` reads it)
+from isometry._stack import LAYER_AXIS_KEY
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -19,6 +29,7 @@ ACTIVATIONS = {
     "gelu": jax.nn.gelu,
     "hardtanh": lambda x: jnp.clip(x, -1.0, 1.0),
 }
+
 
 
 def activation(name: str):
@@ -35,6 +46,23 @@ def check_variant(model: str, variant: str, allowed: tuple[str, ...]) -> str:
     return variant
 
 
+def remat_policy(remat: bool | str):
+    """The `jax.checkpoint` policy of a `remat=` setting (None: no rematerialization).
+
+    True saves nothing inside a layer (recompute it on the backward pass: memory O(L·width)
+    for the layer inputs only); a string names one of `jax.checkpoint_policies`.
+    """
+    if remat is False or remat is None:
+        return None
+    if remat is True:
+        return jax.checkpoint_policies.nothing_saveable
+    policy = getattr(jax.checkpoint_policies, str(remat), None)
+    if policy is None:
+        names = [n for n in dir(jax.checkpoint_policies) if not n.startswith("_")]
+        raise ValueError(f"unknown remat policy {remat!r}; use True, False or one of {names}")
+    return policy
+
+
 class Identity(nnx.Module):
     """x ↦ x: stands in for a normalization a variant does without."""
 
@@ -42,10 +70,115 @@ class Identity(nnx.Module):
         return x
 
 
-class Stack(nnx.Module):
-    """Base class: subclasses set `self.blocks` (an `nnx.List`) and may override embed/head."""
+class Layers(nnx.Module):
+    """`depth` blocks of one kind, parameters stacked on a leading axis, applied by one scan.
 
-    blocks: nnx.List
+        x_{l+1} = block_l(x_l, *args),  l = 0..depth−1,  block_l = the l-th slice of `layers`
+
+    Every parameter of the block gains a leading axis of length `depth` (a scalar α becomes
+    shape (depth,)). Dropout streams and BatchNorm statistics are stacked too and go through
+    the scan: whatever a block changes (RNG counters, running averages) comes back stacked.
+
+    Args:
+      make_block: `rngs -> block`, called once under `nnx.vmap` with split RNG streams.
+      depth: number of blocks (≥ 1).
+      rngs: `nnx.Rngs` for initialization.
+      remat: rematerialize each block on the backward pass (a `jax.checkpoint` policy on the
+        scan body: True saves nothing, or a name from `jax.checkpoint_policies`); trades
+        compute for the activations stored by backpropagation and `jax.linearize`.
+      unroll: blocks per scan iteration (`jax.lax.scan`'s `unroll`), for step time on GPUs.
+
+    Example:
+      >>> layers = Layers(lambda r: nnx.Linear(4, 4, rngs=r), 3, rngs=nnx.Rngs(0))
+      >>> layers.layers.kernel.shape
+      (3, 4, 4)
+      >>> layers(jnp.ones(4)).shape, layers.states(jnp.ones(4)).shape
+      ((4,), (3, 4))
+    """
+
+    def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], depth: int, *,
+                 rngs: nnx.Rngs, remat: bool | str = False, unroll: int = 1):
+        if depth < 1:
+            raise ValueError(f"a stack needs at least one block, got depth={depth}")
+        remat_policy(remat)  # validate now, not at the first call
+        if int(unroll) < 1:
+            raise ValueError(f"unroll must be a positive number of blocks, got {unroll}")
+
+        @nnx.split_rngs(splits=depth)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def build(rngs):
+            return make_block(rngs)
+
+        self.depth = depth
+        self.remat = remat
+        self.unroll = int(unroll)
+        setattr(self, LAYER_AXIS_KEY, build(rngs))
+
+    @property
+    def stacked(self) -> nnx.Module:
+        """The block whose every variable carries the leading layer axis."""
+        return getattr(self, LAYER_AXIS_KEY)
+
+    def layer(self, i: int) -> nnx.Module:
+        """A copy of block i alone (its slice of every stacked variable): the loop reference."""
+        graphdef, state = nnx.split(self.stacked)
+        return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+    def _scan(self, x, args: tuple, kwargs: dict, keep_states: bool):
+        graphdef, state = nnx.split(self.stacked)
+        before, treedef = jax.tree.flatten(state)
+        changed: list[int] = []
+
+        def body(h, layer_state):
+            ins = jax.tree.leaves(layer_state)  # before the call: merge shares the variables
+            block = nnx.merge(graphdef, layer_state)
+            y = block(h, *args, **kwargs)
+            # carry back only what the block changed (BatchNorm in train mode, dropout RNGs)
+            outs = jax.tree.leaves(nnx.state(block))
+            changed[:] = [i for i, (a, b) in enumerate(zip(ins, outs)) if a is not b]
+            return y, (tuple(outs[i] for i in changed), y if keep_states else None)
+
+        policy = remat_policy(self.remat)
+        if policy is not None:
+            body = jax.checkpoint(body, policy=policy)
+        x, (updates, ys) = jax.lax.scan(body, x, state, unroll=self.unroll)
+        if changed:
+            leaves = list(before)
+            for i, value in zip(changed, updates):
+                leaves[i] = value
+            nnx.update(self.stacked, jax.tree.unflatten(treedef, leaves))
+        return x, ys
+
+    def __call__(self, x, *args, **kwargs):
+        """x_depth from x_0 (extra arguments, e.g. a padding mask, go to every block)."""
+        return self._scan(x, args, kwargs, keep_states=False)[0]
+
+    def states(self, x, *args, **kwargs):
+        """The stream after every block, stacked: shape (depth, *x.shape)."""
+        return self._scan(x, args, kwargs, keep_states=True)[1]
+
+
+def _stacked_runs(pieces: Sequence) -> jax.Array | tuple:
+    """Joins (depth, …) pieces of equal trailing shape; one array, or a tuple of runs."""
+    runs: list[list] = []
+    for piece in pieces:
+        if runs and runs[-1][-1].shape[1:] == piece.shape[1:]:
+            runs[-1].append(piece)
+        else:
+            runs.append([piece])
+    joined = tuple(jnp.concatenate(r, axis=0) if len(r) > 1 else r[0] for r in runs)
+    return joined[0] if len(joined) == 1 else joined
+
+
+class Stack(nnx.Module):
+    """Base class of the models: embed → stages → head, each stage a block or a `Layers`.
+
+    Subclasses implement `stack_stages()` (the blocks and scanned `Layers` in order) and may override
+    `embed` and `head`. Extra call arguments (a Transformer's `padding_mask`) reach every block.
+    """
+
+    def stack_stages(self) -> tuple:
+        raise NotImplementedError
 
     def embed(self, x):
         return x
@@ -53,18 +186,52 @@ class Stack(nnx.Module):
     def head(self, x):
         return x
 
-    def stack(self, x):
+    @property
+    def num_blocks(self) -> int:
+        """L, the number of blocks of the stack (scanned and not)."""
+        return sum(s.depth if isinstance(s, Layers) else 1 for s in self.stack_stages())
+
+    def unstacked_blocks(self) -> list:
+        """Every block in depth order, one module each: the per-layer loop reference.
+
+        Blocks of a scanned `Layers` come as copies of their slice (changing one does not
+        change the model); `for b in model.unstacked_blocks(): x = b(x)` computes what
+        `model.stack(x)` computes, as an explicit Python loop.
+        """
+        blocks = []
+        for stage in self.stack_stages():
+            if isinstance(stage, Layers):
+                blocks.extend(stage.layer(i) for i in range(stage.depth))
+            else:
+                blocks.append(stage)
+        return blocks
+
+    def stack(self, x, *args, **kwargs):
         """The residual stack alone: x_0 ↦ x_L."""
-        for block in self.blocks:
-            x = block(x)
+        for stage in self.stack_stages():
+            x = stage(x, *args, **kwargs)
         return x
 
-    def hidden_states(self, x) -> list:
-        """[x_0, x_1, …, x_L]: the stream after the embedding and after every block."""
-        xs = [self.embed(x)]
-        for block in self.blocks:
-            xs.append(block(xs[-1]))
-        return xs
+    def states(self, x, *args, **kwargs):
+        """x_0, x_1, …, x_L from x_0, stacked on a leading depth axis (one scan per stage).
 
-    def __call__(self, x):
-        return self.head(self.stack(self.embed(x)))
+        Returns one array of shape (L+1, *x.shape) when every block keeps the shape; a ResNet,
+        whose stages change it, gives a tuple of such stacks, one per resolution, in order.
+        """
+        pieces = [x[None]]
+        for stage in self.stack_stages():
+            if isinstance(stage, Layers):
+                ys = stage.states(x, *args, **kwargs)
+                x = ys[-1]
+                pieces.append(ys)
+            else:
+                x = stage(x, *args, **kwargs)
+                pieces.append(x[None])
+        return _stacked_runs(pieces)
+
+    def hidden_states(self, x, *args, **kwargs):
+        """`states` of the embedded input: x_0 = embed(x), …, x_L."""
+        return self.states(self.embed(x), *args, **kwargs)
+
+    def __call__(self, x, *args, **kwargs):
+        return self.head(self.stack(self.embed(x), *args, **kwargs))

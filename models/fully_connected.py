@@ -21,7 +21,7 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import Stack, activation, check_variant
+from models._stack import Layers, Stack, activation, check_variant
 
 VARIANTS = ("plain", "residual", "norm", "prenorm", "postnorm", "rezero")
 WEIGHTS = ("gaussian", "orthogonal")
@@ -95,7 +95,13 @@ class FullyConnected(Stack):
       in_features: if set, a linear input projection in_features → width (He-normal).
       out_features: if set, a linear output projection width → out_features (LeCun-normal).
       param_dtype: parameter dtype (float64 needs `jax_enable_x64`).
+      remat: rematerialize each block on the backward pass (True, or a name from
+        `jax.checkpoint_policies`): memory for depth, at the cost of recomputing the forward.
+      unroll: blocks per scan iteration.
       rngs: `nnx.Rngs` for initialization.
+
+    The L blocks are one `Layers` stack: `net.blocks.layers.linear.kernel` has shape
+    (L, width, width) and a ReZero net's α shape (L,).
 
     Example:
       >>> net = FullyConnected(depth=32, width=256, variant="rezero", rngs=nnx.Rngs(0))
@@ -107,7 +113,8 @@ class FullyConnected(Stack):
                  activation: str = "relu", alpha_init: float = 0.0, train_alpha: bool = True,
                  sigma_w2: float | None = None, sigma_b2: float = 0.0, weights: str = "gaussian",
                  in_features: int | None = None, out_features: int | None = None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 param_dtype=jnp.float32, remat: bool | str = False, unroll: int = 1,
+                 rngs: nnx.Rngs):
         check_variant("FullyConnected", variant, VARIANTS)
         check_variant("FullyConnected weights", weights, WEIGHTS)
         if depth < 1 or width < 1:
@@ -116,16 +123,19 @@ class FullyConnected(Stack):
         self.depth = depth
         self.width = width
         sigma_w2 = default_sigma_w2(variant) if sigma_w2 is None else float(sigma_w2)
-        self.blocks = nnx.List([
-            Block(width, variant=variant, activation_name=activation, alpha_init=alpha_init,
-                  train_alpha=train_alpha, sigma_w2=sigma_w2, sigma_b2=sigma_b2, weights=weights,
-                  param_dtype=param_dtype, rngs=rngs)
-            for _ in range(depth)])
+        self.blocks = Layers(
+            lambda r: Block(width, variant=variant, activation_name=activation,
+                            alpha_init=alpha_init, train_alpha=train_alpha, sigma_w2=sigma_w2,
+                            sigma_b2=sigma_b2, weights=weights, param_dtype=param_dtype, rngs=r),
+            depth, rngs=rngs, remat=remat, unroll=unroll)
         self.input_proj = (nnx.Linear(in_features, width, param_dtype=param_dtype, rngs=rngs,
                                       kernel_init=nnx.initializers.he_normal())
                            if in_features else None)
         self.output_proj = (nnx.Linear(width, out_features, param_dtype=param_dtype, rngs=rngs)
                             if out_features else None)
+
+    def stack_stages(self) -> tuple:
+        return (self.blocks,)
 
     def embed(self, x):
         return x if self.input_proj is None else self.input_proj(x)

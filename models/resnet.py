@@ -8,10 +8,13 @@ block maps x_i to x_{i+1} by
 
     residual     x_{i+1} = φ(S(x_i) + F(x_i))                         He et al. 2016a
     prenorm      x_{i+1} = S(x_i) + conv(φ(BN(conv(φ(BN(x_i))))))     pre-activation, He et al. 2016b
+    prenorm_rezero  x_{i+1} = S(x_i) + α_i·conv(φ(BN(conv(φ(BN(x_i))))))  pre-activation + ReZero
     gated        x_{i+1} = (1 − α_i)·S(x_i) + α_i·φ(F(x_i))           Gated ResNet (Savarese et al. 2016)
     zero_gamma   residual with the scale γ of the branch's last BatchNorm initialized to 0
-    fixup        x_{i+1} = φ(S(x_i + a) + s·conv(φ(conv(x_i + a) + b) + c) + d), no BatchNorm;
-                 scalar biases a, b, c, d = 0 and multiplier s = 1, the first convolution
+    fixup        x_{i+1} = φ(S'(x_i) + s·conv(φ(conv(x_i + a) + b) + c) + d), no BatchNorm, with
+                 S'(x) = x where the shape is kept and S(x + a) where it changes (the identity
+                 path carries x itself, as in the FixUp code); scalar biases a, b, c, d = 0 and
+                 multiplier s = 1, the first convolution
                  scaled by L^{-1/2}, the last one and the classifier zero-initialized (Zhang et al. 2019)
     rezero       x_{i+1} = S(x_i) + α_i·φ(F(x_i)),   α_i = alpha_init (0 by default)
 
@@ -23,7 +26,9 @@ identity, so a single-stage residual stack starts as the identity function.
 Depths: 6n + 2 gives the CIFAR ResNets of He et al. (ResNet-20, -56, -110: three stages of n
 blocks, 16/32/64 channels, parameter-free shortcuts); 18 and 34 give the ImageNet layouts with a
 CIFAR stem (four stages, 64…512 channels, 1×1 projection shortcuts), so
-`ResNet(18, variant="prenorm")` is PreAct-ResNet-18 and `variant="rezero"` its ReZero version.
+`ResNet(18, variant="prenorm")` is PreAct-ResNet-18, `variant="prenorm_rezero"` the same
+pre-activation net with ReZero's α on every branch (the paper's "Pre-activation ResNet-18 +
+ReZero"), and `variant="rezero"` the post-activation ReZero ResNet-18.
 
 BatchNorm runs in train mode after construction (batch statistics); `model.eval()` switches
 to the running averages, which is how Jacobians are taken.
@@ -31,20 +36,23 @@ to the running averages, which is how Jacobians are taken.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import Identity, Stack, check_variant
+from models._stack import Identity, Layers, Stack, check_variant
 
-VARIANTS = ("residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero")
+VARIANTS = ("residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero", "prenorm_rezero")
+#: Pre-activation variants: BatchNorm and φ at the start of each block and once before the head.
+PREACT_VARIANTS = ("prenorm", "prenorm_rezero")
 SHORTCUTS = ("identity", "projection")
 #: Blocks per stage of the ImageNet-style basic-block ResNets, by depth.
 BASIC_LAYOUTS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 #: Variants whose blocks carry a residual weight α.
-ALPHA_VARIANTS = ("gated", "rezero")
+ALPHA_VARIANTS = ("gated", "rezero", "prenorm_rezero")
 
 relu = jax.nn.relu
 #: He (Kaiming) normal initialization, untruncated as PyTorch's `kaiming_normal_`.
@@ -126,7 +134,7 @@ class BasicBlock(nnx.Module):
             conv2_init = nnx.initializers.zeros_init()
         bias = not batchnorm and variant != "fixup"
         # the pre-activation block normalizes its input (cin features) before the first conv
-        bn1_features = cin if variant == "prenorm" else cout
+        bn1_features = cin if variant in PREACT_VARIANTS else cout
         self.conv1 = _conv(cin, cout, 3, stride, bias=bias, kernel_init=conv1_init,
                            param_dtype=param_dtype, rngs=rngs)
         self.bn1 = _batchnorm(bn1_features, batchnorm, param_dtype=param_dtype, rngs=rngs)
@@ -135,7 +143,7 @@ class BasicBlock(nnx.Module):
         self.bn2 = _batchnorm(cout, batchnorm, zero_scale=variant == "zero_gamma",
                               param_dtype=param_dtype, rngs=rngs)
         self.shortcut = Shortcut(cin, cout, stride, kind=shortcut,
-                                 batchnorm=batchnorm and variant != "prenorm",
+                                 batchnorm=batchnorm and variant not in PREACT_VARIANTS,
                                  param_dtype=param_dtype, rngs=rngs)
         if variant in ALPHA_VARIANTS:
             self.alpha = _scalar(alpha_init, param_dtype)
@@ -160,14 +168,15 @@ class BasicBlock(nnx.Module):
         match self.variant:
             case "residual" | "zero_gamma":
                 return relu(S(x) + F(x))
-            case "prenorm":
+            case "prenorm" | "prenorm_rezero":
                 h = relu(self.bn1(x))
-                return S(h if S.projection is not None else x) + self.preact_branch(h)
+                gate = self.alpha if self.variant == "prenorm_rezero" else 1.0
+                return S(h if S.projection is not None else x) + gate * self.preact_branch(h)
             case "gated":
                 return (1 - self.alpha) * S(x) + self.alpha * relu(F(x))
             case "fixup":
-                x = x + self.bias1a
-                return relu(S(x) + F(x))
+                xa = x + self.bias1a
+                return relu((S(xa) if S.changes_shape else x) + F(xa))
             case "rezero":
                 return S(x) + self.alpha * relu(F(x))
 
@@ -179,7 +188,8 @@ class ResNet(Stack):
       depth: 6n + 2 (ResNet-20, -56, -110: three stages of n blocks, 16 channels first,
         parameter-free shortcuts) or 18 / 34 (four stages, 64 channels first, projection
         shortcuts: PreAct-ResNet-18 with variant="prenorm"). Ignored when `stages` is given.
-      variant: "residual", "prenorm", "gated", "zero_gamma", "fixup" or "rezero".
+      variant: "residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero" or
+        "prenorm_rezero".
       stages: blocks per stage, overriding the depth's layout (the depth is then
         2·sum(stages) + 2); stage s has width·2^s channels and, after the first, stride 2.
       width: channels of the first stage (default: 16 for 6n + 2 layouts, 64 otherwise).
@@ -191,7 +201,13 @@ class ResNet(Stack):
       num_classes: outputs of the classifier (10 for CIFAR-10).
       in_channels: channels of the input images (3).
       param_dtype: parameter dtype (float64 needs `jax_enable_x64`).
+      remat: rematerialize each block of the scanned stacks on the backward pass (True, or a
+        name from `jax.checkpoint_policies`).
+      unroll: blocks per scan iteration.
       rngs: `nnx.Rngs` for initialization.
+
+    `net.blocks` holds, per stage, its first block (which may change the shape) and a
+    `Layers` stack of the other n − 1 blocks (parameters stacked, one scan).
 
     Example:
       >>> net = ResNet(110, variant="rezero", rngs=nnx.Rngs(0))
@@ -206,7 +222,8 @@ class ResNet(Stack):
                  stages: Sequence[int] | None = None, width: int | None = None,
                  shortcut: str | None = None, batchnorm: bool | None = None,
                  alpha_init: float = 0.0, num_classes: int = 10, in_channels: int = 3,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 param_dtype=jnp.float32, remat: bool | str = False, unroll: int = 1,
+                 rngs: nnx.Rngs):
         check_variant("ResNet", variant, VARIANTS)
         if stages is None:
             stages, default_width, default_shortcut = layout(depth)
@@ -239,20 +256,23 @@ class ResNet(Stack):
                           kernel_init=HE_NORMAL, param_dtype=param_dtype,
                           rngs=rngs)
         # pre-activation nets normalize at the start of each block and once before the head
-        self.stem_norm = _batchnorm(width, batchnorm and variant != "prenorm",
+        self.stem_norm = _batchnorm(width, batchnorm and variant not in PREACT_VARIANTS,
                                     param_dtype=param_dtype, rngs=rngs)
-        blocks, cin = [], width
+        # a stage: its first block (strided and widened after stage 0), then one scanned
+        # `Layers` stack of the n − 1 blocks that keep the shape
+        block = functools.partial(BasicBlock, variant=variant, batchnorm=batchnorm,
+                                  shortcut=shortcut, alpha_init=alpha_init,
+                                  num_blocks=num_blocks, param_dtype=param_dtype)
+        parts, cin = [], width
         for s, n in enumerate(stages):
             cout = width * 2**s
-            for b in range(n):
-                stride = 2 if s > 0 and b == 0 else 1
-                blocks.append(BasicBlock(cin, cout, stride, variant=variant, batchnorm=batchnorm,
-                                         shortcut=shortcut, alpha_init=alpha_init,
-                                         num_blocks=num_blocks, param_dtype=param_dtype,
-                                         rngs=rngs))
-                cin = cout
-        self.blocks = nnx.List(blocks)
-        self.final_norm = _batchnorm(cin, batchnorm and variant == "prenorm",
+            parts.append(block(cin, cout, 2 if s > 0 else 1, rngs=rngs))
+            if n > 1:
+                parts.append(Layers(lambda r, c=cout: block(c, c, 1, rngs=r), n - 1, rngs=rngs,
+                                    remat=remat, unroll=unroll))
+            cin = cout
+        self.blocks = nnx.List(parts)
+        self.final_norm = _batchnorm(cin, batchnorm and variant in PREACT_VARIANTS,
                                      param_dtype=param_dtype, rngs=rngs)
         zero = nnx.initializers.zeros_init()
         self.classifier = nnx.Linear(cin, num_classes, param_dtype=param_dtype, rngs=rngs,
@@ -262,13 +282,16 @@ class ResNet(Stack):
             self.head_bias = _scalar(0.0, param_dtype)
         self.in_channels = in_channels
 
+    def stack_stages(self) -> tuple:
+        return tuple(self.blocks)
+
     def embed(self, x):
         """x_0 = φ(BN(conv(image))) (pre-activation: conv(image); FixUp: φ(conv(image) + b))."""
         if x.ndim < 3 or x.shape[-1] != self.in_channels:
             raise ValueError(f"ResNet expects NHWC images (…, height, width, {self.in_channels}), "
                              f"got shape {x.shape}")
         h = self.stem(x)
-        if self.variant == "prenorm":
+        if self.variant in PREACT_VARIANTS:
             return h
         if self.variant == "fixup":
             return relu(h + self.stem_bias)
@@ -276,7 +299,7 @@ class ResNet(Stack):
 
     def head(self, x):
         """Logits: linear(mean over height and width) (pre-activation: of φ(BN(x_L)))."""
-        if self.variant == "prenorm":
+        if self.variant in PREACT_VARIANTS:
             x = relu(self.final_norm(x))
         pooled = jnp.mean(x, axis=(-3, -2))
         if self.variant == "fixup":

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import Identity, Stack, activation, check_variant
+from models._stack import Identity, Layers, Stack, activation, check_variant
 
 VARIANTS = ("postnorm", "prenorm", "gpt2norm", "rezero")
 XAVIER_UNIFORM = nnx.initializers.xavier_uniform()
@@ -192,7 +192,14 @@ class Transformer(Stack):
       alpha_per_sublayer: one α per sublayer instead of one per layer (`rezero` only).
       layernorm: `rezero` with a LayerNorm in front of each sublayer (x + α·F(Norm(x))).
       param_dtype: parameter dtype (float64 needs `jax_enable_x64`).
+      remat: rematerialize each layer on the backward pass (True, or a name from
+        `jax.checkpoint_policies`).
+      unroll: layers per scan iteration.
       rngs: `nnx.Rngs` for initialization (and dropout).
+
+    The L layers are one `Layers` stack (parameters stacked on a leading axis, one scan);
+    α has shape (L,) (or (L, 2) with `alpha_per_sublayer`). The padding mask reaches every
+    layer as a broadcast argument: `model(tokens, padding_mask=mask)`.
 
     Example:
       >>> enc = Transformer(64, 16, heads=4, ffn=64, variant="postnorm", rngs=nnx.Rngs(0))
@@ -209,7 +216,8 @@ class Transformer(Stack):
                  vocab_size: int | None = None, causal: bool = False, dropout: float = 0.0,
                  activation: str = "relu", alpha_init: float = 0.0,
                  alpha_per_sublayer: bool = False, layernorm: bool | None = None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 param_dtype=jnp.float32, remat: bool | str = False, unroll: int = 1,
+                 rngs: nnx.Rngs):
         check_variant("Transformer", variant, VARIANTS)
         if depth < 1 or d_model < 1 or heads < 1 or ffn < 1:
             raise ValueError(f"depth, d_model, heads and ffn must be positive, got {depth}, "
@@ -226,12 +234,13 @@ class Transformer(Stack):
         self.variant = variant
         self.depth = depth
         self.d_model = d_model
-        self.blocks = nnx.List([
-            TransformerLayer(d_model, heads=heads, ffn=ffn, variant=variant, dropout=dropout,
-                             activation_name=activation, causal=causal, alpha_init=alpha_init,
-                             alpha_per_sublayer=alpha_per_sublayer, layernorm=layernorm,
-                             param_dtype=param_dtype, rngs=rngs)
-            for _ in range(depth)])
+        self.blocks = Layers(
+            lambda r: TransformerLayer(
+                d_model, heads=heads, ffn=ffn, variant=variant, dropout=dropout,
+                activation_name=activation, causal=causal, alpha_init=alpha_init,
+                alpha_per_sublayer=alpha_per_sublayer, layernorm=layernorm,
+                param_dtype=param_dtype, rngs=r),
+            depth, rngs=rngs, remat=remat, unroll=unroll)
         self.vocab_size = vocab_size
         if vocab_size is not None:
             self.embedding = nnx.Embed(vocab_size, d_model, embedding_init=uniform_init(0.1),
@@ -265,18 +274,5 @@ class Transformer(Stack):
             return x
         return self.output(self.final_norm(x))
 
-    def stack(self, x, padding_mask=None):
-        """The residual stack alone: x_0 ↦ x_L."""
-        for block in self.blocks:
-            x = block(x, padding_mask)
-        return x
-
-    def hidden_states(self, x, padding_mask=None) -> list:
-        """[x_0, x_1, …, x_L]: the stream after the embedding and after every layer."""
-        xs = [self.embed(x)]
-        for block in self.blocks:
-            xs.append(block(xs[-1], padding_mask))
-        return xs
-
-    def __call__(self, x, padding_mask=None):
-        return self.head(self.stack(self.embed(x), padding_mask))
+    def stack_stages(self) -> tuple:
+        return (self.blocks,)

@@ -30,7 +30,7 @@ def test_variants_follow_table_1():
     for variant in VARIANTS:
         net = models.FullyConnected(1, width, variant=variant, alpha_init=0.3,
                                     param_dtype=jnp.float64, rngs=nnx.Rngs(0))
-        block = net.blocks[0]
+        block = net.blocks.layer(0)
         f = block.branch
         norm = getattr(block, "norm", None)
         expected = {
@@ -57,14 +57,14 @@ def test_gaussian_init_has_the_stated_variance():
     width, sigma_w2 = 256, 2.0
     net = models.FullyConnected(2, width, variant="plain", sigma_w2=sigma_w2, sigma_b2=0.04,
                                 param_dtype=jnp.float64, rngs=nnx.Rngs(4))
-    w = np.asarray(net.blocks[0].linear.kernel[...])
-    b = np.asarray(net.blocks[0].linear.bias[...])
+    w = np.asarray(net.blocks.layer(0).linear.kernel[...])
+    b = np.asarray(net.blocks.layer(0).linear.bias[...])
     # Sample variance of n = 65,536 entries has relative standard error sqrt(2/n) ≈ 0.55%.
     assert abs(w.var() * width / sigma_w2 - 1) < 4 * np.sqrt(2 / w.size)
     assert abs(b.var() / 0.04 - 1) < 4 * np.sqrt(2 / b.size)
     residual = models.FullyConnected(1, width, variant="residual", param_dtype=jnp.float64,
                                      rngs=nnx.Rngs(4))
-    w_res = np.asarray(residual.blocks[0].linear.kernel[...])
+    w_res = np.asarray(residual.blocks.layer(0).linear.kernel[...])
     assert abs(w_res.var() * width / 0.25 - 1) < 4 * np.sqrt(2 / w_res.size)
 
 
@@ -85,11 +85,11 @@ def test_rezero_gradients_at_alpha_zero():
     def loss(model):
         return jnp.sum((model(x) - target) ** 2)
 
-    grads = nnx.grad(loss)(net)
-    for block_grads in grads["blocks"].values():
-        assert float(jnp.abs(block_grads["alpha"][...])) > 1e-6  # dL/dα_l = <dL/dx_L, F_l(x_0)>
-        assert float(jnp.max(jnp.abs(block_grads["linear"]["kernel"][...]))) == 0.0
-        assert float(jnp.max(jnp.abs(block_grads["linear"]["bias"][...]))) == 0.0
+    grads = nnx.grad(loss)(net)["blocks"]["layers"]  # stacked: a leading axis of 6 layers
+    assert grads["alpha"][...].shape == (6,)
+    assert float(jnp.min(jnp.abs(grads["alpha"][...]))) > 1e-6  # dL/dα_l = <dL/dx_L, F_l(x_0)>
+    assert float(jnp.max(jnp.abs(grads["linear"]["kernel"][...]))) == 0.0
+    assert float(jnp.max(jnp.abs(grads["linear"]["bias"][...]))) == 0.0
 
 
 def test_alpha_helpers_and_optax_mask():
@@ -104,8 +104,8 @@ def test_alpha_helpers_and_optax_mask():
     updates, _ = tx.update(grads, tx.init(params))
     new = optax.apply_updates(params, updates)
     assert all(float(a) == -0.5 for a in iso.alpha_values(new).values())  # α moved by −lr·1
-    np.testing.assert_array_equal(new["blocks"][0]["linear"]["kernel"][...],
-                                  params["blocks"][0]["linear"]["kernel"][...])
+    np.testing.assert_array_equal(new["blocks"]["layers"]["linear"]["kernel"][...],
+                                  params["blocks"]["layers"]["linear"]["kernel"][...])
 
 
 def test_frozen_alpha_is_not_a_param():

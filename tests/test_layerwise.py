@@ -22,13 +22,18 @@ def test_every_depth_matches_the_dense_spectrum_of_the_truncated_stack():
     x = jax.random.normal(jax.random.key(1), (20,))
     x0 = embed_fn(params, x)
     spectra = iso.layerwise_spectrum_fn(states_fn)(params, x0)
-    assert len(spectra) == net.depth + 1
-    np.testing.assert_allclose(spectra[0].singular_values, 1.0, rtol=1e-12)  # J_0 = I
+    assert isinstance(spectra, iso.Spectrum)  # one result, with a depth axis
+    assert spectra.singular_values.shape == (net.depth + 1, 48)
+    np.testing.assert_allclose(spectra.singular_values[0], 1.0, rtol=1e-12)  # J_0 = I
+    blocks = net.unstacked_blocks()
     for l in (1, 3, 6):
-        truncated = lambda x0, l=l: states_fn(params, x0)[l]  # noqa: E731
+        def truncated(x, l=l):  # an explicit loop over the first l blocks
+            for block in blocks[:l]:
+                x = block(x)
+            return x
         exact = iso.jacobian_spectrum(truncated, x0)
-        np.testing.assert_allclose(spectra[l].singular_values, exact.singular_values, rtol=1e-10)
-        np.testing.assert_allclose(spectra[l].chi, exact.chi, rtol=1e-10)
+        np.testing.assert_allclose(spectra.singular_values[l], exact.singular_values, rtol=1e-10)
+        np.testing.assert_allclose(spectra.chi[l], exact.chi, rtol=1e-10)
 
 
 def test_hutchinson_profile_agrees_with_the_dense_profile_within_its_error():
@@ -36,7 +41,7 @@ def test_hutchinson_profile_agrees_with_the_dense_profile_within_its_error():
     xs = jax.random.normal(jax.random.key(2), (2, 20))
     x0 = jax.vmap(embed_fn, in_axes=(None, 0))(params, xs)
     spectra = iso.layerwise_spectrum_fn(states_fn, batched=True)(params, x0)
-    dense_chi = jnp.stack([s.chi for s in spectra], axis=-1)  # (batch, L+1)
+    dense_chi = spectra.chi  # (batch, L+1)
     chi, err = iso.layerwise_chi_fn(states_fn, num_probes=64, batched=True)(
         params, x0, jax.random.key(3))
     assert chi.shape == dense_chi.shape == (2, 7)
@@ -44,8 +49,8 @@ def test_hutchinson_profile_agrees_with_the_dense_profile_within_its_error():
     assert bool(jnp.all(jnp.abs(chi - dense_chi) <= 5 * err + 1e-12))
 
 
-def test_from_stack_needs_blocks_and_large_requests_point_to_chi():
-    with pytest.raises(TypeError, match="blocks"):
+def test_from_stack_needs_a_layer_stack_and_large_requests_point_to_chi():
+    with pytest.raises(TypeError, match="LayerStack"):
         iso.from_stack(nnx.Linear(3, 3, rngs=nnx.Rngs(0)))
     _, states_fn, params = iso.from_stack(_fc("residual"))
     lfn = iso.layerwise_spectrum_fn(states_fn, memory_budget=1e4)
@@ -78,3 +83,45 @@ def test_cli_layerwise_writes_profiles(tmp_path):
     assert set(profiles) == {"plain", "rezero"}
     assert len(profiles["rezero"]["chi"]) == 4 and profiles["rezero"]["chi"][0] == 1.0
     assert (tmp_path / "layerwise.png").exists()
+
+
+class _OwnStack(nnx.Module):
+    """A user's model that is no `models.Stack` but follows `iso.LayerStack`: x ↦ tanh(W x)
+    L times, its layers stacked by hand and scanned."""
+
+    def __init__(self, depth, width, rngs):
+        self.w = nnx.Param(jax.random.normal(rngs.params(), (depth, width, width)) / width**0.5)
+
+    def embed(self, x):
+        return 2.0 * x
+
+    def _scan(self, x0):
+        return jax.lax.scan(lambda h, w: (jnp.tanh(w @ h),) * 2, x0, self.w[...])
+
+    def stack(self, x0):
+        return self._scan(x0)[0]
+
+    def states(self, x0):
+        return jnp.concatenate([x0[None], self._scan(x0)[1]])
+
+    def head(self, x):
+        return jnp.sum(x)
+
+    def __call__(self, x):
+        return self.head(self.stack(self.embed(x)))
+
+
+def test_a_users_own_layer_stack_gets_layerwise_spectra():
+    model = _OwnStack(5, 6, nnx.Rngs(0))
+    assert isinstance(model, iso.LayerStack)
+    embed_fn, states_fn, params = iso.from_stack(model)
+    x0 = embed_fn(params, jax.random.normal(jax.random.key(1), (6,), jnp.float64))
+    spectra = iso.layerwise_spectrum_fn(states_fn)(params, x0)
+    w = np.asarray(model.w[...])
+    h, jac = np.asarray(x0), np.eye(6)
+    for l in range(5):  # J_{l+1} = diag(1 − tanh²(W_l h_l)) W_l J_l
+        pre = w[l] @ h
+        jac = (1 - np.tanh(pre) ** 2)[:, None] * (w[l] @ jac)
+        h = np.tanh(pre)
+        np.testing.assert_allclose(spectra.singular_values[l + 1],
+                                   np.linalg.svd(jac, compute_uv=False), rtol=1e-10)

@@ -27,13 +27,13 @@ def n_params(model) -> int:
 def test_cifar_layouts_match_he_et_al(depth, blocks, millions):
     # He et al. 2016a, Table 6: ResNet-20 has 0.27M and ResNet-56 0.85M parameters
     model = nnx.eval_shape(lambda: ResNet(depth, variant="residual", rngs=nnx.Rngs(0)))
-    assert len(model.blocks) == blocks and model.depth == depth
+    assert model.num_blocks == blocks and model.depth == depth
     assert abs(n_params(model) / 1e6 - millions) < 0.03 * millions + 0.005
 
 
 def test_preact_resnet18_layout():
     model = nnx.eval_shape(lambda: ResNet(18, variant="prenorm", rngs=nnx.Rngs(0)))
-    assert model.stages == (2, 2, 2, 2) and len(model.blocks) == 8
+    assert model.stages == (2, 2, 2, 2) and model.num_blocks == 8
     assert 11.1e6 < n_params(model) < 11.3e6   # ≈ 11.2M with 1×1 projection shortcuts
     y = jax.eval_shape(lambda x: ResNet(18, variant="prenorm", rngs=nnx.Rngs(0))(x),
                        jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
@@ -67,7 +67,7 @@ def images(batch=(), seed=0):
 
 @pytest.mark.parametrize("variant,kw", [("fixup", {}), ("rezero", {}),
                                         ("rezero", {"batchnorm": False}), ("gated", {}),
-                                        ("zero_gamma", {})])
+                                        ("zero_gamma", {}), ("prenorm_rezero", {})])
 def test_identity_at_init_where_it_should(variant, kw):
     """Shape-keeping blocks start as the identity: ReZero and Gated (α = 0) on any stream,
     FixUp and zero-γ (x ↦ φ(x + 0)) on the non-negative stream their stem produces."""
@@ -77,9 +77,29 @@ def test_identity_at_init_where_it_should(variant, kw):
     assert np.any(x0 > 0)
     np.testing.assert_array_equal(model.stack(x0), x0)
     # J = I where φ' = 1: anywhere for α = 0, on the positive stream for φ(x + 0)
-    x1 = x0 - 0.5 if variant in ("rezero", "gated") else x0 + 0.5
+    x1 = x0 - 0.5 if variant in ("rezero", "gated", "prenorm_rezero") else x0 + 0.5
     np.testing.assert_array_equal(model.stack(x1), x1)
     np.testing.assert_array_equal(iso.dense_jacobian(model.stack, x1), np.eye(x1.size))
+
+
+def test_fixup_identity_path_carries_x_and_preact_rezero_gates_the_preact_branch():
+    """FixUp: x_{i+1} = φ(x + F(x + a)) where the shape is kept (the identity path carries x,
+    not x + a, as in the FixUp code); PreAct + ReZero: x + α·(the pre-activation branch)."""
+    fixup = tiny("fixup")
+    x = fixup.embed(images((2,))) - 0.2  # a stream with negative entries too
+    fix = fixup.blocks[0]
+    fix.bias1a[...] = 0.3
+    fix.conv2.kernel[...] = jax.random.normal(jax.random.key(5), fix.conv2.kernel.shape, F64)
+    np.testing.assert_allclose(fix(x), jax.nn.relu(x + fix.branch(x + 0.3)), rtol=1e-12)
+    pre = tiny("prenorm_rezero", alpha_init=0.4)
+    pre.eval()
+    x = pre.embed(images((2,)))
+    block, ref = pre.blocks[0], tiny("prenorm").blocks[0]
+    ref.eval()
+    h = jax.nn.relu(block.bn1(x))
+    np.testing.assert_allclose(block(x), x + 0.4 * block.preact_branch(h), rtol=1e-12)
+    np.testing.assert_allclose(ref(x), x + ref.preact_branch(jax.nn.relu(ref.bn1(x))),
+                               rtol=1e-12)
 
 
 def test_residual_stack_is_not_the_identity():
@@ -91,8 +111,8 @@ def test_residual_stack_is_not_the_identity():
 
 def test_fixup_initialization():
     model = tiny("fixup")
-    depth_blocks, width = len(model.blocks), TINY["width"]
-    block = model.blocks[0]
+    depth_blocks, width = model.num_blocks, TINY["width"]
+    block = model.unstacked_blocks()[0]
     assert not hasattr(block, "bn1") or not isinstance(block.bn1, nnx.BatchNorm)
     np.testing.assert_array_equal(block.conv2.kernel[...], 0)
     np.testing.assert_array_equal(model.classifier.kernel[...], 0)
@@ -105,7 +125,7 @@ def test_fixup_initialization():
 
 def test_zero_gamma_zeroes_the_last_batchnorm_scale():
     model = tiny("zero_gamma")
-    for block in model.blocks:
+    for block in model.unstacked_blocks():
         np.testing.assert_array_equal(block.bn2.scale[...], 0)
         np.testing.assert_array_equal(block.bn1.scale[...], 1)
 
@@ -117,8 +137,9 @@ def test_downsampling_block_shapes():
             return ResNet(variant="residual", stages=(1, 1, 1), width=4, shortcut=shortcut,
                           rngs=nnx.Rngs(0)).hidden_states(x)
 
+        # one depth-stacked run per resolution: (x_0, x_1), (x_2,), (x_3,), each (depth, batch, …)
         xs = jax.eval_shape(hidden_states, x)
-        assert [x.shape for x in xs] == [(2, 8, 8, 4), (2, 8, 8, 4), (2, 4, 4, 8), (2, 2, 2, 16)]
+        assert [x.shape for x in xs] == [(2, 2, 8, 8, 4), (1, 2, 4, 4, 8), (1, 2, 2, 2, 16)]
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads():
@@ -169,7 +190,7 @@ def test_trains_a_few_sgd_steps_without_nan(variant):
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(np.all(np.isfinite(p)) for p in leaves)
     if variant in ("gated", "rezero"):
-        assert all(float(b.alpha[...]) != 0 for b in model.blocks), "α must move off 0"
+        assert all(float(b.alpha[...]) != 0 for b in model.unstacked_blocks()), "α must move off 0"
 
 
 def test_cli_spectrum_resnet(tmp_path, capsys):

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -107,3 +108,48 @@ def test_language_model_reports_bits_per_byte(tmp_path):
     assert last["spectrum"]["chi"] != pytest.approx(1.0)
     assert len(last["alpha"]) == 2 and all(a != 0.0 for a in last["alpha"].values())
     assert not result.diverged
+
+
+def test_old_per_layer_checkpoints_and_run_dirs_are_refused(tmp_path):
+    """isometry 0.1 wrote one leaf per layer and no layout marker: refuse, never mis-load."""
+    import json
+
+    tree = {"w": jnp.arange(3.0)}
+    old = tmp_path / "old.npz"
+    np.savez(old, step=np.asarray(5), leaf_0=np.arange(3.0))
+    with pytest.raises(RunConfigError, match="one parameter per layer"):
+        load_checkpoint(str(old), tree)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {}, "probes": 0}))
+    with pytest.raises(RunConfigError, match="start a new run directory"):
+        train(_fc(), D.load_data("synthetic:2x2x3"), TrainConfig(steps=1, batch_size=4),
+              run_dir=str(run), resume=True, input_shape=(12,), probes=0)
+
+
+def test_adagrad_is_pytorchs_by_default():
+    """The first three updates equal torch.optim.Adagrad's formula on a constructed gradient:
+    G_t = Σ g², p_t = p_{t−1} − lr·g_t/(√G_t + 1e-10) (first step −lr·sign(g))."""
+    lr, wd = 0.05, 0.1
+    p = np.array([0.5, -1.0, 2.0, 3e-4])
+    grads = [np.array([1e-3, -2.0, 0.3, 1e-6]), np.array([-4e-3, 1.0, 0.3, 2e-6]),
+             np.array([2e-3, 0.5, -0.6, -1e-6])]
+    tx = make_optimizer(TrainConfig(steps=3, lr=lr, weight_decay=wd), {"w": jnp.asarray(p)})
+    params = {"w": jnp.asarray(p)}
+    state = tx.init(params)
+    ref, acc = p.copy(), np.zeros_like(p)
+    for g in grads:
+        updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+        g_wd = g + wd * ref                      # torch: grad = grad + weight_decay * p
+        acc += g_wd**2
+        ref = ref - lr * g_wd / (np.sqrt(acc) + 1e-10)
+        np.testing.assert_allclose(params["w"], ref, rtol=1e-7, atol=1e-12)
+    first = make_optimizer(TrainConfig(steps=1, lr=lr), {"w": jnp.asarray(p)})
+    step, _ = first.update({"w": jnp.asarray(grads[0])}, first.init({"w": jnp.asarray(p)}))
+    np.testing.assert_allclose(step["w"], -lr * np.sign(grads[0]), rtol=1e-3)  # even |g| = 1e-6
+    optax_style = make_optimizer(TrainConfig(steps=1, lr=lr, adagrad="optax"), {"w": jnp.asarray(p)})
+    small, _ = optax_style.update({"w": jnp.asarray(grads[0])}, optax_style.init({"w": jnp.asarray(p)}))
+    assert abs(float(small["w"][0])) < 1e-2 * lr  # optax: lr·g/√(0.1 + g²) for g = 1e-3
+    with pytest.raises(ValueError, match="unknown adagrad style"):
+        TrainConfig(steps=1, adagrad="keras")

@@ -87,7 +87,7 @@ def test_one_alpha_per_layer_or_per_sublayer():
 
 def test_rezero_with_layernorm_keeps_identity_at_zero():
     model = encoder("rezero", layernorm=True)
-    assert isinstance(model.blocks[0].norm1, nnx.LayerNorm)
+    assert isinstance(model.blocks.layer(0).norm1, nnx.LayerNorm)
     x = stream()
     np.testing.assert_array_equal(iso.dense_jacobian(model, x), np.eye(T * D))
     model_half = encoder("rezero", layernorm=True, alpha_init=0.5, activation="gelu")
@@ -96,14 +96,14 @@ def test_rezero_with_layernorm_keeps_identity_at_zero():
 
 def test_xavier_uniform_weights():
     model = Transformer(1, 16, heads=4, ffn=64, variant="postnorm", rngs=nnx.Rngs(0))
-    for w, fan_in, fan_out in [(model.blocks[0].attention.qkv.kernel, 16, 48),
-                               (model.blocks[0].feed_forward.linear1.kernel, 16, 64)]:
+    for w, fan_in, fan_out in [(model.blocks.layer(0).attention.qkv.kernel, 16, 48),
+                               (model.blocks.layer(0).feed_forward.linear1.kernel, 16, 64)]:
         w = np.asarray(w[...])
         bound = math.sqrt(6 / (fan_in + fan_out))
         assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
         # variance of U(−b, b) is b²/3; relative standard error of a sample variance ≈ √(0.8/n)
         assert abs(w.var() / (bound**2 / 3) - 1) < 5 * math.sqrt(0.8 / w.size)
-    np.testing.assert_array_equal(model.blocks[0].attention.qkv.bias[...], 0)
+    np.testing.assert_array_equal(model.blocks.layer(0).attention.qkv.bias[...], 0)
 
 
 def test_bad_arguments_raise_clear_errors():

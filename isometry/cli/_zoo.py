@@ -77,7 +77,8 @@ def _build_fc(args, variant: str, depth: int, rngs: nnx.Rngs) -> nnx.Module:
     return models.FullyConnected(depth, args.width, variant=variant, activation=args.activation,
                                  alpha_init=args.alpha_init, param_dtype=args.param_dtype,
                                  in_features=math.prod(task.input_shape) if task else None,
-                                 out_features=task.num_classes if task else None, rngs=rngs)
+                                 out_features=task.num_classes if task else None,
+                                 remat=args.remat, rngs=rngs)
 
 
 def _model_error(err: ValueError):
@@ -93,7 +94,7 @@ def _build_resnet(args, variant: str, depth: int, rngs: nnx.Rngs) -> nnx.Module:
                              alpha_init=args.alpha_init,
                              in_channels=task.input_shape[-1] if task else 3,
                              num_classes=task.num_classes if task else 10,
-                             param_dtype=args.param_dtype, rngs=rngs)
+                             param_dtype=args.param_dtype, remat=args.remat, rngs=rngs)
     except ValueError as err:
         raise _model_error(err) from None
 
@@ -106,7 +107,7 @@ def _build_transformer(args, variant: str, depth: int, rngs: nnx.Rngs) -> nnx.Mo
                                   alpha_init=args.alpha_init,
                                   vocab_size=task.num_classes if task else None,
                                   causal=task is not None, param_dtype=args.param_dtype,
-                                  rngs=rngs)
+                                  remat=args.remat, rngs=rngs)
     except ValueError as err:
         raise _model_error(err) from None
 
@@ -153,6 +154,10 @@ def add_model_args(parser: argparse.ArgumentParser, depth_default: str = "32") -
     g.add_argument("--heads", type=int, default=4, help="Transformer attention heads (default: 4)")
     g.add_argument("--ffn", type=int, default=64,
                    help="Transformer feed-forward hidden width (default: 64)")
+    g.add_argument("--remat", action="store_true",
+                   help="recompute each layer on the backward pass and in matrix-free Jacobian "
+                        "products instead of storing its activations (memory for very deep "
+                        "stacks, at about one more forward pass)")
 
 
 def resolve(args) -> tuple[ModelKind, list[str]]:

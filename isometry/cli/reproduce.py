@@ -4,7 +4,8 @@
     isometry reproduce table2 --scale paper --data-dir ~/data     # CIFAR-10 from ~/data
 
 NAME: fig2 (toy model), fig4 (Jacobian spectra), fig5 (FC nets), fig7 / table3 (character
-Transformers), fig8 (ReZero α's), table2 (ResNets). --scale smoke runs in seconds, cpu in under
+Transformers), fig8 (ReZero α's), table2 (ResNets), depth (10,000-layer FC nets and 128-layer
+Transformers). --scale smoke runs in seconds, cpu in under
 15 minutes on two CPU cores, paper uses the paper's settings (meant for a GPU).
 """
 

@@ -136,8 +136,8 @@ def _matrix_free_fields(spec) -> dict:
 
 
 def compute_layerwise(args) -> dict:
-    """{label: profile} for every (depth, variant): a list of L+1 Spectrums of ∂x_l/∂x_0 (dense,
-    when it fits and --method is not lanczos) or an array of chi_l (Hutchinson)."""
+    """{label: profile} for every (depth, variant): the Spectrum of every ∂x_l/∂x_0 with a depth
+    axis (dense, when it fits and --method is not lanczos) or an array of chi_l (Hutchinson)."""
     import jax
     from flax import nnx
 
@@ -166,18 +166,16 @@ def compute_layerwise(args) -> dict:
 
 
 def _layerwise_records(profiles: dict) -> dict:
-    import numpy as np
+    import isometry as iso
 
     out = {}
     for label, profile in profiles.items():
-        if isinstance(profile, list):
-            logs = [np.log10(np.clip(np.asarray(s.singular_values, np.float64).ravel(), 1e-300, None))
-                    for s in profile]
-            out[label] = dict(chi=[float(np.mean(s.chi)) for s in profile],
-                              log10_sigma_quantiles={q: [float(np.quantile(v, q)) for v in logs]
-                                                     for q in (0.1, 0.5, 0.9)})
-        else:
-            out[label] = dict(chi=np.asarray(profile).reshape(-1, profile.shape[-1]).mean(0).tolist())
+        summary = iso.depth_profile(profile, (0.1, 0.5, 0.9))
+        out[label] = dict(chi=summary["chi"].tolist())
+        if "log10_sigma_quantiles" in summary:
+            out[label]["log10_sigma_quantiles"] = {
+                q: row.tolist() for q, row in zip((0.1, 0.5, 0.9),
+                                                  summary["log10_sigma_quantiles"])}
     return out
 
 

@@ -25,7 +25,7 @@ _RUN_KEYS = ("model", "variant", "depth", "width", "alpha_init", "activation", "
 
 
 def register(sub) -> None:
-    from isometry.train import OPTIMIZERS, SCHEDULES
+    from isometry.train import ADAGRAD_STYLES, OPTIMIZERS, SCHEDULES
 
     p = sub.add_parser("train", help="train a model, tracking Jacobian spectra during training",
                        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
@@ -44,6 +44,9 @@ def register(sub) -> None:
     length.add_argument("--epochs", type=float, default=None, help="passes over the training set")
     g.add_argument("--batch-size", type=int, default=100, help="default: 100")
     g.add_argument("--optimizer", default="adagrad", choices=OPTIMIZERS, help="default: adagrad")
+    g.add_argument("--adagrad", default="pytorch", choices=ADAGRAD_STYLES,
+                   help="Adagrad as torch.optim.Adagrad (the paper's; accumulator from 0) or "
+                        "optax's defaults (accumulator from 0.1) (default: pytorch)")
     g.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default: 0.01)")
     g.add_argument("--alpha-lr", type=float, default=None,
                    help="learning rate of the alpha's (default: --lr); alpha gets no weight decay")
@@ -117,7 +120,7 @@ def run(args) -> int:
         steps = 1000 if args.steps is None else args.steps
     try:
         config = TrainConfig(steps=steps, batch_size=args.batch_size, optimizer=args.optimizer,
-                             lr=args.lr, alpha_lr=args.alpha_lr, momentum=args.momentum,
+                             adagrad=args.adagrad, lr=args.lr, alpha_lr=args.alpha_lr, momentum=args.momentum,
                              weight_decay=args.weight_decay, warmup=args.warmup,
                              schedule=args.schedule, decay_steps=tuple(args.decay_steps),
                              decay_factor=args.decay_factor, clip=args.clip, seed=args.seed,

@@ -23,7 +23,7 @@ __all__ = ["EXPERIMENTS", "SCALES", "reproduce", "experiment"]
 
 #: NAME → module (table3 is the table of the fig7 runs).
 EXPERIMENTS = {"fig2": "fig2", "fig4": "fig4", "fig5": "fig5", "fig7": "fig7", "fig8": "fig8",
-               "table2": "table2", "table3": "fig7"}
+               "table2": "table2", "table3": "fig7", "depth": "depth"}
 SCALES = ("smoke", "cpu", "paper")
 
 
@@ -39,7 +39,7 @@ def reproduce(name: str, scale: str = "cpu", out: str = ".", *, data_dir: str | 
     """Runs experiment `name` at `scale` and writes out/NAME.{png,json,md}.
 
     Args:
-      name: "fig2", "fig4", "fig5", "fig7", "fig8", "table2" or "table3".
+      name: "fig2", "fig4", "fig5", "fig7", "fig8", "table2", "table3" or "depth".
       scale: "smoke", "cpu" or "paper".
       out: output folder.
       data_dir: folder holding cifar-10-python.tar.gz (or cifar-10-batches-py/) and/or enwik8

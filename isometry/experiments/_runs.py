@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 __all__ = ["train_run", "first_crossing", "smooth", "text_corpus", "language_data",
-           "image_data", "mean_std"]
+           "image_data", "mean_std", "FixedTrainingSet"]
 
 #: The local text used for language models when no enwik8 is given: the Python standard
 #: library's own source files, sorted by path and concatenated (no download; deterministic
@@ -121,6 +121,39 @@ def image_data(data_dir: str | None, synthetic_shape: tuple[int, int, int]):
         if data_dir and os.path.exists(os.path.join(data_dir, name)):
             return load_cifar10(os.path.join(data_dir, name))
     return SyntheticImages(tuple(synthetic_shape))
+
+
+class FixedTrainingSet:
+    """The first `size` training examples of a data set, held fixed: a task to overfit.
+
+    Batches are shuffled epochs of those examples (as `isometry.data.ImageClassification`
+    does); `eval_batches` is the fixed set itself, so the evaluation loss is the loss on the
+    whole training set.
+    """
+
+    def __init__(self, data, size: int, seed: int = 0):
+        from isometry.data import _permutation_position
+
+        self._position = _permutation_position
+        self.train_x, self.train_y = data.train_batch(seed, 0, size)
+        self.name = f"{data.name} ({size} fixed examples)"
+        self.task = data.task
+        self.examples_per_epoch = size
+        self._perms: dict = {}
+
+    def train_batch(self, seed: int, step: int, batch_size: int):
+        pos = step * batch_size + np.arange(batch_size, dtype=np.int64)
+        idx = self._position(seed, self.examples_per_epoch, pos, self._perms)
+        return self.train_x[idx], self.train_y[idx]
+
+    def eval_batches(self, batch_size: int, max_batches: int | None = None):
+        for b, start in enumerate(range(0, self.examples_per_epoch, batch_size)):
+            if max_batches is not None and b >= max_batches:
+                return
+            yield self.train_x[start:start + batch_size], self.train_y[start:start + batch_size]
+
+    def probe_inputs(self, n: int) -> np.ndarray:
+        return self.train_x[:n]
 
 
 def settings_dict(settings) -> dict:
