@@ -371,8 +371,7 @@ def spectrum_heatmap(records: list, title: str | None = None, *, run_dir: str | 
     from matplotlib.colors import LogNorm
 
     top = float(density.max()) if density.max() > 0 else 1.0
-    cmap = plt.get_cmap("magma").copy()
-    cmap.set_bad("black")
+    cmap = plt.get_cmap("magma").with_extremes(bad="black")
     mesh = ax.pcolormesh(_step_edges([r["step"] for r in rows]), edges_y,
                          np.ma.masked_less_equal(density.T, 0), cmap=cmap, shading="flat",
                          norm=LogNorm(vmin=top * 1e-3, vmax=top, clip=True))

@@ -72,8 +72,9 @@ def doubled_weights_are_seen():
     x = gaussian((16,))
     fn = lambda v: net(v)  # noqa: E731  (the same lambda object both times)
     before = iso.jacobian_spectrum(fn, x).chi
-    state = nnx.state(net, nnx.Param)
-    nnx.update(net, jax.tree_util.tree_map(lambda a: 2 * a if a.ndim == 2 else a, state))
+    state = nnx.state(net, nnx.Param)  # every weight matrix doubled, in place
+    nnx.update(net, jax.tree_util.tree_map_with_path(
+        lambda path, a: 2 * a if "kernel" in jax.tree_util.keystr(path) else a, state))
     after = iso.jacobian_spectrum(fn, x).chi
     apply_fn, params = iso.from_nnx(net)
     truth = iso.spectrum_fn(apply_fn, "dense")(params, x).chi
@@ -92,15 +93,17 @@ def captured_array_mutated_in_a_holder():
 def nan_parameter_in_relu_net():
     net = fc_net()
     apply_fn, params = iso.from_nnx(net)
-    params = jax.tree_util.tree_map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan) if a.ndim == 2 else a,
-                                    params)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, a: a.at[(0,) * a.ndim].set(jnp.nan) if "kernel" in jax.tree_util.keystr(path)
+        else a, params)
     iso.spectrum_fn(apply_fn, "dense")(params, gaussian((16,)))
 
 
 def inf_parameter_in_relu_net():
     net = fc_net()
     apply_fn, params = iso.from_nnx(net)
-    params = jax.tree_util.tree_map(lambda a: a * jnp.inf if a.ndim == 2 else a, params)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, a: a * jnp.inf if "kernel" in jax.tree_util.keystr(path) else a, params)
     iso.spectrum_fn(apply_fn, "dense", batched=True)(params, gaussian((2, 16)))
 
 
