@@ -395,19 +395,23 @@ def _cached_spectrum_fn(program, method, batched, mode, chunk_size, memory_budge
 
 
 class _ClosedProgram:
-    """`fn` traced once to a jaxpr whose closed-over arrays are arguments: `(consts, x) -> y`.
+    """`fn` traced to a jaxpr whose closed-over arrays are arguments: `(consts, x) -> y`.
 
     Equal (and equally hashed) when the jaxpr's text and the pytree structures are equal, so
     a function whose captured arrays changed values reuses the compiled code with the new
-    values as arguments, and one whose program changed compiles anew.
+    values as arguments, and one whose program changed compiles anew. It keeps no constants
+    (`trace` returns them beside it), so a cached program holds no arrays alive.
     """
 
-    def __init__(self, fn: Callable, x_example: Any):
+    @classmethod
+    def trace(cls, fn: Callable, x_example: Any) -> tuple["_ClosedProgram", list]:
         # a fresh wrapper each time: jax caches traces by function identity, which would
         # bring back the constants of the first trace
         closed, out_shape = jax.make_jaxpr(lambda xx: fn(xx), return_shape=True)(x_example)
-        self.jaxpr = closed.jaxpr
-        self.consts = list(closed.consts)
+        return cls(closed.jaxpr, x_example, out_shape), list(closed.consts)
+
+    def __init__(self, jaxpr, x_example: Any, out_shape: Any):
+        self.jaxpr = jaxpr
         self.in_tree = jax.tree_util.tree_structure(x_example)
         self.out_tree = jax.tree_util.tree_structure(out_shape)
         self._key = (str(self.jaxpr), self.in_tree, self.out_tree)
@@ -465,6 +469,6 @@ def jacobian_spectrum(fn: Callable, x: Any, *, method: str = "dense", batched: b
     if n_in == 0:
         raise ValueError(f"the input is empty (shape {[l.shape for l in jax.tree_util.tree_leaves(x)]}): "
                          f"a Jacobian needs at least one input value")
-    program = _ClosedProgram(fn, example)
+    program, consts = _ClosedProgram.trace(fn, example)
     sfn = _cached_spectrum_fn(program, method, batched, mode, chunk_size, memory_budget)
-    return sfn(program.consts, x, key)
+    return sfn(consts, x, key)
