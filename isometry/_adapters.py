@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from flax import nnx
+from flax.errors import TraceContextError
 
 __all__ = ["from_nnx", "from_linen"]
 
@@ -26,10 +27,20 @@ def from_nnx(module: nnx.Module) -> tuple[Callable, Any]:
       >>> apply_fn, params = iso.from_nnx(models.FullyConnected(depth=4, width=32, rngs=nnx.Rngs(0)))
       >>> spec = iso.spectrum_fn(apply_fn)(params, x)
     """
+    if not isinstance(module, nnx.Module):
+        raise TypeError(f"from_nnx takes a flax.nnx.Module, got {type(module).__name__}; for a "
+                        f"Linen module use iso.from_linen(module, variables), for a plain "
+                        f"function x -> y pass it to iso.jacobian_spectrum directly")
     graphdef, state = nnx.split(module)
 
     def apply_fn(params, x):
-        return nnx.merge(graphdef, params)(x)
+        try:
+            return nnx.merge(graphdef, params)(x)
+        except TraceContextError:
+            raise ValueError(
+                f"the {type(module).__name__} updates its own state when called (BatchNorm "
+                f"statistics or Dropout in training mode), which a Jacobian cannot trace: call "
+                f"module.eval() before iso.from_nnx(module)") from None
 
     return apply_fn, state
 
@@ -40,10 +51,16 @@ def from_linen(module, variables: Any, **apply_kwargs) -> tuple[Callable, Any]:
     Args:
       module: a `flax.linen.Module`.
       variables: its variables, as returned by `module.init` (all collections).
-      **apply_kwargs: fixed keyword arguments for `module.apply` (e.g. `train=False`).
+      **apply_kwargs: fixed keyword arguments for `module.apply` (e.g. `train=False`). With
+        `mutable=[...]` Linen returns `(y, updated_variables)`: the Jacobian is that of y
+        only (the updates are dropped).
     """
+    mutable = apply_kwargs.get("mutable", False)
 
     def apply_fn(params, x):
-        return module.apply(params, x, **apply_kwargs)
+        out = module.apply(params, x, **apply_kwargs)
+        if mutable is not False:  # (y, new_variables): differentiate the output only
+            out = out[0]
+        return out
 
     return apply_fn, variables

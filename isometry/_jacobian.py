@@ -27,9 +27,12 @@ __all__ = [
     "JacobianOperator",
     "check_floating",
     "flat_sizes",
+    "DEFAULT_MEMORY_BUDGET",
 ]
 
 MODES = ("auto", "fwd", "rev")
+#: Default memory budget for dense Jacobians (bytes): J of all inputs of a batch at once.
+DEFAULT_MEMORY_BUDGET = 4 * 2**30
 
 
 class JacobianTooLargeError(MemoryError):
@@ -64,13 +67,26 @@ def _flatten(fn: Callable, x: Any):
     return f_flat, x_flat, x_flat.size, n_out
 
 
+def check_nonempty(n_in: int, n_out: int) -> None:
+    """Raises ValueError when J would have no rows or no columns (an empty input or output)."""
+    if n_in == 0 or n_out == 0:
+        which = "input" if n_in == 0 else "output"
+        raise ValueError(f"the {which} is empty (n_in = {n_in}, n_out = {n_out}): a Jacobian "
+                         f"needs at least one input and one output value")
+
+
 def flat_sizes(fn: Callable, x: Any) -> tuple[int, int, jnp.dtype]:
-    """(n_in, n_out, dtype) of the flattened Jacobian of `fn` at `x`, without computing it."""
+    """(n_in, n_out, dtype) of the flattened Jacobian of `fn` at `x`, without computing it.
+
+    Raises ValueError for an empty input or output.
+    """
     check_floating(x)
+    n_in = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(x))
+    check_nonempty(n_in, 1)
     out = jax.eval_shape(fn, x)
     check_floating(out, what="output")
-    n_in = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(x))
     n_out = sum(math.prod(o.shape) for o in jax.tree_util.tree_leaves(out))
+    check_nonempty(n_in, n_out)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(x), *jax.tree_util.tree_leaves(out))
     return n_in, n_out, dtype
 
@@ -91,8 +107,27 @@ def _map_basis(fn: Callable, basis: jax.Array, chunk_size: int | None) -> jax.Ar
     return jax.lax.map(fn, basis, batch_size=chunk_size)
 
 
+def check_jacobian_fits(n_in: int, n_out: int, dtype, mode: str, memory_budget: float) -> int:
+    """Bytes of a dense J and its basis of unit vectors; `JacobianTooLargeError` above budget.
+
+    Runs on shapes only (at trace time), so nothing is allocated when it raises.
+    """
+    itemsize = jnp.dtype(dtype).itemsize
+    basis = n_in if mode == "fwd" else n_out
+    need = (n_in * n_out + basis * basis) * itemsize
+    if need > memory_budget:
+        raise JacobianTooLargeError(
+            f"the dense Jacobian would be {n_in * n_out * itemsize / 2**30:.2f} GiB ({n_out} outputs "
+            f"x {n_in} inputs x {jnp.dtype(dtype).name}), {need / 2**30:.2f} GiB with its basis, "
+            f"above the memory budget of {memory_budget / 2**30:.2f} GiB; use a matrix-free method "
+            f"(isometry.spectrum_fn(..., method=\"lanczos\"), isometry.jacobian_operator) or raise "
+            f"memory_budget")
+    return need
+
+
 def dense_jacobian(fn: Callable, x: Any, mode: str = "auto", chunk_size: int | None = None,
-                   transposed_ok: bool = False) -> jax.Array:
+                   transposed_ok: bool = False,
+                   memory_budget: float = DEFAULT_MEMORY_BUDGET) -> jax.Array:
     """The dense Jacobian J = ∂ravel(fn(x))/∂ravel(x), shape (n_out, n_in).
 
     Args:
@@ -103,12 +138,17 @@ def dense_jacobian(fn: Callable, x: Any, mode: str = "auto", chunk_size: int | N
         memory of the intermediate activations; None computes all at once.
       transposed_ok: return Jᵀ instead of J when that saves a transpose (the singular values
         are the same).
+      memory_budget: bytes J and its basis of unit vectors may take; above it
+        `JacobianTooLargeError` is raised before anything is allocated (at trace time).
 
     Returns:
       J (or Jᵀ when `transposed_ok` and forward mode was used).
     """
+    check_floating(x)
     f_flat, x_flat, n_in, n_out = _flatten(fn, x)
+    check_nonempty(n_in, n_out)
     mode = resolve_mode(mode, n_in, n_out)
+    check_jacobian_fits(n_in, n_out, x_flat.dtype, mode, memory_budget)
     if mode == "fwd":
         _, jvp = jax.linearize(f_flat, x_flat)
         jt = _map_basis(jvp, jnp.eye(n_in, dtype=x_flat.dtype), chunk_size)  # rows: J e_i

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from isometry._jacobian import check_floating
-from isometry._spectrum import _raise_if_nonfinite, spectrum_fn
+from isometry._jacobian import JacobianTooLargeError, check_floating
+from isometry._spectrum import _raise_if_nonfinite, _raise_if_nonfinite_values, spectrum_fn
 
 __all__ = ["batch_mesh", "sharded_spectrum_fn"]
 
@@ -81,8 +81,21 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
             raise ValueError(f"x needs the same leading batch axis on every leaf; got leading "
                              f"sizes {sorted(map(str, sizes))}")
         (batch,) = sizes
+        if batch == 0:
+            raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
         # Fail fast (dense size check) without computing anything.
-        jax.eval_shape(single, params, jax.tree_util.tree_map(lambda a: a[0], x))
+        x0 = jax.tree_util.tree_map(lambda a: a[0], x)
+        try:
+            jax.eval_shape(lambda p, xx: single.jitted(p, xx, None), params, x0)
+        except (TypeError, ValueError) as err:
+            if isinstance(err, JacobianTooLargeError) or "empty" in str(err):
+                raise
+            shapes = [tuple(jnp.shape(a)) for a in jax.tree_util.tree_leaves(x)]
+            raise ValueError(
+                f"sharded_spectrum_fn takes a batch (one spectrum per entry of x's leading axis), "
+                f"and the model fails on one entry x[0] (input shapes {shapes} without their "
+                f"first axis): for a single input pass x[None]; the model said: "
+                f"{str(err).splitlines()[0]}") from None
         if key is None:  # as spectrum_fn(batched=True): PRNGKey(0) for every input
             keys = jax.vmap(lambda _: jax.random.key(0))(jnp.arange(batch))
         else:
@@ -96,9 +109,11 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
         for i, device in enumerate(devices):  # dispatched asynchronously: devices run at once
             chunk = jax.tree_util.tree_map(lambda a: a[i * size:(i + 1) * size], (x, keys))
             parts.append(local(jax.device_put(params, device), *jax.device_put(chunk, device)))
-        spec = jax.tree_util.tree_map(assemble, *parts)
+        spec, counts = jax.tree_util.tree_map(assemble, *parts)
         if pad:  # on the host: slicing across devices is a collective
-            spec = jax.tree_util.tree_map(lambda a: jnp.asarray(jax.device_get(a)[:batch]), spec)
+            spec, counts = jax.tree_util.tree_map(lambda a: jnp.asarray(jax.device_get(a)[:batch]),
+                                                  (spec, counts))
+        _raise_if_nonfinite_values(counts)
         _raise_if_nonfinite(spec)
         return spec
 

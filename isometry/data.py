@@ -35,6 +35,7 @@ import os
 import pickle
 import tarfile
 import zipfile
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -256,7 +257,7 @@ def load_cifar10(path: str | None = None) -> ImageClassification:
                                         f"{_CIFAR_EXPECTED}")
                     batches[name] = _cifar_batch(tar.extractfile(members[name]).read(),
                                                  f"{path}:{members[name].name}")
-        except (tarfile.TarError, EOFError, OSError) as err:
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             raise DataError(f"CIFAR-10 archive {path!r} is unreadable ({err}): expected "
                             f"{_CIFAR_EXPECTED}") from None
     train = [batches[f"data_batch_{i}"] for i in range(1, 6)]
@@ -265,9 +266,19 @@ def load_cifar10(path: str | None = None) -> ImageClassification:
 
 
 def load_bytes(path: str, *, name: str | None = None) -> bytes:
-    """The bytes of a raw file, or of the single member of a .zip archive (enwik8.zip)."""
+    """The bytes of a raw file, or of the single member of a .zip archive (enwik8.zip).
+
+    A file that starts like a zip archive (or is named .zip) but does not open as one — a
+    truncated download — is a `DataError`, never a corpus of its own bytes.
+    """
     try:
-        if zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        looks_zip = magic in (b"PK\x03\x04", b"PK\x05\x06") or path.lower().endswith(".zip")
+        if looks_zip and not zipfile.is_zipfile(path):
+            raise DataError(f"{name or path}: {path!r} looks like a zip archive but does not open as "
+                            f"one (truncated or corrupt download?): download it again")
+        if looks_zip:
             with zipfile.ZipFile(path) as z:
                 names = [n for n in z.namelist() if not n.endswith("/")]
                 if len(names) != 1:
@@ -275,7 +286,7 @@ def load_bytes(path: str, *, name: str | None = None) -> bytes:
                 return z.read(names[0])
         with open(path, "rb") as f:
             return f.read()
-    except (OSError, zipfile.BadZipFile) as err:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise DataError(f"{name or path}: cannot read {path!r}: {err}") from None
 
 

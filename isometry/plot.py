@@ -8,7 +8,6 @@ training runs (Figures 4b–d, 8).
 from __future__ import annotations
 
 import os
-import tempfile
 
 import matplotlib
 
@@ -23,21 +22,19 @@ __all__ = ["save", "spectrum_histograms", "toy_figure2", "toy_depth_sweep",
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 120) -> str:
-    """Writes `fig` to `path` (format from the suffix) via a temp file and `os.replace`."""
+    """Writes `fig` to `path` (format from the suffix) atomically (`isometry._io.atomic_write`)."""
+    import io
+
+    from isometry._io import atomic_write
+
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
-    os.close(fd)
+    fmt = (os.path.splitext(path)[1] or ".png")[1:]
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         plt.close(fig)
-    return path
+    return atomic_write(path, buf.getvalue())
 
 
 # --- spectrum histograms (Figure 4 style) ------------------------------------------------------
@@ -45,11 +42,15 @@ def spectrum_histograms(panels: dict, bins: int = 50, range: tuple[float, float]
                         title: str | None = None):
     """Histograms of log10 σ, one panel per key of `panels` (e.g. per depth), like Figure 4a.
 
+    Exact zeros have no place on a log axis: they are left out of the curves, the axis is
+    chosen from the non-zero σ, and each curve's legend entry says how many σ are 0 ("all σ = 0"
+    for a zero Jacobian, which then has no curve).
+
     Args:
       panels: {panel title: {curve label: Spectrum}}; every spectrum in a panel shares the bins.
         Anything with a `histogram(bins, range, density)` method works (dense or matrix-free).
       bins: number of bins.
-      range: (lo, hi) in log10 σ; default: the data range of each panel.
+      range: (lo, hi) in log10 σ; default: the range of the non-zero σ of each panel.
       title: figure title.
 
     Returns:
@@ -60,27 +61,64 @@ def spectrum_histograms(panels: dict, bins: int = 50, range: tuple[float, float]
     for ax, (name, curves) in zip(axes[0], panels.items()):
         lo_hi = range or _common_range(curves.values())
         for label, spec in curves.items():
+            zero = _zero_share(spec)
+            if zero is not None and zero >= 1.0:
+                ax.plot([], [], linestyle="none", marker="x", color="0.3",
+                        label=f"{label} (all σ = 0)")
+                continue
             counts, edges = spec.histogram(bins=bins, range=lo_hi, density=True)
+            if zero:
+                label = f"{label} ({zero:.0%} of σ = 0, not drawn)"
             ax.stairs(counts, edges, label=label, fill=False, linewidth=1.4)
+        resolutions = [(float(np.max(np.asarray(spec.resolution))), np.asarray(spec.singular_values).dtype)
+                       for spec in curves.values() if hasattr(spec, "resolution")]
+        if resolutions:  # below it, σ are round-off of the SVD in this dtype
+            res, dtype = max(resolutions, key=lambda r: r[0])
+            if res > 0 and lo_hi[0] < np.log10(res) < lo_hi[1]:
+                ax.axvline(np.log10(res), color="tab:red", linewidth=0.9, linestyle="--",
+                           label=f"{dtype.name} resolution σ_max·ε·n")
         ax.set_title(name)
         ax.set_xlabel(r"$\log_{10}\,\sigma$")
         ax.set_ylabel("density")
+        ax.set_xlim(*lo_hi)
         ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
-    axes[0][-1].legend(fontsize=8, frameon=False)
+        ax.legend(fontsize=7, frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
+def _zero_share(spec) -> float | None:
+    """Share of exact zeros over the batch of a dense spectrum (None for the matrix-free one)."""
+    if not hasattr(spec, "zero_share"):
+        return None
+    s = np.asarray(spec.singular_values)
+    return float(np.mean(s == 0))
+
+
+def _positive_log10(spec) -> np.ndarray:
+    """log10 of the σ > 0 a spectrum holds (dense: σ; matrix-free: its weighted Gauss nodes)."""
+    if hasattr(spec, "nodes") and hasattr(spec, "weights"):
+        s, w = np.asarray(spec.nodes, np.float64).ravel(), np.asarray(spec.weights, np.float64).ravel()
+        s = s[(w > 1e-6 * w.max()) & (s > 0)] if w.size else s[s > 0]
+    else:
+        s = np.asarray(spec.singular_values, np.float64).ravel()
+        s = s[s > 0]
+    return np.log10(s)
+
+
 def _common_range(spectra) -> tuple[float, float]:
-    lows, highs = [], []
-    for spec in spectra:
-        _, edges = spec.histogram(bins=1)
-        lows.append(edges[0])
-        highs.append(edges[-1])
-    lo, hi = min(lows), max(highs)
-    return (lo - 0.5, hi + 0.5) if hi - lo < 1e-6 else (lo, hi)
+    """The log10 range of the non-zero σ of all `spectra`, padded by 2% (±0.5 for one value)."""
+    logs = [v for spec in spectra for v in (_positive_log10(spec),) if v.size]
+    if not logs:
+        return (-1.0, 1.0)
+    lo = min(float(v.min()) for v in logs)
+    hi = max(float(v.max()) for v in logs)
+    if hi - lo < 1e-6:
+        return (lo - 0.5, hi + 0.5)
+    pad = 0.02 * (hi - lo)
+    return (lo - pad, hi + pad)
 
 
 # --- the toy model (Figure 2) ---
@@ -210,14 +248,39 @@ def _step_edges(steps) -> np.ndarray:
     return np.concatenate([[s[0] - (mid[0] - s[0])], mid, [s[-1] + (s[-1] - mid[-1])]])
 
 
+def _divergence_step(records: list) -> int | None:
+    """The first step whose training loss is not finite (null in the JSON, with its reason)."""
+    for r in records:
+        loss = r.get("loss")
+        if ("loss" in r and loss is None and r.get("loss_nonfinite")) or \
+                (isinstance(loss, float) and not np.isfinite(loss)):
+            return r["step"]
+    return None
+
+
+def _eval_label(label: str, n: int) -> str:
+    return f"{label} ({n} evaluation{'s' if n != 1 else ''}" + \
+        (", set --eval-every for more)" if n <= 3 else ")")
+
+
 def training_curves(records: list, title: str | None = None):
-    """Training loss (and held-out loss) over steps; accuracy or bits per byte beside it."""
+    """Training loss (and held-out loss) over steps; accuracy or bits per byte beside it.
+
+    Held-out values are drawn as points (their count in the legend: by default a run
+    evaluates only at its start and end); a diverged run (non-finite loss) is marked.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
     for key, label in (("loss", "train"), ("eval_loss", "held-out")):
         steps, v = _series(records, key)
-        if len(steps):
-            axes[0].plot(steps, v, label=label, marker="o" if key == "eval_loss" else None,
-                         markersize=3)
+        if len(steps) and key == "eval_loss":
+            axes[0].plot(steps, v, label=_eval_label(label, len(steps)), marker="o", markersize=4,
+                         linestyle="--" if len(steps) > 3 else "none", linewidth=0.8)
+        elif len(steps):
+            axes[0].plot(steps, v, label=label)
+    diverged = _divergence_step(records)
+    for ax in axes if diverged is not None else ():
+        ax.axvline(diverged, color="tab:red", linewidth=1.0, linestyle="--",
+                   label=f"loss not finite from step {diverged}" if ax is axes[0] else None)
     axes[0].set_yscale("log")
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("cross-entropy (nats)")
@@ -226,9 +289,12 @@ def training_curves(records: list, title: str | None = None):
         else [("accuracy", "train accuracy"), ("eval_accuracy", "held-out accuracy")]
     for key, label in second:
         steps, v = _series(records, key)
-        if len(steps):
-            axes[1].plot(steps, v, label=label, marker="o" if key.startswith("eval") else None,
-                         markersize=3)
+        if len(steps) and key.startswith("eval"):
+            axes[1].plot(steps, v, label=_eval_label(label, len(steps)), marker="o", markersize=4,
+                         linestyle="--" if len(steps) > 3 else "none", linewidth=0.8)
+        elif len(steps):
+            axes[1].plot(steps, v, label=label)
+    axes[1].set_ylabel("bits per byte" if second[0][0] == "eval_bpb" else "accuracy")
     axes[1].set_xlabel("step")
     axes[1].legend(fontsize=8, frameon=False)
     if title:
@@ -237,31 +303,92 @@ def training_curves(records: list, title: str | None = None):
     return fig
 
 
-def spectrum_heatmap(records: list, title: str | None = None):
+def _spectra_from_files(rows: list, run_dir: str | None) -> list | None:
+    """σ of every row from the run's spectra/ files (None unless every file is there)."""
+    if run_dir is None or not all("spectrum_file" in r for r in rows):
+        return None
+    paths = [os.path.join(run_dir, r["spectrum_file"]) for r in rows]
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    return [np.asarray(np.load(p), np.float64).ravel() for p in paths]
+
+
+def spectrum_heatmap(records: list, title: str | None = None, *, run_dir: str | None = None,
+                     range: tuple[float, float] | None = None, bins: int = 120):
     """log10 σ histograms over training as a heat map (one column per spectrum step).
 
     Each column is the density of log10 σ over all probes at that step (Figure 4b–d of the
-    paper shows the same histograms as curves); the dotted line marks σ = 1.
+    paper shows the same histograms as curves); the dotted line marks σ = 1. With `run_dir`
+    the columns are binned from the saved σ (spectra/*.npy) over the range of the data (or
+    `range`), so a near-isometric run and a diverged one both fill the picture; exact zeros
+    are not drawn and their largest share is given in the title. Without the files, the
+    histograms stored in the records are drawn, zoomed to their occupied rows (or `range`).
+
+    Args:
+      records: the run's records (`isometry.read_metrics`).
+      title: the title.
+      run_dir: the run directory holding spectra/ (optional).
+      range: (lo, hi) of log10 σ on the vertical axis.
+      bins: rows of the heat map when binning the saved σ.
     """
     rows = [r for r in records if "histogram" in r]
     if not rows:
         raise ValueError("the run has no spectrum records (was it run with --probes 0?)")
-    lo, hi = rows[0]["histogram"]["range"]
-    counts = np.array([r["histogram"]["counts"] for r in rows], dtype=float)
-    density = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) / ((hi - lo) / counts.shape[1])
-    occupied = np.nonzero(density.sum(axis=0))[0]
-    ylo = lo + (hi - lo) * max(occupied[0] - 2, 0) / counts.shape[1]
-    yhi = lo + (hi - lo) * min(occupied[-1] + 3, counts.shape[1]) / counts.shape[1]
+    sigmas = _spectra_from_files(rows, run_dir)
+    note = ""
+    if sigmas is not None:
+        logs = [np.log10(s[np.isfinite(s) & (s > 0)]) for s in sigmas]
+        zero = max(float(np.mean(s == 0)) for s in sigmas)
+        note = f" ({zero:.0%} of σ = 0 at most, not drawn)" if zero else ""
+        if range is None:
+            present = [v for v in logs if v.size]
+            lo = min(float(v.min()) for v in present) if present else -1.0
+            hi = max(float(v.max()) for v in present) if present else 1.0
+            pad = max(0.05 * (hi - lo), 0.05)
+            lo, hi = lo - pad, hi + pad
+        else:
+            lo, hi = range
+        counts = np.array([np.histogram(v, bins=bins, range=(lo, hi))[0] for v in logs], float)
+        sizes = np.array([max(s.size, 1) for s in sigmas], float)[:, None]
+        density = counts / sizes / ((hi - lo) / bins)
+        ylo, yhi = lo, hi
+    else:
+        lo, hi = rows[0]["histogram"]["range"]
+        counts = np.array([r["histogram"]["counts"] for r in rows], dtype=float)
+        density = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) / ((hi - lo) / counts.shape[1])
+        occupied = np.nonzero(density.sum(axis=0))[0]
+        if range is not None:
+            ylo, yhi = range
+        elif occupied.size:
+            ylo = lo + (hi - lo) * max(occupied[0] - 2, 0) / counts.shape[1]
+            yhi = lo + (hi - lo) * min(occupied[-1] + 3, counts.shape[1]) / counts.shape[1]
+        else:
+            ylo, yhi = lo, hi
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    edges_y = np.linspace(lo, hi, counts.shape[1] + 1)
-    mesh = ax.pcolormesh(_step_edges([r["step"] for r in rows]), edges_y, density.T,
-                         cmap="magma", shading="flat")
-    fig.colorbar(mesh, ax=ax, label=r"density of $\log_{10}\sigma$")
+    edges_y = np.linspace(lo, hi, density.shape[1] + 1)
+    # a log color scale over three decades: a sharp column (σ = 1 at a ReZero start) does not
+    # turn the spread-out ones black
+    from matplotlib.colors import LogNorm
+
+    top = float(density.max()) if density.max() > 0 else 1.0
+    cmap = plt.get_cmap("magma").with_extremes(bad="black")
+    mesh = ax.pcolormesh(_step_edges([r["step"] for r in rows]), edges_y,
+                         np.ma.masked_less_equal(density.T, 0), cmap=cmap, shading="flat",
+                         norm=LogNorm(vmin=top * 1e-3, vmax=top, clip=True))
+    fig.colorbar(mesh, ax=ax, label=r"density of $\log_{10}\sigma$ (log scale)")
     ax.axhline(0.0, color="w", linewidth=0.8, linestyle=":")
+    failed = [r["step"] for r in records if "spectrum_error" in r]
+    if failed:  # a diverged model: its spectrum is not finite, say where
+        for i, step in enumerate(failed):
+            ax.axvline(step, color="tab:red", linewidth=1.2, linestyle="--",
+                       label="spectrum not finite (NaN/Inf)" if i == 0 else None)
+        left = min(ax.get_xlim()[0], min(failed) - 1)
+        ax.set_xlim(left, max(ax.get_xlim()[1], max(failed) + 1))
+        ax.legend(fontsize=8, loc="upper right")
     ax.set_ylim(ylo, yhi)
     ax.set_xlabel("step")
     ax.set_ylabel(r"$\log_{10}\,\sigma$")
-    ax.set_title(title or "Jacobian singular values during training")
+    ax.set_title((title or "Jacobian singular values during training") + note, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -290,10 +417,14 @@ def chi_curve(records: list, title: str | None = None):
     for sub, label in (("chi", r"$\chi = \|J\|_F^2 / n_{in}$"), ("sigma_max", r"$\sigma_{max}$"),
                        ("sigma_min", r"$\sigma_{min}$")):
         steps, v = _series(records, "spectrum", sub)
+        zeros = int(np.sum(v <= 0))
+        if zeros:  # no place on a log axis: say so instead of dropping them quietly
+            label += f" (= 0 at {zeros} of {len(v)} steps, not drawn)"
         if len(steps):
-            ax.plot(steps, v, label=label, marker="o", markersize=3)
+            ax.plot(steps, np.where(v > 0, v, np.nan), label=label, marker="o", markersize=3)
     ax.set_yscale("log")
     ax.axhline(1.0, color="0.6", linewidth=0.8, linestyle=":")
+    ax.set_ylabel(r"$\chi$ and $\sigma$ of $J$ (mean over probes)")
     ax.set_xlabel("step")
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(title or "Jacobian during training (mean over probes)")

@@ -18,8 +18,9 @@ Run directory layout:
                           flushed and fsync'ed per record. Keys: "step", scalars, "alpha"
                           ({path: value}), and on spectrum steps "spectrum" (statistics averaged
                           over probes), "histogram" ({"range", "counts"} of log10 σ over all
-                          probes; values outside the range counted in the end bins) and
-                          "spectrum_file".
+                          probes; values outside the range counted in the end bins, exact zeros left
+                          out and reported as the summary's "zero_share") and "spectrum_file".
+                          Strict JSON: a NaN/Inf value is null with "KEY_nonfinite" beside it.
   spectra/STEP.npy        σ at that step, shape (probes, k), descending (np.load).
   config.json             written by the training loop (`isometry.train`).
   checkpoint.npz          written by the training loop.
@@ -39,15 +40,19 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from isometry._io import atomic_write
+from isometry._io import atomic_write, json_text
 
-__all__ = ["Tracker", "read_metrics", "read_spectrum", "METRICS_FILE",
+__all__ = ["Tracker", "RunDirError", "read_metrics", "read_spectrum", "METRICS_FILE",
            "SPECTRA_DIR"]
 
 METRICS_FILE = "metrics.jsonl"
 SPECTRA_DIR = "spectra"
 #: Default log10 σ range of the recorded histograms (values outside land in the end bins).
 HIST_RANGE = (-6.0, 3.0)
+
+
+class RunDirError(ValueError):
+    """A run directory's files are corrupt or incomplete (the message names the file)."""
 
 
 def _parse_lines(path: str) -> tuple[list[dict], int, bool]:
@@ -67,8 +72,8 @@ def _parse_lines(path: str) -> tuple[list[dict], int, bool]:
         except ValueError:
             if last:
                 return records, good, True
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON (and not the last line, so "
-                             f"not a torn write); the file is corrupt") from None
+            raise RunDirError(f"{path}: line {i + 1} is not valid JSON (and not the last line, so "
+                              f"not a torn write); the file is corrupt") from None
         good += len(line) + 1
     return records, good, False
 
@@ -130,14 +135,18 @@ class Tracker:
         self.bins, self.hist_range = bins, tuple(hist_range)
         self.probes = probes
         self._sfn = spectrum_fn(apply_fn, method, batched=True, **spectrum_options) if apply_fn else None
-        os.makedirs(os.path.join(run_dir, SPECTRA_DIR), exist_ok=True)
         self.path = os.path.join(run_dir, METRICS_FILE)
-        self.last_step = self._prepare(resume_step)
+        self.last_step = self._prepare(resume_step)  # checks before it changes anything
+        os.makedirs(os.path.join(run_dir, SPECTRA_DIR), exist_ok=True)
         self._file = open(self.path, "ab")
 
     # --- the run directory -------------------------------------------------------------------
     def _prepare(self, resume_step: int | None) -> int | None:
         if not os.path.exists(self.path):
+            if resume_step:
+                raise RunDirError(f"{self.path} is missing, so the records of steps 0..{resume_step} "
+                                  f"(before the checkpoint) are gone: this run cannot be resumed "
+                                  f"without a hole; start it anew in another run directory")
             return None
         records, good, torn = _parse_lines(self.path)
         if resume_step is None:
@@ -146,13 +155,21 @@ class Tracker:
                                       f"that run (resume_step=..., `--resume`) or use a new run dir")
             return None
         keep = [r for r in records if r["step"] <= resume_step]
+        expected = (resume_step // self.log_every) * self.log_every  # the last due record
+        last = keep[-1]["step"] if keep else None
+        if resume_step and (last is None or last < expected):
+            raise RunDirError(
+                f"{self.path} ends at step {last} but the checkpoint is at step {resume_step} "
+                f"(records every {self.log_every} steps): the records of steps "
+                f"{(last or 0) + 1}..{resume_step} are missing (the file was cut), so resuming "
+                f"would leave a hole; start the run anew in another run directory")
         if torn:
             warnings.warn(f"{self.path}: cut off an incomplete last line (a torn write)", stacklevel=3)
         if len(keep) < len(records) or torn:
-            data = b"".join(json.dumps(r).encode() + b"\n" for r in keep)
+            data = b"".join(json_text(r).encode() + b"\n" for r in keep)
             atomic_write(self.path, data)
         spectra = os.path.join(self.run_dir, SPECTRA_DIR)
-        for name in os.listdir(spectra):
+        for name in (os.listdir(spectra) if os.path.isdir(spectra) else []):
             stem = name.split(".")[0]
             if not stem.isdigit() or int(stem) > resume_step:
                 os.remove(os.path.join(spectra, name))
@@ -218,9 +235,16 @@ class Tracker:
             return {"spectrum_error": str(err).split(";")[0]}
         summary = {k: float(np.mean(v)) for k, v in spec.summary().items()}
         s = np.asarray(jax.device_get(spec.singular_values))
+        from isometry._spectrum import Spectrum
+        summary["engine"] = "dense" if isinstance(spec, Spectrum) else "lanczos"
+        if summary["engine"] == "lanczos":  # estimates and bounds, not exact values
+            summary["estimates"] = _MATRIX_FREE_ESTIMATES
+            for name in ("zero_share", "below_resolution"):  # the engine cannot tell
+                summary.pop(name, None)
         out: dict[str, Any] = {"spectrum": summary}
         lo, hi = self.hist_range
-        log10 = np.log10(np.clip(s, np.finfo(s.dtype).tiny, None))
+        positive = s[s > 0]  # exact zeros have no log10: counted by the summary's zero_share
+        log10 = np.log10(positive.astype(np.float64))
         counts, _ = np.histogram(np.clip(log10, lo, hi), bins=self.bins, range=(lo, hi))
         out["histogram"] = {"range": [lo, hi], "counts": counts.tolist()}
         name = os.path.join(SPECTRA_DIR, f"{int(step):09d}.npy")
@@ -230,11 +254,19 @@ class Tracker:
         return out
 
     def _write(self, record: dict) -> None:
-        line = json.dumps(record, allow_nan=True).encode() + b"\n"
+        line = json_text(record).encode() + b"\n"  # strict JSON: NaN/Inf as null, reason beside
         self._file.write(line)
         self._file.flush()
         os.fsync(self._file.fileno())
         self.last_step = record["step"]
+
+
+#: What the matrix-free engine's statistics are (records say so beside them).
+_MATRIX_FREE_ESTIMATES = {
+    "chi": "Hutchinson estimate", "mean_log": "SLQ estimate", "std_log": "SLQ estimate",
+    "isometry_share": "SLQ estimate", "sigma_max": "Ritz value (lower bound, converged)",
+    "sigma_min": "upper bound (smallest Gauss node)",
+    "condition_number": "lower bound", "singular_values": "top-k Ritz values"}
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

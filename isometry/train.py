@@ -30,12 +30,17 @@ models); accuracy; bits per byte = cross-entropy / ln 2 for byte-level language 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
+import zipfile
+import zlib
 from typing import Any, Callable
 
 import jax
@@ -46,11 +51,11 @@ from flax import nnx
 
 from isometry._params import alpha_mask
 from isometry._stack import LayerStack
+from isometry._io import atomic_write, json_text
 from isometry.calibrate import batchnorm_calibration, has_batchnorm
-from isometry._io import atomic_write
 from isometry.tracking import Tracker
 
-__all__ = ["TrainConfig", "TrainResult", "RunConfigError", "train", "make_optimizer",
+__all__ = ["TrainConfig", "TrainResult", "RunConfigError", "TrainingInterrupted", "train", "make_optimizer",
            "learning_rate_schedule", "make_train_step", "make_eval_step", "save_checkpoint",
            "load_checkpoint", "scale_by_torch_adagrad", "OPTIMIZERS", "SCHEDULES", "ADAGRAD_STYLES",
            "FIXUP_LR_FACTORS"]
@@ -74,7 +79,26 @@ _OLD_LAYOUT = ("was written by isometry 0.1, whose models kept one parameter per
 
 
 class RunConfigError(ValueError):
-    """A run directory holds a run with other settings than the ones asked for."""
+    """A run directory holds a run with other settings than the ones asked for, or its files
+    (config.json, checkpoint.npz) are missing or corrupt: nothing was changed in it."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C (SIGINT) after a checkpoint of the last finished step.
+
+    Attributes:
+      step: the last finished step (the checkpoint's); `resume=True` continues from it.
+      run_dir: the run directory (None when the run writes none: nothing was saved).
+    """
+
+    def __init__(self, step: int, run_dir: str | None):
+        super().__init__(f"stopped at step {step}")
+        self.step, self.run_dir = step, run_dir
+
+
+#: TrainConfig fields that are not part of a run's identity: a resumed run may change them.
+#: `steps` too, when the learning rate does not depend on it (constant and step schedules).
+RESUMABLE_CHANGES = ("checkpoint_every", "eval_every", "eval_batches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +358,10 @@ def load_checkpoint(path: str, template: Any) -> tuple[int, Any]:
     """(step, tree) from `save_checkpoint`'s file; `template` gives the structure, shapes, dtypes."""
     leaves, treedef = jax.tree_util.tree_flatten(template)
     try:
+        with zipfile.ZipFile(path) as archive:  # CRC of every array: a flipped bit is an error
+            bad = archive.testzip()
+        if bad is not None:
+            raise zipfile.BadZipFile(f"CRC check failed for {bad}")
         z = np.load(path)
         if "layout" not in z.files:
             raise RunConfigError(f"checkpoint {path!r} {_OLD_LAYOUT}")
@@ -350,6 +378,9 @@ def load_checkpoint(path: str, template: Any) -> tuple[int, Any]:
             out.append(jnp.asarray(a))
         if len(z.files) != len(leaves) + 2:
             raise ValueError(f"it has {len(z.files) - 2} arrays, the model needs {len(leaves)}")
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise RunConfigError(f"checkpoint {path!r} is corrupt ({type(err).__name__}: {err}); the "
+                             f"run cannot continue from it (nothing was changed)") from None
     except (KeyError, ValueError, OSError) as err:
         raise RunConfigError(f"checkpoint {path!r} does not match this model and optimizer: "
                              f"{err}") from None
@@ -357,6 +388,24 @@ def load_checkpoint(path: str, template: Any) -> tuple[int, Any]:
 
 
 # --- the loop ----------------------------------------------------------------------------------
+
+def _check_no_records_past_start(run_dir: str) -> None:
+    """Resuming without a checkpoint restarts at step 0: refuse when records past 0 exist."""
+    from isometry.tracking import METRICS_FILE, read_metrics
+
+    if not os.path.exists(os.path.join(run_dir, METRICS_FILE)):
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records = read_metrics(run_dir)
+    last = max((r.get("step", 0) for r in records), default=0)
+    if last > 0:
+        raise RunConfigError(f"run dir {run_dir!r} has records up to step {last} but no "
+                             f"{CHECKPOINT_FILE}: it cannot continue from there; start it anew "
+                             f"in another run directory (or delete this one)")
+
 
 @dataclasses.dataclass
 class TrainResult:
@@ -373,27 +422,77 @@ def _jsonable_config(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _prepare_run_dir(run_dir: str, info: dict, resume: bool) -> bool:
-    """Writes or checks config.json; True when a previous run's files exist to resume from."""
-    os.makedirs(run_dir, exist_ok=True)
+    """Checks config.json (it writes nothing); True when resuming a run found there.
+
+    A fresh run needs a run dir without config.json; `resume` needs one whose config.json
+    equals `info` except for `RESUMABLE_CHANGES` (and `steps` for schedules that do not
+    depend on it). The error names the keys that differ.
+    """
     path = os.path.join(run_dir, CONFIG_FILE)
-    if os.path.exists(path):
-        if not resume:
+    if not resume:
+        if os.path.exists(path):
             raise FileExistsError(f"run dir {run_dir!r} already holds a run; pass --resume "
                                   f"(resume=True) to continue it, or choose another run dir")
+        return False
+    if not os.path.isdir(run_dir):
+        raise RunConfigError(f"nothing to resume: run dir {run_dir!r} does not exist (leave out "
+                             f"--resume to start a run there)")
+    if not os.path.exists(path):
+        raise RunConfigError(f"nothing to resume: {run_dir!r} holds no {CONFIG_FILE}, so it is not "
+                             f"a run directory (leave out --resume to start a run there)")
+    try:
         with open(path) as f:
             stored = json.load(f)
-        if "param_layout" not in stored:
-            raise RunConfigError(f"run dir {run_dir!r} {_OLD_LAYOUT}")
-        if stored != info:
-            keys = sorted(set(stored) | set(info))
-            diff = [f"{k}: {stored.get(k)!r} there, {info.get(k)!r} now" for k in keys
-                    if stored.get(k) != info.get(k)]
-            raise RunConfigError(f"run dir {run_dir!r} was made by another config ({'; '.join(diff)}); "
-                                 f"resume with the same settings or use a new run dir")
-        return True
-    atomic_write(path, json.dumps(info, indent=1).encode())
-    return False
+        if not isinstance(stored, dict):
+            raise ValueError(f"expected a JSON object, got {type(stored).__name__}")
+    except (ValueError, OSError) as err:
+        raise RunConfigError(f"{path} is corrupt ({err}); the run cannot be resumed (nothing was "
+                             f"changed)") from None
+    if "param_layout" not in stored:
+        raise RunConfigError(f"run dir {run_dir!r} {_OLD_LAYOUT}")
+    old, new = _flat(stored), _flat(info)
+    free = {f"train.{k}" for k in RESUMABLE_CHANGES}
+    if info.get("train", {}).get("schedule") in ("constant", "step"):
+        free.add("train.steps")
+    diff = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in free]
+    if diff:
+        hint = ("; --steps can change only with the constant and step schedules (the others "
+                "depend on it)" if any(d.startswith("train.steps:") for d in diff) else "")
+        raise RunConfigError(f"run dir {run_dir!r} was made with other settings: {'; '.join(diff)}"
+                             f"{hint}; resume with the same settings or use a new run dir")
+    return True
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Yields `stopped()`: True once SIGINT (Ctrl-C) arrived; a second Ctrl-C interrupts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag.is_set
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _spectrum_target(model, graphdef_eval, probe_inputs, calibration_inputs=None):
@@ -441,9 +540,18 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
     Returns:
       `TrainResult` with the final params/rest, the last step, the final record, and whether
       the loss became non-finite (training stops there).
+
+    Raises:
+      TrainingInterrupted: on Ctrl-C (SIGINT), after the current step finished and a
+        checkpoint of it was written (`resume=True` continues from there).
+      RunConfigError: `resume` with other settings, or missing or corrupt run files; nothing
+        in `run_dir` is changed then.
     """
     from tqdm import tqdm
 
+    if probes < 0 or track_every < 1 or log_every < 1:
+        raise ValueError(f"probes must be >= 0 and track_every, log_every >= 1; got probes={probes}, "
+                         f"track_every={track_every}, log_every={log_every}")
     task = data.task
     model.eval()
     graphdef_eval = nnx.graphdef(model)
@@ -474,10 +582,15 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
                                  "method": method, "input_shape": input_shape,
                                  "calibrate_batchnorm": calibrate_batchnorm,
                                  **(run_info or {})})
-        resuming = _prepare_run_dir(run_dir, info, resume)
+        resuming = _prepare_run_dir(run_dir, info, resume)  # checks only: writes nothing
         ckpt = os.path.join(run_dir, CHECKPOINT_FILE)
         if resuming and os.path.exists(ckpt):
             start, (params, rest, opt_state) = load_checkpoint(ckpt, (params, rest, opt_state))
+            if start > config.steps:
+                raise RunConfigError(f"run dir {run_dir!r} is at step {start}, past the {config.steps} "
+                                     f"steps asked for: ask for at least {start}")
+        elif resuming:
+            _check_no_records_past_start(run_dir)
         apply_fn, x0 = (None, None)
         if probes:
             calib = (prepare(data.train_batch(config.seed, 0, config.batch_size)[0])
@@ -487,6 +600,8 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
         tracker = Tracker(run_dir, apply_fn=apply_fn, probes=x0, every=track_every,
                           log_every=log_every, method=method,
                           resume_step=start if resuming else None)
+        # every check passed: now the run's settings (new, or with changed intervals/steps)
+        atomic_write(os.path.join(run_dir, CONFIG_FILE), json_text(info, indent=1).encode())
 
     def record(step, metrics=None, force=False, spectrum=None, **more):
         if tracker is None or not (force or tracker.due(step)):
@@ -504,6 +619,8 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
                file=sys.stderr, dynamic_ncols=True)
     final: dict = {}
     diverged = False
+    interrupt = _interruptible()
+    stopped = interrupt.__enter__()
     try:
         if tracker is not None and (tracker.last_step is None or tracker.last_step < start):
             final = record(start, force=True, spectrum=True, **_evaluate(eval_fn, params, rest, data,
@@ -511,6 +628,11 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
                                                            prepare, task.kind)) or {}
         step = start
         while step < config.steps:
+            if stopped():  # Ctrl-C: the records of steps <= step are on disk; checkpoint it
+                if run_dir is not None:
+                    save_checkpoint(os.path.join(run_dir, CHECKPOINT_FILE), step,
+                                    (params, rest, opt_state))
+                raise TrainingInterrupted(step, run_dir)
             x, y = data.train_batch(config.seed, step, config.batch_size)
             params, rest, opt_state, metrics = step_fn(params, rest, opt_state, prepare(x), y)
             step += 1
@@ -537,6 +659,7 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
                       file=sys.stderr)
                 break
     finally:
+        interrupt.__exit__(None, None, None)
         bar.close()
         if tracker is not None:
             tracker.close()

@@ -16,7 +16,7 @@ def test_spectrum_command_writes_table_json_and_png(tmp_path, capsys):
                  "--out", str(out), "--json"])
     assert code == 0
     captured = capsys.readouterr()
-    records = json.loads(captured.out)
+    records = json.loads(captured.out)["records"]  # the same document as spectra.json
     assert len(records) == 12  # 6 variants × 2 depths
     assert {r["variant"] for r in records} == {"plain", "residual", "norm", "prenorm", "postnorm",
                                                "rezero"}
@@ -25,6 +25,7 @@ def test_spectrum_command_writes_table_json_and_png(tmp_path, capsys):
         assert len(r["singular_values"]) == 2 and len(r["singular_values"][0]) == 12
         s = np.asarray(r["singular_values"])
         np.testing.assert_allclose(r["chi"], np.mean(np.sum(s**2, axis=1) / 12), rtol=1e-10)
+        assert r["engine"] == "dense" and 0.0 <= r["zero_share"] < 1.0
         if r["variant"] == "rezero":
             assert r["chi"] == 1.0 and r["sigma_min"] == 1.0 and r["isometry_share"] == 1.0
     saved = json.loads((out / "spectra.json").read_text())

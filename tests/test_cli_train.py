@@ -69,7 +69,7 @@ def test_plot_writes_the_figures_and_config_mismatch_is_refused(tmp_path, capsys
         assert os.path.getsize(os.path.join(run, name)) > 1000
     capsys.readouterr()
     assert main([*short, "--run-dir", run, "--track-every", "10", "--lr", "0.1", "--resume"]) == 2
-    assert "another config" in capsys.readouterr().err
+    assert "other settings: train.lr: 0.05 there, 0.1 now;" in capsys.readouterr().err
     assert main([*short, "--run-dir", run, "--track-every", "10"]) == 2
     assert "--resume" in capsys.readouterr().err
 

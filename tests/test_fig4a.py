@@ -125,7 +125,7 @@ def test_cli_spectrum_transformer_all_variants_and_depths(tmp_path, capsys):
                "--seq-len", "2", "--samples", "1", "--alpha-init", "0", "--x64",
                "--out", str(tmp_path), "--json"])
     assert rc == 0
-    records = json.loads(capsys.readouterr().out)
+    records = json.loads(capsys.readouterr().out)["records"]
     assert [(r["variant"], r["depth"]) for r in records] == [
         ("postnorm", 1), ("rezero", 1), ("postnorm", 2), ("rezero", 2)]
     assert all(np.shape(r["singular_values"]) == (1, 16) for r in records)

@@ -200,7 +200,7 @@ def test_cli_spectrum_resnet(tmp_path, capsys):
     assert rc == 0
     import json
 
-    records = json.loads(capsys.readouterr().out)
+    records = json.loads(capsys.readouterr().out)["records"]
     assert [(r["variant"], r["depth"]) for r in records] == [("fixup", 4)]
     assert np.shape(records[0]["singular_values"]) == (1, 10)  # logits w.r.t. a 4×4×3 image
     assert records[0]["chi"] == 0   # FixUp zero-initializes the classifier: J = 0 at init

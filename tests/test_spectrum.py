@@ -80,7 +80,8 @@ def test_statistics():
     np.testing.assert_array_equal(counts, [1, 1, 1, 1])  # log10: -0.60, -0.10, 0.18, 0.60
     summary = spec.summary()
     assert set(summary) == {"chi", "mean_log", "std_log", "sigma_max", "sigma_min",
-                            "condition_number", "isometry_share"}
+                            "condition_number", "isometry_share", "zero_share", "below_resolution"}
+    assert summary["zero_share"] == 0.0 and summary["below_resolution"] == 0.0
 
 
 def test_spectrum_is_a_pytree_through_jit_and_vmap():

@@ -91,4 +91,5 @@ def test_nonfinite_model_records_the_error(tmp_path):
     with Tracker(str(tmp_path), apply_fn=apply_fn, probes=probes(), every=1) as t:
         rec = t.update(0, make_params(jnp.nan), loss=jnp.nan)
     assert "spectrum" not in rec and "non-finite" in rec["spectrum_error"]
-    assert np.isnan(json.loads((tmp_path / "metrics.jsonl").read_text())["loss"])
+    written = json.loads((tmp_path / "metrics.jsonl").read_text())  # strict JSON: null + reason
+    assert written["loss"] is None and written["loss_nonfinite"] == "nan"

@@ -47,8 +47,29 @@ class ModelKind:
         return (math.prod(task.input_shape),) if self.flat_inputs else None
 
     def probe_inputs(self, args, key, n: int, dtype) -> jax.Array:
-        """n Gaussian N(0, 1) inputs, shape (n, *input_shape)."""
-        return jax.random.normal(key, (n, *self.input_shape(args)), dtype=dtype)
+        """n Gaussian N(0, 1) inputs, shape (n, *input_shape): drawn in float32 and cast to
+        `dtype`, so the same key gives the same inputs with and without --x64."""
+        return jax.random.normal(key, (n, *self.input_shape(args)), dtype=jnp.float32).astype(dtype)
+
+
+def build_model(kind: ModelKind, args, variant: str, depth: int, seed: int) -> nnx.Module:
+    """`kind.build` initialized in float32, then cast to `args.param_dtype`.
+
+    The same `--seed` so gives the same weights with and without `--x64` (rounded to float32
+    once), and the float64 run is the float32 run computed in higher precision: the two can be
+    compared number by number.
+    """
+    dtype = args.param_dtype
+    args.param_dtype = jnp.float32
+    try:
+        module = kind.build(args, variant, depth, nnx.Rngs(seed))
+    finally:
+        args.param_dtype = dtype
+    if jnp.dtype(dtype) != jnp.float32:
+        state = nnx.state(module)
+        nnx.update(module, jax.tree_util.tree_map(
+            lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state))
+    return module
 
 
 def _build_fc(args, variant: str, depth: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -149,6 +170,8 @@ def resolve(args) -> tuple[ModelKind, list[str]]:
     if unknown:
         raise UsageError(f"unknown {args.model} variant(s) {', '.join(unknown)}; "
                          f"choose from {', '.join(kind.variants)}")
+    if not args.depth:
+        raise UsageError("--depth needs at least one depth, e.g. --depth 32 or --depth 8,32")
     if any(d < 1 for d in args.depth):
         raise UsageError(f"depths must be positive, got {args.depth}")
     if args.width < 1:

@@ -12,13 +12,15 @@ import os
 import sys
 import warnings
 
-from isometry.cli import UsageError
+from isometry.cli import UsageError, comma_list, output_dir
 
 
 def register(sub) -> None:
     p = sub.add_parser("plot", help="figures of a training run directory", description=__doc__)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `isometry train`")
     p.add_argument("--out", default=None, help="where the PNGs go (default: RUN_DIR)")
+    p.add_argument("--range", type=comma_list(float), default=None, metavar="LO,HI",
+                   help="log10 sigma range of spectra.png (default: the range of the data)")
     p.set_defaults(func=run)
 
 
@@ -26,6 +28,8 @@ def run(args) -> int:
     from isometry import plot
     from isometry.tracking import read_metrics
 
+    if args.range is not None and (len(args.range) != 2 or not args.range[0] < args.range[1]):
+        raise UsageError(f"--range takes two numbers LO,HI with LO < HI, got {args.range}")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -36,7 +40,7 @@ def run(args) -> int:
         print(f"isometry plot: {w.message}", file=sys.stderr)
     if not records:
         raise UsageError(f"{args.run_dir!r} has no records yet")
-    out = args.out or args.run_dir
+    out = output_dir(args.out or args.run_dir, "--out" if args.out else "RUN_DIR")
     name = os.path.basename(os.path.normpath(args.run_dir))
     figures = {"loss.png": plot.training_curves, "spectra.png": plot.spectrum_heatmap,
                "alpha.png": plot.alpha_heatmap, "chi.png": plot.chi_curve}
@@ -46,7 +50,11 @@ def run(args) -> int:
             continue
         if filename in ("spectra.png", "chi.png") and not any("histogram" in r for r in records):
             continue
-        fig = make(records, title=name if filename == "loss.png" else None)
+        if filename == "spectra.png":
+            fig = make(records, run_dir=args.run_dir,
+                       range=tuple(args.range) if args.range else None)
+        else:
+            fig = make(records, title=name if filename == "loss.png" else None)
         written.append(plot.save(fig, os.path.join(out, filename)))
     print("wrote " + ", ".join(written), file=sys.stderr)
     return 0

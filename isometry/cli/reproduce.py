@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from isometry.cli import UsageError
+from isometry.cli import UsageError, output_dir
 
 
 def register(sub) -> None:
@@ -43,8 +43,17 @@ def run(args) -> int:
         raise UsageError(f"unknown --scale {args.scale!r}; choose one of {', '.join(SCALES)}")
     if args.data_dir is not None and not __import__("os").path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir!r} is not a folder")
-    paths = reproduce(args.name, args.scale, args.out, data_dir=args.data_dir, seed=args.seed,
-                      runs_dir=args.runs)
+    output_dir(args.out)  # before computing: a path that cannot be written fails at once
+    if args.runs is not None:
+        output_dir(args.runs, "--runs")
+    from isometry.tracking import RunDirError
+    from isometry.train import RunConfigError
+
+    try:
+        paths = reproduce(args.name, args.scale, args.out, data_dir=args.data_dir, seed=args.seed,
+                          runs_dir=args.runs)
+    except (RunConfigError, RunDirError) as err:  # a broken or foreign run under --runs
+        raise UsageError(str(err)) from None
     for kind in ("png", "json", "md"):
         print(paths[kind])
     return 0

@@ -6,16 +6,18 @@ nets of the paper's Figure 5), on 4 Gaussian inputs each.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from isometry._io import jsonable, write_json
-from isometry.cli import UsageError, _zoo
+from isometry._io import json_text, write_json
+from isometry.cli import UsageError, _zoo, output_dir
+
+#: Share of σ below the dtype's resolution above which the command warns (and says --x64).
+RESOLUTION_WARNING = 0.01
 
 COLUMNS = ("chi", "mean_log", "std_log", "sigma_max", "sigma_min", "isometry_share")
 HEADER = ("model", "variant", "depth", "chi", "mean ln s", "std ln s", "s_max", "s_min",
-          "share[.5,2]")
+          "share[.5,2]", "engine")
 
 
 def register(sub) -> None:
@@ -25,7 +27,13 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=4, help="Gaussian inputs per model (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default: 0)")
     p.add_argument("--method", default="dense", choices=("dense", "lanczos", "auto"),
-                   help="dense Jacobian + SVD, matrix-free Lanczos, or auto by size")
+                   help="dense Jacobian + SVD, matrix-free Lanczos, or auto by size (dense up to "
+                        "4096 dimensions); records say which engine ran")
+    p.add_argument("--k", type=int, default=None,
+                   help="matrix-free: top singular values to compute (default: 10, at most the "
+                        "smaller side of J)")
+    p.add_argument("--lanczos-steps", type=int, default=None,
+                   help="matrix-free: Golub-Kahan steps per density probe (default: the engine's)")
     p.add_argument("--x64", action="store_true",
                    help="float64 weights and inputs (resolves singular values below ~1e-7)")
     p.add_argument("--bins", type=int, default=50, help="histogram bins (default: 50)")
@@ -51,7 +59,6 @@ def _fmt(x: float) -> str:
 def compute(args):
     """[(record, Spectrum)] for every (depth, variant) the arguments ask for."""
     import jax
-    from flax import nnx
     from tqdm import tqdm
 
     import isometry as iso
@@ -61,27 +68,71 @@ def compute(args):
     kind, variants = _zoo.resolve(args)
     if args.samples < 1:
         raise UsageError(f"--samples must be at least 1, got {args.samples}")
+    if args.bins < 1:
+        raise UsageError(f"--bins must be at least 1, got {args.bins}")
+    for name in ("k", "lanczos_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     jobs = [(d, v) for d in args.depth for v in variants]
     key = jax.random.key(args.seed)
     x = kind.probe_inputs(args, key, args.samples, args.param_dtype)
     results = []
     for depth, variant in tqdm(jobs, desc="spectra", unit="model", file=sys.stderr,
                                disable=len(jobs) < 3 or not sys.stderr.isatty()):
-        module = kind.build(args, variant, depth, nnx.Rngs(args.seed))
+        module = _zoo.build_model(kind, args, variant, depth, args.seed)
         module.eval()
         apply_fn, params = iso.from_nnx(module)
+        n_in, n_out, _ = iso._jacobian.flat_sizes(lambda xx: apply_fn(params, xx), x[0])
+        options = _lanczos_options(args, min(n_in, n_out))
         try:
-            spec = iso.spectrum_fn(apply_fn, args.method, batched=True)(params, x)
-        except (iso.JacobianTooLargeError, FloatingPointError) as err:
+            spec = iso.spectrum_fn(apply_fn, args.method, batched=True, **options)(params, x)
+        except (iso.JacobianTooLargeError, FloatingPointError, ValueError) as err:
             raise UsageError(f"{args.model} {variant} depth {depth}: {err}") from None
         record = dict(model=args.model, variant=variant, depth=depth, method=args.method,
+                      engine="dense" if isinstance(spec, iso.Spectrum) else "lanczos",
                       samples=args.samples, seed=args.seed, dtype=str(x.dtype),
                       alpha_init=args.alpha_init, **_model_settings(args))
         record.update(_mean_summary(spec))
         if isinstance(spec, iso.Spectrum):
             record["singular_values"] = jax.device_get(spec.singular_values).tolist()
+        else:
+            for name in ("zero_share", "below_resolution"):  # the engine cannot tell
+                record.pop(name, None)
+                record["per_input"].pop(name, None)
+            record.update(_matrix_free_fields(spec))
         results.append((record, spec))
     return results
+
+
+def _lanczos_options(args, n_short: int) -> dict:
+    """--k and --lanczos-steps for the matrix-free engine, checked against the size of J."""
+    if args.method == "dense":
+        return {}
+    options = {}
+    k = 10 if args.k is None else args.k
+    if k > n_short:
+        if args.k is not None:
+            raise UsageError(f"--k {args.k} is more than the {n_short} singular values J has "
+                             f"(the smaller of its input and output sizes)")
+        k = n_short  # the default asks for 10: a small J has fewer
+    options["k"] = k
+    if args.lanczos_steps is not None:
+        options["num_steps"] = args.lanczos_steps
+    return options
+
+
+def _matrix_free_fields(spec) -> dict:
+    """What the matrix-free engine knows, per probe input, with what each number is."""
+    import numpy as np
+
+    from isometry.tracking import _MATRIX_FREE_ESTIMATES
+
+    return dict(top_singular_values=np.asarray(spec.singular_values).tolist(),
+                residual_bounds=np.asarray(spec.residual_bounds).tolist(),
+                converged=np.asarray(spec.converged()).tolist(),
+                chi_stderr=np.asarray(spec.chi_stderr).tolist(),
+                sigma_min_residual=np.asarray(spec.sigma_min_residual).tolist(),
+                estimates=_MATRIX_FREE_ESTIMATES)
 
 
 def compute_layerwise(args) -> dict:
@@ -143,23 +194,59 @@ def _mean_summary(spec) -> dict:
     return out
 
 
+#: How the table marks numbers of the matrix-free engine: estimates (~) and bounds (<=, >=).
+_MATRIX_FREE_MARKS = {"chi": "~", "mean_log": "~", "std_log": "~", "sigma_min": "<=",
+                      "isometry_share": "~"}
+
+
+def _cell(record, column) -> str:
+    text = _fmt(record[column]) if record[column] is not None else "n/a"
+    if record.get("engine") == "lanczos":
+        text = _MATRIX_FREE_MARKS.get(column, "") + text
+    return text
+
+
+def precision_warnings(records) -> list[str]:
+    """One line per record whose σ are largely below the dtype's resolution."""
+    lines = []
+    for r in records:
+        share = r.get("below_resolution")
+        if share is None or share != share:
+            continue
+        share -= r.get("zero_share") or 0.0  # exact zeros are no precision problem
+        if share > RESOLUTION_WARNING:
+            advice = ("rerun with --x64 (same --seed: same weights and inputs)"
+                      if r["dtype"] != "float64" else "they are zero to float64 precision: J is rank-deficient there "
+                      "(e.g. the mean direction a LayerNorm removes)")
+            lines.append(f"isometry spectrum: warning: {r['variant']} depth {r['depth']}: "
+                         f"{share:.0%} of the singular values are below {r['dtype']} resolution "
+                         f"(sigma_max * eps * n), so mean/std ln s are partly round-off; {advice}")
+    return lines
+
+
 def run(args) -> int:
     from isometry import plot
 
+    output_dir(args.out)  # before computing: a path that cannot be written fails at once
     results = compute(args)
     table = sys.stderr if args.json else sys.stdout
     print(_row(HEADER), file=table)
     for record, _ in results:
         print(_row([record["model"], record["variant"], record["depth"],
-                    *(_fmt(record[c]) for c in COLUMNS)]), file=table)
+                    *(_cell(record, c) for c in COLUMNS), record["engine"]]), file=table)
     records = [r for r, _ in results]
-    os.makedirs(args.out, exist_ok=True)
+    if any(r["engine"] == "lanczos" for r in records):
+        print("matrix-free rows: ~ estimate, <= upper bound (see 'estimates' in spectra.json)",
+              file=table)
+    for line in precision_warnings(records):
+        print(line, file=sys.stderr)
     panels: dict[str, dict[str, object]] = {}
     for record, spec in results:
         panels.setdefault(f"{record['model']} depth {record['depth']}", {})[record["variant"]] = spec
     png = plot.save(plot.spectrum_histograms(panels, bins=args.bins), os.path.join(args.out, "spectra.png"))
     path = os.path.join(args.out, "spectra.json")
-    write_json(path, {"records": records})
+    doc = {"records": records}
+    write_json(path, doc)
     print(f"wrote {png} and {path}", file=sys.stderr)
     if getattr(args, "layerwise", False):
         profiles = compute_layerwise(args)
@@ -169,6 +256,6 @@ def run(args) -> int:
         lpath = os.path.join(args.out, "layerwise.json")
         write_json(lpath, {"profiles": _layerwise_records(profiles)})
         print(f"wrote {lpng} and {lpath}", file=sys.stderr)
-    if args.json:
-        sys.stdout.write(json.dumps(jsonable(records), allow_nan=False) + "\n")
+    if args.json:  # the same document as spectra.json
+        sys.stdout.write(json_text(doc) + "\n")
     return 0

@@ -11,12 +11,12 @@ overlay PNG of measured against predicted densities of log10 σ.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 
-from isometry.cli import UsageError, comma_list
+from isometry._io import json_text, write_json
+from isometry.cli import UsageError, comma_list, output_dir
 
 KEYS = ("q_star", "chi_1", "m1", "m2", "m3", "nvar", "edge", "mean_sigma", "zero_mass")
 MEASURED = ("m1", "m2", "m3", "nvar", "edge", "mean_sigma", "zero_fraction")
@@ -161,8 +161,9 @@ def _fmt(x) -> str:
 def run(args) -> int:
     from isometry import plot
 
+    _check(args)
+    output_dir(args.out)  # before computing: a path that cannot be written fails at once
     if args.variant == "rezero":  # residual nets at α > 0: moments (isometry.theory_residual)
-        _check(args)
         from isometry.cli import _theory_rezero
         return _theory_rezero.run(args)
     doc, preds, measured = compute(args)
@@ -178,18 +179,13 @@ def run(args) -> int:
             if "zero_fraction" in m:
                 row[-1] = _fmt(m["zero_fraction"])
             print(f"{'':>5} {'measured':>9} " + " ".join(f"{v:>10}" for v in row), file=table)
-    os.makedirs(args.out, exist_ok=True)
     title = (f"{args.activation}, {args.weights} weights, σ_w²={doc['sigma_w2']:.6g}, "
              f"σ_b²={args.sigma_b2:g}: measured (N={args.width}) vs theory")
     png = plot.save(plot.theory_overlay(preds, measured, bins=args.bins, title=title),
                     os.path.join(args.out, "theory.png"))
     path = os.path.join(args.out, "theory.json")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, doc, indent=1)  # strict JSON: NaN/Inf as null, the reason beside it
     print(f"wrote {png} and {path}", file=sys.stderr)
-    if args.json:
-        json.dump(doc, sys.stdout)
-        sys.stdout.write("\n")
+    if args.json:  # the same document as theory.json
+        sys.stdout.write(json_text(doc) + "\n")
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from isometry.cli import UsageError, comma_list
+from isometry.cli import UsageError, comma_list, output_dir
 from isometry._io import write_json
 
 
@@ -103,8 +103,8 @@ def run(args) -> int:
     from isometry import plot, toy
 
     fig2_settings, sweep_settings = settings(args)
+    output_dir(args.out)  # before computing: a path that cannot be written fails at once
     fig2 = toy.figure2(fig2_settings)
-    os.makedirs(args.out, exist_ok=True)
     record = fig2.to_json()
     print(f"zero-loss curve alpha*w = {record['solution_product']:.10g}; "
           f"alpha = 1 stability bound lr < {record['residual_stability_bound']:.4g}")

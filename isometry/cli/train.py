@@ -7,7 +7,9 @@ Example (the paper's Figure 5 net, on CIFAR-10, spectra every 50 steps):
         --optimizer adagrad --lr 0.01 --track-every 50 --run-dir runs/fc-rezero
     isometry plot runs/fc-rezero
 
-A killed run continues with the same command plus `--resume`.
+A killed or stopped (Ctrl-C: checkpoint, exit code 130) run continues with the same command
+plus `--resume`; `--steps` (constant and step schedules), `--checkpoint-every`,
+`--eval-every` and `--eval-batches` may change on resume.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 import sys
 
-from isometry.cli import UsageError, _zoo, comma_list
+from isometry.cli import UsageError, _zoo, comma_list, output_dir
 
 #: Settings that define a run besides the training config (stored in config.json).
 _RUN_KEYS = ("model", "variant", "depth", "width", "alpha_init", "activation", "data", "seq_len",
@@ -85,9 +87,9 @@ def _default_variant(kind) -> str:
 
 def run(args) -> int:
     import jax
-    from flax import nnx
 
     from isometry import data as datasets
+    from isometry.tracking import RunDirError
     from isometry.train import RunConfigError, TrainConfig, train
 
     if args.x64:
@@ -95,6 +97,18 @@ def run(args) -> int:
     kind, variants = _zoo.resolve(args)
     variant = _single(variants if args.variant else [_default_variant(kind)], "--variant")
     depth = _single(args.depth, "--depth")
+    if args.probes < 0:
+        raise UsageError(f"--probes must be 0 (no spectra) or more, got {args.probes}")
+    for name in ("track_every", "log_every"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.resume:  # nothing to create: the run must be there
+        if not __import__("os").path.isdir(args.run_dir):
+            raise UsageError(f"nothing to resume: --run-dir {args.run_dir!r} does not exist (leave "
+                             f"out --resume to start a run there)")
+        output_dir(args.run_dir, "--run-dir", create=False)
+    else:
+        output_dir(args.run_dir, "--run-dir")
     try:
         data = datasets.load_data(args.data, path=args.data_path, seq_len=args.seq_len)
     except datasets.DataError as err:
@@ -103,7 +117,7 @@ def run(args) -> int:
     if args.epochs is not None:
         steps = math.ceil(args.epochs * data.examples_per_epoch / args.batch_size)
     else:
-        steps = args.steps or 1000
+        steps = 1000 if args.steps is None else args.steps
     try:
         config = TrainConfig(steps=steps, batch_size=args.batch_size, optimizer=args.optimizer,
                              adagrad=args.adagrad, lr=args.lr, alpha_lr=args.alpha_lr, momentum=args.momentum,
@@ -114,14 +128,11 @@ def run(args) -> int:
                              checkpoint_every=args.checkpoint_every)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    for name in ("track_every", "log_every"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if task.kind not in kind.tasks:
         raise UsageError(f"--model {args.model} does not do {task.kind.replace('_', ' ')} "
                          f"(data {args.data}); it does: {', '.join(kind.tasks) or 'none yet'}")
     args.task = task  # builders size inputs and outputs for the data (see _zoo.ModelKind)
-    model = kind.build(args, variant, depth, nnx.Rngs(args.seed))
+    model = _zoo.build_model(kind, args, variant, depth, args.seed)
     settings = dict(vars(args), variant=variant, depth=depth)
     run_info = {k: settings[k] for k in _RUN_KEYS if k in settings}
     try:
@@ -130,8 +141,10 @@ def run(args) -> int:
                        probes=args.probes,
                        track_every=args.track_every, log_every=args.log_every, method=args.method,
                        progress=False if args.no_progress else None)
-    except (RunConfigError, FileExistsError) as err:
+    except (RunConfigError, RunDirError, FileExistsError) as err:
         raise UsageError(str(err)) from None
+    except MemoryError as err:  # JacobianTooLargeError: a dense spectrum that does not fit
+        raise UsageError(f"{err} (--method lanczos tracks it matrix-free)") from None
     final = result.final
     shown = {k: final[k] for k in ("step", "loss", "eval_loss", "eval_accuracy", "eval_bpb")
              if k in final}

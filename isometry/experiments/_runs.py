@@ -46,10 +46,11 @@ def train_run(model, data, config, run_dir: str, *, input_shape=None, probes: in
     """Trains `model` with `isometry.train.train` into `run_dir` (resuming a finished or killed
     run with the same settings); returns (records of metrics.jsonl, TrainResult)."""
     from isometry.tracking import read_metrics
-    from isometry.train import RunConfigError, train
+    from isometry.train import CONFIG_FILE, RunConfigError, train
 
+    resume = os.path.exists(os.path.join(run_dir, CONFIG_FILE))  # a run is there: continue it
     try:
-        result = train(model, data, config, run_dir=run_dir, resume=True, run_info=run_info,
+        result = train(model, data, config, run_dir=run_dir, resume=resume, run_info=run_info,
                        input_shape=input_shape, probes=probes, track_every=track_every,
                        log_every=log_every, progress=False,
                        calibrate_batchnorm=calibrate_batchnorm)
