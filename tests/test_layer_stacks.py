@@ -253,3 +253,20 @@ def test_thousand_layer_net_spectrum_and_training_steps():
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     alphas = iso.alpha_values(p)
     assert len(alphas) == depth and all(float(a) != 0 for a in alphas.values())
+
+
+def test_donated_training_step_aliases_its_buffers_and_computes_the_same():
+    net = models.FullyConnected(4, 6, variant="rezero", alpha_init=0.1, out_features=3,
+                                param_dtype=F64, rngs=nnx.Rngs(0))
+    graphdef, p, rest = nnx.split(net, nnx.Param, ...)
+    tx = optax.adagrad(0.1)
+    x, y = jax.random.normal(jax.random.key(1), (4, 6), F64), jnp.array([0, 1, 2, 0])
+    plain, donated = make_train_step(graphdef, tx), make_train_step(graphdef, tx, donate=True)
+    copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
+    a = plain(copy(p), rest, tx.init(p), x, y)
+    b = donated(copy(p), rest, tx.init(p), x, y)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(u, v)
+    hlo = donated.lower(p, rest, tx.init(p), x, y).compile().as_text()
+    assert "input_output_alias" in hlo
+    assert "input_output_alias" not in plain.lower(p, rest, tx.init(p), x, y).compile().as_text()
