@@ -24,7 +24,8 @@ from isometry._spectrum import ISOMETRY_BAND, METHODS, Spectrum, jacobian_spectr
 from isometry._lanczos import LanczosSpectrum, hutchinson_chi, lanczos_spectrum
 from isometry._layerwise import depth_profile, from_stack, layerwise_chi_fn, layerwise_spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY, LayerStack
-from isometry._sharding import batch_mesh, sharded_spectrum_fn
+from isometry._sharding import (batch_mesh, collective_counts, device_mesh, parse_mesh,
+                                sharded_spectrum_fn, simulate_devices, to_host)
 from isometry import toy  # noqa: E402  (the (1 + αw)^L model of Figure 2, as `iso.toy`)
 from isometry import theory  # noqa: E402  (mean field and free probability, as `iso.theory`)
 from isometry import data  # noqa: E402  (CIFAR-10, enwik8, text and synthetic data, as `iso.data`)
@@ -47,8 +48,10 @@ __all__ = [
     "alpha_mask",
     "alpha_values",
     "batch_mesh",
+    "collective_counts",
     "data",
     "dense_jacobian",
+    "device_mesh",
     "depth_profile",
     "from_linen",
     "from_nnx",
@@ -57,12 +60,15 @@ __all__ = [
     "jacobian_operator",
     "jacobian_spectrum",
     "lanczos_spectrum",
+    "parse_mesh",
     "layerwise_chi_fn",
     "layerwise_spectrum_fn",
     "read_metrics",
     "sharded_spectrum_fn",
+    "simulate_devices",
     "spectrum_fn",
     "theory",
+    "to_host",
     "toy",
     "train",
 ]

@@ -196,7 +196,7 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
             spec = jax.tree_util.tree_map(lambda a: a[:batch], spec)
         return spec, jnp.sum(spec.n_nonfinite)  # replicated: readable on every process
 
-    jitted = jax.jit(program, static_argnames=("batch", "impl"))
+    jitted = jax.jit(program, static_argnames=("batch", "impl"), keep_unused=True)
 
     def arguments(params, x, key=None):
         """The program's arguments (global arrays on the mesh) and static settings."""
