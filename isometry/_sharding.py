@@ -241,6 +241,8 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _CALLEES = re.compile(r"(?:calls|to_apply|body|condition|true_computation|false_computation)"
                       r"=%?([\w.\-]+)|branch_computations=\{([^}]*)\}")
 _OPCODE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+_GROUPS = re.compile(r"replica_groups=(\[[\d,]*\]<=\[[\d,]*\](?:T\([\d,]*\))?|\{\{[\d,{}]*\}\}"
+                     r"|mesh\[[^\]]*\]\s*\{[^}]*\})")
 
 
 def _computations(hlo: str) -> dict[str, list[str]]:
@@ -266,9 +268,11 @@ def collective_counts(hlo: str) -> dict[str, dict[str, int]]:
       hlo: `jitted.lower(...).compile().as_text()`.
 
     Returns:
-      {"total": {opcode: n}, "in_loops": {opcode: n}}: "in_loops" counts the instructions of
-      every computation reachable from a while loop's body or condition (fusions, nested
-      loops and calls included), once each.
+      {"total": {opcode: n}, "in_loops": {opcode: n}, "while_loops": n, "loop_groups": [...]}:
+      "in_loops" counts the instructions of every computation reachable from a while loop's
+      body or condition (fusions, nested loops and calls included), once each;
+      "loop_groups" lists the distinct `replica_groups` of those instructions as HLO writes
+      them (e.g. "[2,4]<=[8]": two groups of four consecutive devices).
     """
     comps = _computations(hlo)
     callees = {}
@@ -298,5 +302,8 @@ def collective_counts(hlo: str) -> dict[str, dict[str, int]]:
                     totals[opcode] += 1
         return totals
 
+    groups = sorted({g for name in in_loops for line in comps[name] if _OPCODE.search(line)
+                     for g in _GROUPS.findall(line)})
     return {"total": count(comps), "in_loops": count(in_loops), "while_loops": len(
-        [1 for lines in comps.values() for line in lines if re.search(r"\swhile\(", line)])}
+        [1 for lines in comps.values() for line in lines if re.search(r"\swhile\(", line)]),
+        "loop_groups": groups}
