@@ -10,4 +10,6 @@ from models.fully_connected import FullyConnected
 from models.resnet import ResNet
 from models.transformer import Transformer
 
-__all__ = ["ACTIVATIONS", "DEFAULT_SHARDING_RULES", "Partitioning", "Stack", "FullyConnected", "ResNet", "Transformer"]
+sharded = Partitioning.sharded
+
+__all__ = ["ACTIVATIONS", "DEFAULT_SHARDING_RULES", "Partitioning", "Stack", "sharded", "FullyConnected", "ResNet", "Transformer"]

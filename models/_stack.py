@@ -12,7 +12,8 @@ as at 10. `Stack.states` returns x_0 … x_L stacked from the same scan, so the 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,11 +61,16 @@ class Partitioning:
     `PartitionSpec`; rules naming a mesh axis the mesh lacks fall back to replication.
 
     Args:
-      mesh: a `jax.sharding.Mesh` (e.g. `isometry.device_mesh(data=2, model=4)`), or None.
+      mesh: a `jax.sharding.Mesh` (e.g. `isometry.device_mesh(data=2, model=4)`), or None
+        (then the mesh of an enclosing `models.sharded(mesh)` block, if any).
       rules: overrides of `DEFAULT_SHARDING_RULES`, logical name -> mesh axis or None.
     """
 
+    _context: tuple = (None, None)  # (mesh, rules) of the innermost `sharded` block
+
     def __init__(self, mesh=None, rules: Mapping[str, str | None] | None = None):
+        if mesh is None and rules is None:
+            mesh, rules = Partitioning._context
         unknown = set(rules or {}) - set(DEFAULT_SHARDING_RULES)
         if unknown:
             raise ValueError(f"unknown logical axes {sorted(unknown)} in sharding_rules; use "
@@ -93,6 +99,22 @@ class Partitioning:
     def layer_metadata(self) -> dict[str, Any]:
         """`transform_metadata` of the `nnx.vmap` that stacks blocks: the layer axis' name."""
         return {nnx.PARTITION_NAME: self.rules["layers"]} if self.active else {}
+
+    @staticmethod
+    @contextlib.contextmanager
+    def sharded(mesh, rules: Mapping[str, str | None] | None = None) -> Iterator[None]:
+        """Models built inside the block without `mesh=` get this mesh (and rules).
+
+        For code that builds models through builders it does not own (the command line):
+        `with models.sharded(mesh): model = build(...)` equals passing `mesh=mesh`.
+        """
+        Partitioning(mesh, rules)  # validate
+        previous = Partitioning._context
+        Partitioning._context = (mesh, rules)
+        try:
+            yield
+        finally:
+            Partitioning._context = previous
 
     def layernorm(self, features: int, **kwargs) -> nnx.LayerNorm:
         """`nnx.LayerNorm(features)` with its scale and bias on the "embed" axis."""

@@ -6,6 +6,7 @@ Tolerances: float64 throughout; 1e-10 for batch sharding (the same per-input ari
 for a tensor-parallel model (XLA sums partial matmuls in another order).
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -261,3 +262,21 @@ def test_one_device_mesh_model_equals_the_unsharded_model():
     assert specs["embedding"]["embedding"].get_value() == jax.sharding.PartitionSpec("model", None)
     tokens = jnp.arange(6)[None] % 11
     np.testing.assert_array_equal(a(tokens), b(tokens))
+
+
+def test_cli_spectrum_on_a_simulated_mesh_equals_one_device(tmp_path):
+    """`isometry spectrum --simulate-devices 4 --mesh data=2,model=2`: same spectra."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    common = [sys.executable, "-m", "isometry", "spectrum", "--model", "transformer",
+              "--variant", "prenorm", "--depth", "2", "--d-model", "8", "--heads", "2",
+              "--ffn", "8", "--samples", "3", "--x64", "--json"]
+    outs = []
+    for extra in ([], ["--simulate-devices", "4", "--mesh", "data=2,model=2"]):
+        out = subprocess.run(common + extra + ["--out", str(tmp_path / f"out{len(extra)}")],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        outs.append(json.loads(out.stdout))
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a["singular_values"], b["singular_values"], rtol=1e-8,
+                                   atol=1e-12)

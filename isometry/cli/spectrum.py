@@ -37,6 +37,12 @@ def register(sub) -> None:
                         "chi_l only (Hutchinson)")
     p.add_argument("--json", action="store_true",
                    help="print the records as JSON on stdout (the table goes to stderr)")
+    p.add_argument("--simulate-devices", type=int, default=0, metavar="N",
+                   help="on a CPU: offer N simulated devices (jax_num_cpu_devices) to try --mesh")
+    p.add_argument("--mesh", default=None, metavar="data=D[,model=M]",
+                   help="one SPMD program over a device mesh: the probe inputs split over "
+                        "'data', the parameters of fc/transformer models over 'model' "
+                        "(tensor parallel); default: one device")
     p.set_defaults(func=run, seq_len=4)  # Figure 4a: Jacobians of (4, d_model) sequences
 
 
@@ -58,6 +64,7 @@ def compute(args):
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
+    mesh = _mesh(args)
     kind, variants = _zoo.resolve(args)
     if args.samples < 1:
         raise UsageError(f"--samples must be at least 1, got {args.samples}")
@@ -67,11 +74,20 @@ def compute(args):
     results = []
     for depth, variant in tqdm(jobs, desc="spectra", unit="model", file=sys.stderr,
                                disable=len(jobs) < 3 or not sys.stderr.isatty()):
-        module = kind.build(args, variant, depth, nnx.Rngs(args.seed))
+        if mesh is None:
+            module = kind.build(args, variant, depth, nnx.Rngs(args.seed))
+        else:
+            import models
+            with models.sharded(mesh):  # parameters split over "model" (fc, transformer)
+                module = kind.build(args, variant, depth, nnx.Rngs(args.seed))
         module.eval()
         apply_fn, params = iso.from_nnx(module)
         try:
-            spec = iso.spectrum_fn(apply_fn, args.method, batched=True)(params, x)
+            if mesh is None:
+                spec = iso.spectrum_fn(apply_fn, args.method, batched=True)(params, x)
+            else:
+                spec = iso.to_host(iso.sharded_spectrum_fn(apply_fn, args.method, mesh=mesh)(
+                    params, x))
         except (iso.JacobianTooLargeError, FloatingPointError) as err:
             raise UsageError(f"{args.model} {variant} depth {depth}: {err}") from None
         record = dict(model=args.model, variant=variant, depth=depth, method=args.method,
@@ -82,6 +98,30 @@ def compute(args):
             record["singular_values"] = jax.device_get(spec.singular_values).tolist()
         results.append((record, spec))
     return results
+
+
+def _mesh(args):
+    """The device mesh of --mesh (after --simulate-devices), or None for one device."""
+    import jax
+
+    import isometry as iso
+
+    n = getattr(args, "simulate_devices", 0)
+    if n:
+        if n < 1:
+            raise UsageError(f"--simulate-devices must be positive, got {n}")
+        try:
+            iso.simulate_devices(n)
+        except RuntimeError as err:  # the backend already started
+            raise UsageError(f"--simulate-devices: {err}") from None
+    text = getattr(args, "mesh", None)
+    if not text:
+        return None
+    try:
+        return iso.parse_mesh(text)
+    except ValueError as err:
+        raise UsageError(f"--mesh {text}: {err} ({jax.device_count()} devices; on a CPU add "
+                         f"--simulate-devices N)") from None
 
 
 def compute_layerwise(args) -> dict:
