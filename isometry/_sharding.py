@@ -49,6 +49,8 @@ __all__ = ["DATA_AXIS", "MODEL_AXIS", "batch_mesh", "collective_counts", "device
 DATA_AXIS = "data"
 #: The mesh axis sharded models split their parameters over (`models.*(mesh=...)`).
 MODEL_AXIS = "model"
+#: Inputs vmapped at once per device on a multi-device CPU mesh (see `sharded_spectrum_fn`).
+CPU_DEVICE_BATCH = 2
 #: HLO opcodes that move data between devices.
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
 
@@ -144,7 +146,7 @@ def to_host(tree):
 
 
 def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh | None = None,
-                        **options) -> Callable:
+                        device_batch: int | None = None, **options) -> Callable:
     """`(params, x, key=None) -> spectra` of every input of a batch, one program over `mesh`.
 
     Args:
@@ -152,6 +154,11 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
       method: "auto", "dense" or "lanczos", as in `spectrum_fn`.
       mesh: a mesh with a "data" axis (default: `device_mesh()`, all devices on "data").
         Other axes (e.g. "model") are left to XLA: parameters sharded over them stay sharded.
+      device_batch: at most this many inputs of a device's slice vmapped at once (the rest
+        follow in a `lax.map`); None: the whole slice at once. Default on CPU with more than
+        one device: 2 — a workaround for a deadlock of jaxlib's CPU LAPACK kernels
+        (`ParallelBatchMap`, batched SVDs inside the Lanczos loops, 8 simulated devices, 8
+        inputs per device, jax 0.10.2: every device thread waits on the shared thread pool).
       **options: passed to `spectrum_fn` (mode, chunk_size, memory_budget, lanczos options).
 
     Returns:
@@ -176,8 +183,15 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
     n_data = mesh.shape[DATA_AXIS]
     batch_spec = P(DATA_AXIS)
 
+    if device_batch is None and mesh.devices.size > 1 and all(
+            d.platform == "cpu" for d in mesh.devices.flat):
+        device_batch = CPU_DEVICE_BATCH
+
     def local(params, x, keys):  # one device's slice of the batch: loops of its own
-        return jax.vmap(single.jitted, in_axes=(None, 0, 0))(params, x, keys)
+        if device_batch is None:
+            return jax.vmap(single.jitted, in_axes=(None, 0, 0))(params, x, keys)
+        return jax.lax.map(lambda a: single.jitted(params, *a), (x, keys),
+                           batch_size=device_batch)
 
     def program(params, x, key_data, batch: int, impl):
         if key_data is None:  # as spectrum_fn(batched=True): PRNGKey(0) for every input
