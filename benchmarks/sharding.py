@@ -2,7 +2,7 @@
 
 `isometry.sharded_spectrum_fn` compiles one program per mesh: a `shard_map` over the "data"
 axis in which every device runs the vmapped per-input spectrum on its slice of the batch. The
-workload: a width-64, depth-8 residual fully connected net, 64 inputs, dense spectra (64 × 64
+workload: a width-32, depth-4 residual fully connected net, 64 inputs, dense spectra (32 × 32
 Jacobians and their SVDs) and matrix-free ones (Golub–Kahan with a convergence test).
 
 On a CPU the devices are simulated (`jax_num_cpu_devices`, set before jax starts) and share the
@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--simulate", type=int, default=8, help="simulated CPU devices (0: real ones)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--depth", type=int, default=8)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--depth", type=int, default=4)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                  "sharding.json"))
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     apply_fn, params = iso.from_nnx(net)
     xs = jax.random.normal(jax.random.key(1), (args.batch, args.width))
     key = jax.random.key(2)
-    lanczos = dict(k=8, max_steps=48, num_steps=24, num_probes=4, chi_probes=16)
+    lanczos = dict(k=4, max_steps=24, num_steps=12, num_probes=4, chi_probes=8)
     results = {"machine": machine(), "batch": args.batch, "model": dict(
         kind="FullyConnected", variant="residual", depth=args.depth, width=args.width),
         "lanczos_options": lanczos, "devices": counts, "methods": {}}
