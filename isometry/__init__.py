@@ -25,7 +25,8 @@ from isometry._lanczos import (LanczosSpectrum, TopSingularValues, hutchinson_ch
                                lanczos_spectrum, top_singular_values)
 from isometry._layerwise import depth_profile, from_stack, layerwise_chi_fn, layerwise_spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY, LayerStack
-from isometry._sharding import batch_mesh, sharded_spectrum_fn
+from isometry._sharding import (batch_mesh, collective_counts, device_mesh, parse_mesh,
+                                sharded_spectrum_fn, simulate_devices, to_host)
 from isometry._diagnose import Diagnosis, Finding, diagnose  # noqa: E402
 from isometry._plot_diagnosis import diagnosis_figure  # noqa: E402
 from isometry._tune import TuneResult, tune_init  # noqa: E402
@@ -56,10 +57,12 @@ __all__ = [
     "alpha_mask",
     "alpha_values",
     "batch_mesh",
+    "collective_counts",
     "data",
     "dense_jacobian",
     "diagnose",
     "diagnosis_figure",
+    "device_mesh",
     "depth_profile",
     "from_linen",
     "from_nnx",
@@ -68,14 +71,17 @@ __all__ = [
     "jacobian_operator",
     "jacobian_spectrum",
     "lanczos_spectrum",
+    "parse_mesh",
     "layerwise_chi_fn",
     "layerwise_spectrum_fn",
     "read_metrics",
     "sharded_spectrum_fn",
+    "simulate_devices",
     "spectrum_fn",
     "theory",
     "theory_residual",
     "top_singular_values",
+    "to_host",
     "toy",
     "train",
     "tune_init",

@@ -1,79 +1,228 @@
-"""Spectra of a batch of inputs sharded over all devices (`jax.sharding`).
+"""Spectra of a batch of inputs as one SPMD program over a device mesh (`jax.sharding`).
 
-The spectra of different inputs are independent, so a batch splits over a 1-D device mesh
-along its leading axis: each device gets its slice of the inputs (and their PRNG keys) and a
-copy of the parameters, runs the vmapped per-input spectrum with no communication
-(dispatched asynchronously, so all devices work at once), and the parts are assembled into
-one array with `NamedSharding(mesh, P("batch"))`. (A single SPMD program — `jax.shard_map`
-or `jit` with input shardings — wedged the CPU runtime with the Lanczos loops under
-`--xla_force_host_platform_device_count=4` in jax 0.10.2; per-device dispatch does not, at
-the cost of one compilation per device.) The same code runs on one CPU, several GPUs or a TPU
-slice; on CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=4` (set before importing
-jax) simulates four devices. Results equal those of `spectrum_fn(..., batched=True)` on one
-device: each input i gets the key `split(key, batch)[i]` either way.
+The spectra of different inputs are independent, so a batch splits over the "data" axis of
+a `jax.sharding.Mesh`: `sharded_spectrum_fn` compiles ONE program for all devices (`jax.jit`
+of a `jax.shard_map` that is manual over "data"), in which every device runs the vmapped
+per-input spectrum on its slice of the inputs and their PRNG keys. The matrix-free
+Golub–Kahan loops are per device: a `while_loop` under `vmap` has a batched predicate
+("has any input of the batch not converged?"), which over a globally sharded batch becomes
+one all-reduce per iteration; inside `shard_map` the predicate covers the device's own
+inputs only, so the compiled loop bodies hold no collective over "data"
+(`collective_counts(...)` counts them in the compiled HLO).
+
+Parameters are replicated over "data". Other mesh axes (e.g. "model") stay automatic: a model
+whose parameters are sharded over "model" (`models.Transformer(..., mesh=mesh)`) keeps them
+sharded, and XLA partitions every Jacobian-vector product over that axis (tensor-parallel
+matmuls: collectives over "model" inside the loops, never a copy of all parameters on one
+device).
+
+A batch whose size does not divide the "data" axis is padded (the last input repeated) inside
+the program and the padding dropped at its end. Results equal those of
+`spectrum_fn(..., batched=True)` on one device: input i gets the key `split(key, batch)[i]`
+either way (PRNGKey(0) for every input when no key is given).
+
+Several processes (`jax.distributed.initialize`): every process calls `sfn` with the same
+global batch (or with global `jax.Array`s); the program runs across all processes' devices
+and `to_host` brings a result back as numpy on every process (write files from process 0).
+On CPU, simulate devices with `jax.config.update("jax_num_cpu_devices", n)` before jax's
+backend starts (`simulate_devices`).
+
+CPU runtime (jax 0.10.2): with 8 simulated devices and 8 inputs vmapped per device, the
+Lanczos program hung for good: gdb showed every device thread inside jaxlib's LAPACK custom
+call (`CustomCallThunk` -> `jax::ParallelBatchMap` -> `BlockingCounter::Wait`, batched SVDs
+of the convergence test inside the while loop) waiting on the shared intra-op pool. 2 inputs
+per device never hung; so on a multi-device CPU mesh a device's slice goes through `lax.map`
+two inputs at a time (`device_batch`). This, not SPMD itself, is what "wedged the CPU
+runtime" before; GPUs and TPUs vmap the whole slice.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import re
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from isometry._jacobian import JacobianTooLargeError, check_floating
 from isometry._spectrum import _raise_if_nonfinite, _raise_if_nonfinite_values, spectrum_fn
 
-__all__ = ["batch_mesh", "sharded_spectrum_fn"]
+__all__ = ["DATA_AXIS", "MODEL_AXIS", "batch_mesh", "collective_counts", "device_mesh",
+           "parse_mesh", "sharded_spectrum_fn", "simulate_devices", "to_host"]
 
-AXIS = "batch"
+#: The mesh axis a batch of inputs is split over.
+DATA_AXIS = "data"
+#: The mesh axis sharded models split their parameters over (`models.*(mesh=...)`).
+MODEL_AXIS = "model"
+#: Inputs vmapped at once per device on a multi-device CPU mesh (see `sharded_spectrum_fn`).
+CPU_DEVICE_BATCH = 2
+#: HLO opcodes that move data between devices.
+COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
+
+
+def simulate_devices(n: int) -> None:
+    """Makes the CPU backend offer `n` devices; call before jax starts its backend."""
+    jax.config.update("jax_num_cpu_devices", int(n))
+
+
+def device_mesh(data: int | None = None, model: int | None = None, *,
+                devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with a "data" axis (and a "model" axis when `model` is given), Auto axis types.
+
+    Args:
+      data: size of the "data" axis (default: all devices left after `model`).
+      model: size of the "model" axis; None for a 1-D ("data",) mesh.
+      devices: the devices (default `jax.devices()`, all processes' devices).
+
+    `jax.make_mesh` defaults to Explicit axes since jax 0.9, under which loops whose initial
+    carry is a fresh constant fail on a sharded batch; these axes are Auto.
+
+    Example:
+      >>> mesh = iso.device_mesh(data=2, model=4)     # 8 devices: 2 x 4
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("a mesh needs at least one device")
+    m = 1 if model is None else int(model)
+    d = len(devices) // m if data is None else int(data)
+    if d < 1 or m < 1 or d * m > len(devices):
+        raise ValueError(f"a mesh of data={d} x model={m} needs {d * m} devices; "
+                         f"{len(devices)} available")
+    shape, names = ((d,), (DATA_AXIS,)) if model is None else ((d, m), (DATA_AXIS, MODEL_AXIS))
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape),
+                         devices=devices[:d * m])
 
 
 def batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh named "batch" over `devices` (default: all of `jax.devices()`)."""
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("batch_mesh needs at least one device")
-    return Mesh(devices, (AXIS,))
+    """A 1-D mesh named "data" over `devices` (default: all of `jax.devices()`)."""
+    return device_mesh(devices=devices)
+
+
+def parse_mesh(text: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh of a command-line spec such as "data=2,model=4" (or "data=8")."""
+    sizes: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in (DATA_AXIS, MODEL_AXIS) or not value.isdigit():
+            raise ValueError(f"bad mesh {text!r}: use 'data=D' or 'data=D,model=M'")
+        sizes[name] = int(value)
+    return device_mesh(sizes.get(DATA_AXIS), sizes.get(MODEL_AXIS), devices=devices)
+
+
+def _on_mesh(leaf, mesh: Mesh) -> bool:
+    sharding = getattr(leaf, "sharding", None)
+    return (isinstance(leaf, jax.Array) and isinstance(sharding, NamedSharding)
+            and sharding.mesh.devices.shape == mesh.devices.shape
+            and set(sharding.mesh.devices.flat) == set(mesh.devices.flat))
+
+
+def _place(tree, mesh: Mesh, spec: P):
+    """Every leaf not yet on `mesh` as a global array with `spec` (replicated: P()).
+
+    Works across processes: each process provides the same full value and keeps its
+    addressable shards (`jax.make_array_from_callback`).
+    """
+    sharding = NamedSharding(mesh, spec)
+
+    def place(leaf):
+        if leaf is None or _on_mesh(leaf, mesh):
+            return leaf
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
+                                                                 jax.dtypes.prng_key):
+            data = _place(jax.random.key_data(leaf), mesh, spec)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        value = np.asarray(leaf)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree_util.tree_map(place, tree)
+
+
+def to_host(tree):
+    """A (possibly multi-process, sharded) result as numpy arrays, on every process."""
+    def get(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            if leaf.sharding.is_fully_replicated:
+                return np.asarray(leaf.addressable_data(0))
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return np.asarray(leaf)
+
+    return jax.tree_util.tree_map(get, tree)
 
 
 def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh | None = None,
-                        **options) -> Callable:
-    """`(params, x, key=None) -> spectra` of every input of a batch, split over `mesh`.
+                        device_batch: int | None = None, **options) -> Callable:
+    """`(params, x, key=None) -> spectra` of every input of a batch, one program over `mesh`.
 
     Args:
       apply_fn: `(params, x) -> y` for one input x.
       method: "auto", "dense" or "lanczos", as in `spectrum_fn`.
-      mesh: a 1-D mesh with axis "batch" (default: `batch_mesh()`, all devices).
+      mesh: a mesh with a "data" axis (default: `device_mesh()`, all devices on "data").
+        Other axes (e.g. "model") are left to XLA: parameters sharded over them stay sharded.
+      device_batch: at most this many inputs of a device's slice vmapped at once (the rest
+        follow in a `lax.map`); None: the whole slice at once. Default on CPU with more than
+        one device: 2 — a workaround for a deadlock of jaxlib's CPU LAPACK kernels
+        (`ParallelBatchMap`, batched SVDs inside the Lanczos loops, 8 simulated devices, 8
+        inputs per device, jax 0.10.2: every device thread waits on the shared thread pool).
       **options: passed to `spectrum_fn` (mode, chunk_size, memory_budget, lanczos options).
 
     Returns:
       `sfn(params, x, key=None)`: x has a leading batch axis on every leaf (any size: the
-      batch is padded to a multiple of the device count, and the padding dropped); the
-      result (a `Spectrum` or `LanczosSpectrum` with that batch axis) is sharded over the
-      mesh. Raises FloatingPointError when a Jacobian has NaN/Inf entries.
+      batch is padded to a multiple of the "data" size inside the program, and the padding
+      dropped). params may be sharded over the mesh already (kept as they are); anything
+      else is replicated. The result (a `Spectrum` or `LanczosSpectrum` with the batch axis)
+      is sharded over "data" when the batch divides it, replicated otherwise. Raises
+      FloatingPointError when a Jacobian has NaN/Inf entries. `sfn.jitted` is the program
+      (`sfn.jitted.lower(*sfn.arguments(params, x, key))` for its HLO), `sfn.mesh` the mesh.
 
     Example:
-      >>> sfn = iso.sharded_spectrum_fn(apply_fn)          # all devices
-      >>> spec = sfn(params, xs)                           # xs: (batch, ...) inputs
+      >>> sfn = iso.sharded_spectrum_fn(apply_fn, mesh=iso.device_mesh())   # all devices
+      >>> spec = sfn(params, xs)                                           # xs: (batch, ...)
     """
-    mesh = batch_mesh() if mesh is None else mesh
-    if mesh.axis_names != (AXIS,):
-        raise ValueError(f"the mesh must be 1-D with axis {AXIS!r}, got axes {mesh.axis_names}; "
-                         f"build it with isometry.batch_mesh(devices)")
+    mesh = device_mesh() if mesh is None else mesh
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis to split the batch over, got axes "
+                         f"{mesh.axis_names}; build it with isometry.device_mesh(data=..., "
+                         f"model=...)")
     single = spectrum_fn(apply_fn, method, batched=False, **options)
-    n_dev = mesh.devices.size
+    n_data = mesh.shape[DATA_AXIS]
+    batch_spec = P(DATA_AXIS)
 
-    local = jax.jit(jax.vmap(single.jitted, in_axes=(None, 0, 0)))
-    devices = list(mesh.devices.flat)
-    sharding = NamedSharding(mesh, P(AXIS))
+    if device_batch is None and mesh.devices.size > 1 and all(
+            d.platform == "cpu" for d in mesh.devices.flat):
+        device_batch = CPU_DEVICE_BATCH
 
-    def assemble(*parts):  # one global array, sharded over the mesh, from per-device parts
-        shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
-        return jax.make_array_from_single_device_arrays(shape, sharding, list(parts))
+    def local(params, x, keys):  # one device's slice of the batch: loops of its own
+        if device_batch is None:
+            return jax.vmap(single.jitted, in_axes=(None, 0, 0))(params, x, keys)
+        return jax.lax.map(lambda a: single.jitted(params, *a), (x, keys),
+                           batch_size=device_batch)
 
-    def sfn(params, x, key=None):
+    def program(params, x, key_data, batch: int, impl):
+        if key_data is None:  # as spectrum_fn(batched=True): PRNGKey(0) for every input
+            keys = jax.vmap(lambda _: jax.random.key(0))(jnp.arange(batch))
+        else:
+            keys = jax.random.split(jax.random.wrap_key_data(key_data, impl=impl), batch)
+        pad = -batch % n_data
+        if pad:  # repeat the last input; its spectra are dropped below
+            x, keys = jax.tree_util.tree_map(
+                lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), (x, keys))
+        x, keys = jax.lax.with_sharding_constraint((x, keys), NamedSharding(mesh, batch_spec))
+        spec, counts = jax.shard_map(local, mesh=mesh, in_specs=(P(), batch_spec, batch_spec),
+                                     out_specs=batch_spec, axis_names={DATA_AXIS},
+                                     check_vma=False)(params, x, keys)
+        if pad:
+            spec, counts = jax.tree_util.tree_map(lambda a: a[:batch], (spec, counts))
+        # replicated scalars: readable on every process
+        return spec, jnp.sum(spec.n_nonfinite), jax.tree_util.tree_map(jnp.sum, counts)
+
+    jitted = jax.jit(program, static_argnames=("batch", "impl"), keep_unused=True)
+
+    def arguments(params, x, key=None):
+        """The program's arguments (global arrays on the mesh) and static settings."""
         check_floating(x)
         sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
                  for leaf in jax.tree_util.tree_leaves(x)}
@@ -84,9 +233,9 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
         if batch == 0:
             raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
         # Fail fast (dense size check) without computing anything.
-        x0 = jax.tree_util.tree_map(lambda a: a[0], x)
         try:
-            jax.eval_shape(lambda p, xx: single.jitted(p, xx, None), params, x0)
+            jax.eval_shape(single, params, jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), x))
         except (TypeError, ValueError) as err:
             if isinstance(err, JacobianTooLargeError) or "empty" in str(err):
                 raise
@@ -96,26 +245,102 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
                 f"and the model fails on one entry x[0] (input shapes {shapes} without their "
                 f"first axis): for a single input pass x[None]; the model said: "
                 f"{str(err).splitlines()[0]}") from None
-        if key is None:  # as spectrum_fn(batched=True): PRNGKey(0) for every input
-            keys = jax.vmap(lambda _: jax.random.key(0))(jnp.arange(batch))
+        params = _place(params, mesh, P())
+        x = _place(x, mesh, batch_spec if batch % n_data == 0 else P())
+        if key is None:
+            key_data, impl = None, None
         else:
-            keys = jax.random.split(key, batch)
-        pad = -batch % n_dev
-        if pad:  # repeat the last input; its spectra are dropped below
-            x, keys = jax.tree_util.tree_map(
-                lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), (x, keys))
-        size = (batch + pad) // n_dev
-        parts = []
-        for i, device in enumerate(devices):  # dispatched asynchronously: devices run at once
-            chunk = jax.tree_util.tree_map(lambda a: a[i * size:(i + 1) * size], (x, keys))
-            parts.append(local(jax.device_put(params, device), *jax.device_put(chunk, device)))
-        spec, counts = jax.tree_util.tree_map(assemble, *parts)
-        if pad:  # on the host: slicing across devices is a collective
-            spec, counts = jax.tree_util.tree_map(lambda a: jnp.asarray(jax.device_get(a)[:batch]),
-                                                  (spec, counts))
-        _raise_if_nonfinite_values(counts)
-        _raise_if_nonfinite(spec)
+            key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+            if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+                key = jax.random.wrap_key_data(key)  # a raw uint32 PRNGKey
+            impl = str(jax.random.key_impl(key))
+            key_data = _place(jax.random.key_data(key), mesh, P())
+        return (params, x, key_data), dict(batch=batch, impl=impl)
+
+    def sfn(params, x, key=None):
+        args, static = arguments(params, x, key)
+        spec, bad, counts = jitted(*args, **static)
+        _raise_if_nonfinite_values(jax.tree_util.tree_map(
+            lambda a: np.asarray(a.addressable_data(0)), counts))
+        if int(np.asarray(bad.addressable_data(0))):
+            _raise_if_nonfinite(jax.tree_util.tree_map(np.asarray, to_host(spec)))
         return spec
 
     sfn.mesh = mesh
+    sfn.jitted = jitted
+    sfn.arguments = arguments
     return sfn
+
+
+# --- counting collectives in compiled HLO ----------------------------------------------------
+
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_CALLEES = re.compile(r"(?:calls|to_apply|body|condition|true_computation|false_computation)"
+                      r"=%?([\w.\-]+)|branch_computations=\{([^}]*)\}")
+_OPCODE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+_GROUPS = re.compile(r"replica_groups=(\[[\d,]*\]<=\[[\d,]*\](?:T\([\d,]*\))?|\{\{[\d,{}]*\}\}"
+                     r"|mesh\[[^\]]*\]\s*\{[^}]*\})")
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+    comps: dict[str, list[str]] = {}
+    name = None
+    for line in hlo.splitlines():
+        if name is None:
+            match = _COMPUTATION.match(line)
+            if match:
+                name = match.group(1)
+                comps[name] = []
+        elif line.strip() == "}":
+            name = None
+        else:
+            comps[name].append(line)
+    return comps
+
+
+def collective_counts(hlo: str) -> dict[str, dict[str, int]]:
+    """Collective instructions of compiled HLO text, in all and inside while-loop bodies.
+
+    Args:
+      hlo: `jitted.lower(...).compile().as_text()`.
+
+    Returns:
+      {"total": {opcode: n}, "in_loops": {opcode: n}, "while_loops": n, "loop_groups": [...]}:
+      "in_loops" counts the instructions of every computation reachable from a while loop's
+      body or condition (fusions, nested loops and calls included), once each;
+      "loop_groups" lists the distinct `replica_groups` of those instructions as HLO writes
+      them (e.g. "[2,4]<=[8]": two groups of four consecutive devices).
+    """
+    comps = _computations(hlo)
+    callees = {}
+    loop_roots = set()
+    for name, lines in comps.items():
+        found = set()
+        for line in lines:
+            for called, branches in _CALLEES.findall(line):
+                found.update([called] if called else
+                             [b.strip().lstrip("%") for b in branches.split(",")])
+            if re.search(r"\swhile\(", line):
+                loop_roots.update(re.findall(r"(?:body|condition)=%?([\w.\-]+)", line))
+        callees[name] = found
+    in_loops, stack = set(), list(loop_roots)
+    while stack:
+        name = stack.pop()
+        if name in in_loops or name not in comps:
+            continue
+        in_loops.add(name)
+        stack.extend(callees[name])
+
+    def count(names):
+        totals = dict.fromkeys(COLLECTIVES, 0)
+        for name in names:
+            for line in comps[name]:
+                for opcode in _OPCODE.findall(line):
+                    totals[opcode] += 1
+        return totals
+
+    groups = sorted({g for name in in_loops for line in comps[name] if _OPCODE.search(line)
+                     for g in _GROUPS.findall(line)})
+    return {"total": count(comps), "in_loops": count(in_loops), "while_loops": len(
+        [1 for lines in comps.values() for line in lines if re.search(r"\swhile\(", line)]),
+        "loop_groups": groups}

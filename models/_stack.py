@@ -12,7 +12,8 @@ as at 10. `Stack.states` returns x_0 … x_L stacked from the same scan, so the 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,98 @@ ACTIVATIONS = {
     "gelu": jax.nn.gelu,
     "hardtanh": lambda x: jnp.clip(x, -1.0, 1.0),
 }
+
+#: Logical axis names of the models' parameters and the mesh axis each is sharded over by
+#: default when a model gets `mesh=` (None: replicated). A tensor-parallel Transformer: the
+#: attention heads (the packed q/k/v columns and the rows of the output projection), the
+#: feed-forward hidden units and the vocabulary split over "model"; a fully connected net
+#: splits the input side of every weight matrix over "model" (FSDP-style storage: each device
+#: holds 1/M of every W, XLA computes partial products and sums them). The stacked layer axis
+#: of a scanned `Layers` is "layers" (replicated by default: each device holds its slice of
+#: every layer's W).
+DEFAULT_SHARDING_RULES: dict[str, str | None] = {
+    "layers": None,
+    "embed": None,
+    "heads": "model",
+    "mlp": "model",
+    "vocab": "model",
+    "fc_in": "model",
+    "fc_out": None,
+}
+
+
+class Partitioning:
+    """Sharding rules of a model: logical parameter axes to mesh axes (`nnx.with_partitioning`).
+
+    Built from a model's `mesh=` and `sharding_rules=` arguments. Without a mesh it changes
+    nothing: initializers come back as they are and parameters carry no sharding metadata
+    (the unsharded model of before, bit for bit). With a mesh every annotated initializer
+    gets `nnx.with_partitioning(init, spec, mesh=mesh)`, so the parameter is created sharded
+    (flax's eager sharding) and `nnx.get_partition_spec(nnx.state(model))` gives its
+    `PartitionSpec`; rules naming a mesh axis the mesh lacks fall back to replication.
+
+    Args:
+      mesh: a `jax.sharding.Mesh` (e.g. `isometry.device_mesh(data=2, model=4)`), or None
+        (then the mesh of an enclosing `models.sharded(mesh)` block, if any).
+      rules: overrides of `DEFAULT_SHARDING_RULES`, logical name -> mesh axis or None.
+    """
+
+    _context: tuple = (None, None)  # (mesh, rules) of the innermost `sharded` block
+
+    def __init__(self, mesh=None, rules: Mapping[str, str | None] | None = None):
+        if mesh is None and rules is None:
+            mesh, rules = Partitioning._context
+        unknown = set(rules or {}) - set(DEFAULT_SHARDING_RULES)
+        if unknown:
+            raise ValueError(f"unknown logical axes {sorted(unknown)} in sharding_rules; use "
+                             f"{sorted(DEFAULT_SHARDING_RULES)}")
+        if rules and mesh is None:
+            raise ValueError("sharding_rules need a mesh= to shard over")
+        self.mesh = mesh
+        merged = {**DEFAULT_SHARDING_RULES, **(rules or {})}
+        axes = set(mesh.axis_names) if mesh is not None else set()
+        self.rules = {name: (axis if axis in axes else None) for name, axis in merged.items()}
+
+    @property
+    def active(self) -> bool:
+        return self.mesh is not None
+
+    def spec(self, *names: str | None) -> tuple:
+        """The mesh axes of logical axes `names` (None entries stay None)."""
+        return tuple(None if n is None else self.rules[n] for n in names)
+
+    def init(self, initializer: Callable, *names: str | None) -> Callable:
+        """`initializer`, annotated with the mesh axes of `names` when there is a mesh."""
+        if not self.active:
+            return initializer
+        return nnx.with_partitioning(initializer, self.spec(*names), mesh=self.mesh)
+
+    def layer_metadata(self) -> dict[str, Any]:
+        """`transform_metadata` of the `nnx.vmap` that stacks blocks: the layer axis' name."""
+        return {nnx.PARTITION_NAME: self.rules["layers"]} if self.active else {}
+
+    @staticmethod
+    @contextlib.contextmanager
+    def sharded(mesh, rules: Mapping[str, str | None] | None = None) -> Iterator[None]:
+        """Models built inside the block without `mesh=` get this mesh (and rules).
+
+        For code that builds models through builders it does not own (the command line):
+        `with models.sharded(mesh): model = build(...)` equals passing `mesh=mesh`.
+        """
+        Partitioning(mesh, rules)  # validate
+        previous = Partitioning._context
+        Partitioning._context = (mesh, rules)
+        try:
+            yield
+        finally:
+            Partitioning._context = previous
+
+    def layernorm(self, features: int, **kwargs) -> nnx.LayerNorm:
+        """`nnx.LayerNorm(features)` with its scale and bias on the "embed" axis."""
+        if self.active:
+            kwargs.update(scale_init=self.init(nnx.initializers.ones_init(), "embed"),
+                          bias_init=self.init(nnx.initializers.zeros_init(), "embed"))
+        return nnx.LayerNorm(features, **kwargs)
 
 
 
@@ -87,6 +180,9 @@ class Layers(nnx.Module):
         scan body: True saves nothing, or a name from `jax.checkpoint_policies`); trades
         compute for the activations stored by backpropagation and `jax.linearize`.
       unroll: blocks per scan iteration (`jax.lax.scan`'s `unroll`), for step time on GPUs.
+      partitioning: the model's `Partitioning`; with a mesh, the stacked leading axis is
+        named "layers" in every parameter's sharding metadata (`nnx.vmap`'s
+        `transform_metadata`), so `nnx.get_partition_spec` covers it.
 
     Example:
       >>> layers = Layers(lambda r: nnx.Linear(4, 4, rngs=r), 3, rngs=nnx.Rngs(0))
@@ -97,15 +193,19 @@ class Layers(nnx.Module):
     """
 
     def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], depth: int, *,
-                 rngs: nnx.Rngs, remat: bool | str = False, unroll: int = 1):
+                 rngs: nnx.Rngs, remat: bool | str = False, unroll: int = 1,
+                 partitioning: Partitioning | None = None):
         if depth < 1:
             raise ValueError(f"a stack needs at least one block, got depth={depth}")
         remat_policy(remat)  # validate now, not at the first call
         if int(unroll) < 1:
             raise ValueError(f"unroll must be a positive number of blocks, got {unroll}")
 
+        metadata = partitioning.layer_metadata() if partitioning is not None else {}
+
         @nnx.split_rngs(splits=depth)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
+        @nnx.vmap(in_axes=(0,), out_axes=0, **(dict(transform_metadata=metadata) if metadata
+                                                else {}))
         def build(rngs):
             return make_block(rngs)
 

@@ -21,7 +21,7 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import Layers, Stack, activation, check_variant
+from models._stack import Layers, Partitioning, Stack, activation, check_variant
 
 VARIANTS = ("plain", "residual", "norm", "prenorm", "postnorm", "rezero")
 WEIGHTS = ("gaussian", "orthogonal")
@@ -41,7 +41,8 @@ class Block(nnx.Module):
 
     def __init__(self, width: int, *, variant: str, activation_name: str, alpha_init: float,
                  train_alpha: bool, sigma_w2: float, sigma_b2: float, weights: str,
-                 param_dtype, rngs: nnx.Rngs):
+                 param_dtype, rngs: nnx.Rngs, partitioning: Partitioning | None = None):
+        part = Partitioning() if partitioning is None else partitioning
         self.variant = variant
         self.phi = activation(activation_name)
         if weights == "orthogonal":
@@ -50,10 +51,11 @@ class Block(nnx.Module):
             kernel_init = nnx.initializers.normal(stddev=math.sqrt(sigma_w2 / width))
         bias_init = (nnx.initializers.normal(stddev=math.sqrt(sigma_b2)) if sigma_b2 > 0
                      else nnx.initializers.zeros_init())
-        self.linear = nnx.Linear(width, width, kernel_init=kernel_init, bias_init=bias_init,
+        self.linear = nnx.Linear(width, width, kernel_init=part.init(kernel_init, "fc_in", "fc_out"),
+                                 bias_init=part.init(bias_init, "fc_out"),
                                  param_dtype=param_dtype, rngs=rngs)
         if variant in ("norm", "prenorm", "postnorm"):
-            self.norm = nnx.LayerNorm(width, param_dtype=param_dtype, rngs=rngs)
+            self.norm = part.layernorm(width, param_dtype=param_dtype, rngs=rngs)
         if variant == "rezero":
             alpha_type = nnx.Param if train_alpha else FrozenAlpha
             self.alpha = alpha_type(jnp.asarray(alpha_init, dtype=param_dtype))
@@ -98,6 +100,11 @@ class FullyConnected(Stack):
       remat: rematerialize each block on the backward pass (True, or a name from
         `jax.checkpoint_policies`): memory for depth, at the cost of recomputing the forward.
       unroll: blocks per scan iteration.
+      mesh: a `jax.sharding.Mesh` to create the parameters sharded on (None: unsharded, as
+        before). With a "model" axis every weight matrix is split over it on its input side
+        (FSDP-style: no device holds a whole W); see `models.DEFAULT_SHARDING_RULES`.
+      sharding_rules: overrides of the logical-axis rules ("fc_in", "fc_out", "layers", ...
+        -> a mesh axis or None); needs `mesh`.
       rngs: `nnx.Rngs` for initialization.
 
     The L blocks are one `Layers` stack: `net.blocks.layers.linear.kernel` has shape
@@ -114,8 +121,9 @@ class FullyConnected(Stack):
                  sigma_w2: float | None = None, sigma_b2: float = 0.0, weights: str = "gaussian",
                  in_features: int | None = None, out_features: int | None = None,
                  param_dtype=jnp.float32, remat: bool | str = False, unroll: int = 1,
-                 rngs: nnx.Rngs):
+                 mesh=None, sharding_rules=None, rngs: nnx.Rngs):
         check_variant("FullyConnected", variant, VARIANTS)
+        part = Partitioning(mesh, sharding_rules)
         check_variant("FullyConnected weights", weights, WEIGHTS)
         if depth < 1 or width < 1:
             raise ValueError(f"depth and width must be positive, got depth={depth}, width={width}")
@@ -126,12 +134,20 @@ class FullyConnected(Stack):
         self.blocks = Layers(
             lambda r: Block(width, variant=variant, activation_name=activation,
                             alpha_init=alpha_init, train_alpha=train_alpha, sigma_w2=sigma_w2,
-                            sigma_b2=sigma_b2, weights=weights, param_dtype=param_dtype, rngs=r),
-            depth, rngs=rngs, remat=remat, unroll=unroll)
+                            sigma_b2=sigma_b2, weights=weights, param_dtype=param_dtype, rngs=r,
+                            partitioning=part),
+            depth, rngs=rngs, remat=remat, unroll=unroll, partitioning=part)
         self.input_proj = (nnx.Linear(in_features, width, param_dtype=param_dtype, rngs=rngs,
-                                      kernel_init=nnx.initializers.he_normal())
+                                      kernel_init=part.init(nnx.initializers.he_normal(),
+                                                            "fc_in", "fc_out"),
+                                      bias_init=part.init(nnx.initializers.zeros_init(),
+                                                          "fc_out"))
                            if in_features else None)
-        self.output_proj = (nnx.Linear(width, out_features, param_dtype=param_dtype, rngs=rngs)
+        self.output_proj = (nnx.Linear(width, out_features, param_dtype=param_dtype, rngs=rngs,
+                                       kernel_init=part.init(nnx.initializers.lecun_normal(),
+                                                             "fc_in", "fc_out"),
+                                       bias_init=part.init(nnx.initializers.zeros_init(),
+                                                           "fc_out"))
                             if out_features else None)
 
     def stack_stages(self) -> tuple:

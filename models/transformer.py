@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import Identity, Layers, Stack, activation, check_variant
+from models._stack import Identity, Layers, Partitioning, Stack, activation, check_variant
 
 VARIANTS = ("postnorm", "prenorm", "gpt2norm", "rezero")
 XAVIER_UNIFORM = nnx.initializers.xavier_uniform()
@@ -80,12 +80,19 @@ class SelfAttention(nnx.Module):
     """Multi-head self-attention: softmax(Q Kᵀ/√d_head + mask) V per head, then W_o."""
 
     def __init__(self, d_model: int, heads: int, *, dropout: float, causal: bool, param_dtype,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, partitioning: Partitioning | None = None):
+        part = Partitioning() if partitioning is None else partitioning
+        zeros = nnx.initializers.zeros_init()
         self.heads = heads
         self.causal = causal
-        self.qkv = nnx.Linear(d_model, 3 * d_model, kernel_init=XAVIER_UNIFORM,
+        # tensor parallel: q/k/v columns (the heads) split, the output projection's rows too
+        self.qkv = nnx.Linear(d_model, 3 * d_model,
+                              kernel_init=part.init(XAVIER_UNIFORM, "embed", "heads"),
+                              bias_init=part.init(zeros, "heads"),
                               param_dtype=param_dtype, rngs=rngs)
-        self.out = nnx.Linear(d_model, d_model, kernel_init=XAVIER_UNIFORM,
+        self.out = nnx.Linear(d_model, d_model,
+                              kernel_init=part.init(XAVIER_UNIFORM, "heads", "embed"),
+                              bias_init=part.init(zeros, "embed"),
                               param_dtype=param_dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
@@ -123,11 +130,16 @@ class FeedForward(nnx.Module):
     """F(x) = W₂ dropout(φ(W₁ x + b₁)) + b₂, position-wise."""
 
     def __init__(self, d_model: int, ffn: int, *, activation_name: str, dropout: float,
-                 param_dtype, rngs: nnx.Rngs):
+                 param_dtype, rngs: nnx.Rngs, partitioning: Partitioning | None = None):
+        part = Partitioning() if partitioning is None else partitioning
+        zeros = nnx.initializers.zeros_init()
         self.phi = activation(activation_name)
-        self.linear1 = nnx.Linear(d_model, ffn, kernel_init=XAVIER_UNIFORM,
+        # tensor parallel: W₁'s columns (the hidden units) split, W₂'s rows too
+        self.linear1 = nnx.Linear(d_model, ffn, kernel_init=part.init(XAVIER_UNIFORM, "embed", "mlp"),
+                                  bias_init=part.init(zeros, "mlp"),
                                   param_dtype=param_dtype, rngs=rngs)
-        self.linear2 = nnx.Linear(ffn, d_model, kernel_init=XAVIER_UNIFORM,
+        self.linear2 = nnx.Linear(ffn, d_model, kernel_init=part.init(XAVIER_UNIFORM, "mlp", "embed"),
+                                  bias_init=part.init(zeros, "embed"),
                                   param_dtype=param_dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
@@ -140,18 +152,21 @@ class TransformerLayer(nnx.Module):
 
     def __init__(self, d_model: int, *, heads: int, ffn: int, variant: str, dropout: float,
                  activation_name: str, causal: bool, alpha_init: float, alpha_per_sublayer: bool,
-                 layernorm: bool, param_dtype, rngs: nnx.Rngs):
+                 layernorm: bool, param_dtype, rngs: nnx.Rngs,
+                 partitioning: Partitioning | None = None):
+        part = Partitioning() if partitioning is None else partitioning
         self.variant = variant
         self.attention = SelfAttention(d_model, heads, dropout=dropout, causal=causal,
-                                       param_dtype=param_dtype, rngs=rngs)
+                                       param_dtype=param_dtype, rngs=rngs, partitioning=part)
         self.feed_forward = FeedForward(d_model, ffn, activation_name=activation_name,
-                                        dropout=dropout, param_dtype=param_dtype, rngs=rngs)
+                                        dropout=dropout, param_dtype=param_dtype, rngs=rngs,
+                                        partitioning=part)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         if layernorm:
-            self.norm1 = nnx.LayerNorm(d_model, epsilon=LAYERNORM_EPS, param_dtype=param_dtype,
-                                       rngs=rngs)
-            self.norm2 = nnx.LayerNorm(d_model, epsilon=LAYERNORM_EPS, param_dtype=param_dtype,
-                                       rngs=rngs)
+            self.norm1 = part.layernorm(d_model, epsilon=LAYERNORM_EPS, param_dtype=param_dtype,
+                                        rngs=rngs)
+            self.norm2 = part.layernorm(d_model, epsilon=LAYERNORM_EPS, param_dtype=param_dtype,
+                                        rngs=rngs)
         else:
             self.norm1, self.norm2 = Identity(), Identity()
         if variant == "rezero":
@@ -214,6 +229,14 @@ class Transformer(Stack):
       remat: rematerialize each layer on the backward pass (True, or a name from
         `jax.checkpoint_policies`).
       unroll: layers per scan iteration.
+      mesh: a `jax.sharding.Mesh` to create the parameters sharded on (None: unsharded, as
+        before). With a "model" axis the model is tensor parallel: the packed q/k/v columns
+        and the output projection's rows (the heads), the feed-forward hidden units and the
+        vocabulary split over it; everything else is replicated. See
+        `models.DEFAULT_SHARDING_RULES`; `nnx.get_partition_spec(nnx.state(model))` lists the
+        specs (the stacked layer axis is "layers", replicated by default).
+      sharding_rules: overrides of the logical-axis rules ("heads", "mlp", "vocab", "embed",
+        "layers" -> a mesh axis or None); needs `mesh`.
       rngs: `nnx.Rngs` for initialization (and dropout).
 
     The L layers are one `Layers` stack (parameters stacked on a leading axis, one scan);
@@ -236,8 +259,9 @@ class Transformer(Stack):
                  activation: str = "relu", alpha_init: float = 0.0,
                  alpha_per_sublayer: bool = False, layernorm: bool | None = None,
                  param_dtype=jnp.float32, remat: bool | str = False, unroll: int = 1,
-                 rngs: nnx.Rngs):
+                 mesh=None, sharding_rules=None, rngs: nnx.Rngs):
         check_variant("Transformer", variant, VARIANTS)
+        part = Partitioning(mesh, sharding_rules)
         if depth < 1 or d_model < 1 or heads < 1 or ffn < 1:
             raise ValueError(f"depth, d_model, heads and ffn must be positive, got {depth}, "
                              f"{d_model}, {heads}, {ffn}")
@@ -258,17 +282,21 @@ class Transformer(Stack):
                 d_model, heads=heads, ffn=ffn, variant=variant, dropout=dropout,
                 activation_name=activation, causal=causal, alpha_init=alpha_init,
                 alpha_per_sublayer=alpha_per_sublayer, layernorm=layernorm,
-                param_dtype=param_dtype, rngs=r),
-            depth, rngs=rngs, remat=remat, unroll=unroll)
+                param_dtype=param_dtype, rngs=r, partitioning=part),
+            depth, rngs=rngs, remat=remat, unroll=unroll, partitioning=part)
         self.vocab_size = vocab_size
         if vocab_size is not None:
-            self.embedding = nnx.Embed(vocab_size, d_model, embedding_init=uniform_init(0.1),
+            self.embedding = nnx.Embed(vocab_size, d_model,
+                                       embedding_init=part.init(uniform_init(0.1), "vocab",
+                                                                "embed"),
                                        param_dtype=param_dtype, rngs=rngs)
             self.embedding_dropout = nnx.Dropout(dropout, rngs=rngs)
-            self.final_norm = (nnx.LayerNorm(d_model, epsilon=LAYERNORM_EPS,
-                                             param_dtype=param_dtype, rngs=rngs)
+            self.final_norm = (part.layernorm(d_model, epsilon=LAYERNORM_EPS,
+                                              param_dtype=param_dtype, rngs=rngs)
                                if variant in ("prenorm", "gpt2norm") else Identity())
-            self.output = nnx.Linear(d_model, vocab_size, kernel_init=XAVIER_UNIFORM,
+            self.output = nnx.Linear(d_model, vocab_size,
+                                     kernel_init=part.init(XAVIER_UNIFORM, "embed", "vocab"),
+                                     bias_init=part.init(nnx.initializers.zeros_init(), "vocab"),
                                      param_dtype=param_dtype, rngs=rngs)
 
     def embed(self, x):

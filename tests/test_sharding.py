@@ -1,6 +1,14 @@
-"""Spectra sharded over devices: four simulated CPU devices in a subprocess equal one device."""
+"""Spectra as one SPMD program over a device mesh.
 
+Simulated CPU devices must be configured before jax starts its backend, so every multi-device
+check runs in a fresh subprocess (8 simulated devices; two processes for `jax.distributed`).
+Tolerances: float64 throughout; 1e-10 for batch sharding (the same per-input arithmetic), 1e-8
+for a tensor-parallel model (XLA sums partial matmuls in another order).
+"""
+
+import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -8,37 +16,203 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 
 import isometry as iso
+import models
 
-SCRIPT = textwrap.dedent("""
-    import jax, jax.numpy as jnp, numpy as np
-    jax.config.update("jax_enable_x64", True)
-    import isometry as iso
-    assert jax.device_count() == 4, jax.devices()
-    w = jax.random.normal(jax.random.key(0), (24, 24)) / jnp.sqrt(24.0)
-    apply_fn = lambda p, x: jnp.tanh(p @ x)
-    opts = dict(k=3, num_steps=8, max_steps=16, num_probes=2, chi_probes=4)
-    for method, batch, options in (("dense", 6, {}), ("lanczos", 8, opts)):
-        xs = jax.random.normal(jax.random.key(1), (batch, 24))
-        sharded = iso.sharded_spectrum_fn(apply_fn, method, **options)(w, xs, jax.random.key(2))
-        single = iso.spectrum_fn(apply_fn, method, batched=True, **options)(
-            w, xs, jax.random.key(2))
-        for a, b in zip(jax.tree_util.tree_leaves(sharded), jax.tree_util.tree_leaves(single)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
-        if batch % 4 == 0:
-            devices = {s.device for s in sharded.singular_values.addressable_shards}
-            assert len(devices) == 4, devices
-    print("OK")
-""")
+HEADER = """
+import jax, jax.numpy as jnp, numpy as np, re
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_enable_x64", True)
+import isometry as iso
+assert jax.device_count() == 8, jax.devices()
+"""
+
+BATCH_SCRIPT = HEADER + """
+w = jax.random.normal(jax.random.key(0), (12, 12)) / jnp.sqrt(12.0)
+apply_fn = lambda p, x: jnp.tanh(p @ x)
+opts = dict(k=3, num_steps=6, max_steps=12, num_probes=2, chi_probes=3)
+mesh = iso.device_mesh()
+xs = jax.random.normal(jax.random.key(1), (13, 12))  # 13 does not divide 8
+for method, options in (("dense", {}), ("lanczos", opts)):
+    sfn = iso.sharded_spectrum_fn(apply_fn, method, mesh=mesh, **options)
+    single = iso.spectrum_fn(apply_fn, method, batched=True, **options)
+    for key in (jax.random.key(2), None):
+        for params in (w, 1.5 * w):  # new values: no new compilation
+            got, want = sfn(params, xs, key), single(params, xs, key)
+            for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+    assert sfn.jitted._cache_size() == 2, sfn.jitted._cache_size()  # one per key / no key
+    args, static = sfn.arguments(w, xs, jax.random.key(2))
+    counts = iso.collective_counts(sfn.jitted.lower(*args, **static).compile().as_text())
+    print(method, counts)
+    assert not any(counts["in_loops"].values()), counts
+    if method == "lanczos":
+        assert counts["while_loops"] > 0
+        # the batch divides 8: the result stays sharded, one slice per device
+        spec = sfn(w, xs[:8], None)
+        assert len({s.device for s in spec.singular_values.addressable_shards}) == 8
+
+# The counter sees what shard_map avoids: jit(vmap) of the loops over a globally sharded batch
+# has a batched while predicate, i.e. an all-reduce in every iteration.
+from jax.sharding import NamedSharding, PartitionSpec as P
+one = iso.spectrum_fn(apply_fn, "lanczos", **opts)
+naive = jax.jit(jax.vmap(one.jitted, in_axes=(None, 0, 0)))
+xs8 = jax.device_put(xs[:8], NamedSharding(mesh, P("data")))
+keys = jax.device_put(jax.random.split(jax.random.key(2), 8), NamedSharding(mesh, P("data")))
+counts = iso.collective_counts(naive.lower(w, xs8, keys).compile().as_text())
+print("jit(vmap)", counts)
+assert counts["in_loops"]["all-reduce"] > 0, counts
+print("OK")
+"""
+
+MODEL_SCRIPT = HEADER + """
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+import models
+mesh = iso.device_mesh(data=2, model=4)
+kw = dict(heads=4, ffn=32, variant="prenorm", param_dtype=jnp.float64)
+plain = models.Transformer(2, 16, rngs=nnx.Rngs(0), **kw)
+sharded = models.Transformer(2, 16, rngs=nnx.Rngs(0), mesh=mesh, **kw)
+specs = nnx.get_partition_spec(nnx.state(sharded, nnx.Param))
+qkv = specs["blocks"]["layers"]["attention"]["qkv"]["kernel"]
+assert qkv.get_value() == P(None, None, "model"), qkv  # (layers, d_model, 3 d_model): heads split
+assert specs["blocks"]["layers"]["feed_forward"]["linear2"]["kernel"].get_value() == P(None, "model", None)
+
+opts = dict(k=3, num_steps=6, max_steps=12, num_probes=2, chi_probes=3)
+xs = jax.random.normal(jax.random.key(1), (3, 4, 16))  # 3 inputs of (seq 4, d_model 16)
+fn, params = iso.from_nnx(plain)
+want = iso.spectrum_fn(fn, "lanczos", batched=True, **opts)(params, xs, jax.random.key(2))
+fn, params = iso.from_nnx(sharded)
+sfn = iso.sharded_spectrum_fn(fn, "lanczos", mesh=mesh, **opts)
+got = sfn(params, xs, jax.random.key(2))
+for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-8, atol=1e-10)
+
+# The arrays the program sees: the compiled input shardings of the parameters.
+args, static = sfn.arguments(params, xs, jax.random.key(2))
+compiled = sfn.jitted.lower(*args, **static).compile()
+leaves = jax.tree_util.tree_leaves(args[0])
+shardings = jax.tree_util.tree_leaves(compiled.input_shardings[0][0])
+assert len(leaves) == len(shardings)
+full = per_device = 0
+split_shapes = set()
+for a, s in zip(leaves, shardings):
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        continue
+    full += a.size
+    per_device += int(np.prod(s.shard_shape(a.shape)))
+    if a.ndim == 3:  # every stacked weight matrix (layers, in, out) is split over "model"
+        assert s.shard_shape(a.shape)[-2:] != a.shape[-2:], (a.shape, s)
+        split_shapes |= {a.shape, a.shape[1:]}
+print("parameters per device", per_device, "of", full)
+assert per_device < 0.4 * full
+hlo = compiled.as_text()
+gathered = {tuple(int(d) for d in m.split(",") if d)
+            for m in re.findall(r"= \\w+\\[([\\d,]*)\\][^ ]* all-gather(?:-start)?\\(", hlo)}
+assert not gathered & split_shapes, gathered & split_shapes  # no weight matrix is gathered
+counts = iso.collective_counts(hlo)
+print(counts)
+# inside the loops: only the tensor-parallel collectives over "model" (groups of 4 devices
+# that share a data index), none across "data"
+assert counts["in_loops"]["collective-permute"] == 0
+assert counts["loop_groups"] == ["[2,4]<=[8]"], counts["loop_groups"]
+
+# FSDP-style fully connected net: every W split on its input side; same spectrum.
+fc = dict(depth=3, width=16, variant="residual", param_dtype=jnp.float64)
+net = models.FullyConnected(**fc, rngs=nnx.Rngs(0), mesh=mesh)
+kernel = net.blocks.layers.linear.kernel[...]
+assert tuple(kernel.sharding.spec)[:2] == (None, "model"), kernel.sharding
+assert kernel.addressable_shards[0].data.shape == (3, 4, 16)
+xs = jax.random.normal(jax.random.key(3), (5, 16))
+fn, params = iso.from_nnx(models.FullyConnected(**fc, rngs=nnx.Rngs(0)))
+want = iso.spectrum_fn(fn, "lanczos", batched=True, **opts)(params, xs)
+fn, params = iso.from_nnx(net)
+got = iso.sharded_spectrum_fn(fn, "lanczos", mesh=mesh, **opts)(params, xs)
+np.testing.assert_allclose(got.singular_values, want.singular_values, rtol=1e-8)
+np.testing.assert_allclose(got.chi, want.chi, rtol=1e-8)
+print("OK")
+"""
+
+PROCESS_SCRIPT = """
+import dataclasses, sys
+rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_num_cpu_devices", 2)
+jax.config.update("jax_enable_x64", True)
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
+                           process_id=rank)
+import isometry as iso
+assert jax.device_count() == 4 and jax.local_device_count() == 2, jax.devices()
+w = jax.random.normal(jax.random.key(0), (12, 12)) / jnp.sqrt(12.0)
+xs = np.asarray(jax.random.normal(jax.random.key(1), (11, 12)))  # global batch, every process
+opts = dict(k=3, num_steps=6, max_steps=12, num_probes=2, chi_probes=3)
+sfn = iso.sharded_spectrum_fn(lambda p, x: jnp.tanh(p @ x), "lanczos", mesh=iso.device_mesh(),
+                              **opts)
+results = {}
+for batch in (11, 8):  # padded (result replicated) and divisible (result sharded)
+    host = iso.to_host(sfn(np.asarray(w), xs[:batch], jax.random.key(2)))
+    results.update({f"{f.name}_{batch}": getattr(host, f.name) for f in dataclasses.fields(host)
+                    if not f.metadata.get("static")})
+if jax.process_index() == 0:  # only process 0 writes
+    np.savez(out, **results)
+print("done", rank, flush=True)
+"""
 
 
-def test_four_devices_give_the_one_device_results():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+def run_script(script: str, timeout: float = 300) -> str:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
+    return out.stdout
+
+
+def test_eight_devices_one_program_no_collective_in_the_loops():
+    run_script(BATCH_SCRIPT)
+
+
+def test_tensor_parallel_transformer_on_a_2x4_mesh():
+    run_script(MODEL_SCRIPT)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    script = textwrap.dedent(PROCESS_SCRIPT)
+    outs = [tmp_path / f"spectra_{rank}.npz" for rank in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(rank), str(port), str(outs[rank])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    try:
+        logs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (stdout, stderr) in zip(procs, logs):
+        assert p.returncode == 0 and "done" in stdout, stderr[-3000:]
+    assert outs[0].exists() and not outs[1].exists()  # files from process 0 only
+    got = np.load(outs[0])
+    w = jax.random.normal(jax.random.key(0), (12, 12)) / jnp.sqrt(12.0)
+    xs = jax.random.normal(jax.random.key(1), (11, 12))
+    opts = dict(k=3, num_steps=6, max_steps=12, num_probes=2, chi_probes=3)
+    single = iso.spectrum_fn(lambda p, x: jnp.tanh(p @ x), "lanczos", batched=True, **opts)
+    for batch in (11, 8):
+        want = single(w, xs[:batch], jax.random.key(2))
+        for name in ("singular_values", "residual_bounds", "chi", "nodes", "weights"):
+            np.testing.assert_allclose(got[f"{name}_{batch}"], np.asarray(getattr(want, name)),
+                                       rtol=1e-10, atol=1e-12)
 
 
 def test_one_device_mesh_and_bad_mesh():
@@ -48,10 +222,61 @@ def test_one_device_mesh_and_bad_mesh():
     np.testing.assert_allclose(spec.singular_values,
                                jnp.broadcast_to(jnp.linalg.svd(w, compute_uv=False), (3, 8)),
                                rtol=1e-10)
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    try:
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
+    with pytest.raises(ValueError, match="device_mesh"):
         iso.sharded_spectrum_fn(lambda p, x: p @ x, mesh=mesh)
-    except ValueError as err:
-        assert "batch_mesh" in str(err)
-    else:
-        raise AssertionError("a mesh without a 'batch' axis must be rejected")
+    assert iso.parse_mesh("data=1").axis_names == ("data",)
+    assert iso.parse_mesh("data=1,model=1").axis_names == ("data", "model")
+    with pytest.raises(ValueError, match="data=D"):
+        iso.parse_mesh("rows=2")
+    with pytest.raises(ValueError, match="needs 16 devices"):
+        iso.device_mesh(data=4, model=4)
+
+
+def test_models_without_a_mesh_carry_no_sharding_metadata():
+    """The default stays the unsharded model of before: no partitioning metadata at all."""
+    for model in (models.Transformer(2, 8, heads=2, ffn=16, vocab_size=11, rngs=nnx.Rngs(0)),
+                  models.FullyConnected(2, 8, variant="prenorm", in_features=3, out_features=2,
+                                        rngs=nnx.Rngs(0))):
+        for _, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+            assert not variable.get_metadata().get("out_sharding"), variable
+    with pytest.raises(ValueError, match="need a mesh"):
+        models.FullyConnected(2, 8, sharding_rules={"fc_in": None}, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unknown logical axes"):
+        models.Transformer(1, 8, heads=2, ffn=8, mesh=iso.device_mesh(),
+                           sharding_rules={"rows": "model"}, rngs=nnx.Rngs(0))
+
+
+def test_one_device_mesh_model_equals_the_unsharded_model():
+    """`mesh=` with one device: same parameters, bit for bit, and a partition spec per leaf."""
+    mesh = iso.device_mesh(data=1, model=1)
+    kw = dict(heads=2, ffn=16, vocab_size=11, variant="gpt2norm")
+    a = models.Transformer(2, 8, rngs=nnx.Rngs(0), **kw)
+    b = models.Transformer(2, 8, rngs=nnx.Rngs(0), mesh=mesh, **kw)
+    for x, y in zip(jax.tree_util.tree_leaves(nnx.state(a, nnx.Param)),
+                    jax.tree_util.tree_leaves(nnx.state(b, nnx.Param))):
+        np.testing.assert_array_equal(x, y)
+    specs = nnx.get_partition_spec(nnx.state(b, nnx.Param))
+    assert specs["blocks"]["layers"]["feed_forward"]["linear1"]["kernel"].get_value() == (
+        jax.sharding.PartitionSpec(None, None, "model"))
+    assert specs["embedding"]["embedding"].get_value() == jax.sharding.PartitionSpec("model", None)
+    tokens = jnp.arange(6)[None] % 11
+    np.testing.assert_array_equal(a(tokens), b(tokens))
+
+
+def test_cli_spectrum_on_a_simulated_mesh_equals_one_device(tmp_path):
+    """`isometry spectrum --simulate-devices 4 --mesh data=2,model=2`: same spectra."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    common = [sys.executable, "-m", "isometry", "spectrum", "--model", "transformer",
+              "--variant", "prenorm", "--depth", "2", "--d-model", "8", "--heads", "2",
+              "--ffn", "8", "--samples", "3", "--x64", "--json"]
+    outs = []
+    for extra in ([], ["--simulate-devices", "4", "--mesh", "data=2,model=2"]):
+        out = subprocess.run(common + extra + ["--out", str(tmp_path / f"out{len(extra)}")],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        outs.append(json.loads(out.stdout))
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a["singular_values"], b["singular_values"], rtol=1e-8,
+                                   atol=1e-12)

@@ -45,6 +45,12 @@ def register(sub) -> None:
                         "chi_l only (Hutchinson)")
     p.add_argument("--json", action="store_true",
                    help="print the records as JSON on stdout (the table goes to stderr)")
+    p.add_argument("--simulate-devices", type=int, default=0, metavar="N",
+                   help="on a CPU: offer N simulated devices (jax_num_cpu_devices) to try --mesh")
+    p.add_argument("--mesh", default=None, metavar="data=D[,model=M]",
+                   help="one SPMD program over a device mesh: the probe inputs split over "
+                        "'data', the parameters of fc/transformer models over 'model' "
+                        "(tensor parallel); default: one device")
     p.set_defaults(func=run, seq_len=4)  # Figure 4a: Jacobians of (4, d_model) sequences
 
 
@@ -65,6 +71,7 @@ def compute(args):
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
+    mesh = _mesh(args)
     kind, variants = _zoo.resolve(args)
     if args.samples < 1:
         raise UsageError(f"--samples must be at least 1, got {args.samples}")
@@ -79,13 +86,22 @@ def compute(args):
     results = []
     for depth, variant in tqdm(jobs, desc="spectra", unit="model", file=sys.stderr,
                                disable=len(jobs) < 3 or not sys.stderr.isatty()):
-        module = _zoo.build_model(kind, args, variant, depth, args.seed)
+        if mesh is None:
+            module = _zoo.build_model(kind, args, variant, depth, args.seed)
+        else:
+            import models
+            with models.sharded(mesh):  # parameters split over "model" (fc, transformer)
+                module = _zoo.build_model(kind, args, variant, depth, args.seed)
         module.eval()
         apply_fn, params = iso.from_nnx(module)
         n_in, n_out, _ = iso._jacobian.flat_sizes(lambda xx: apply_fn(params, xx), x[0])
         options = _lanczos_options(args, min(n_in, n_out))
         try:
-            spec = iso.spectrum_fn(apply_fn, args.method, batched=True, **options)(params, x)
+            if mesh is None:
+                spec = iso.spectrum_fn(apply_fn, args.method, batched=True, **options)(params, x)
+            else:
+                spec = iso.to_host(iso.sharded_spectrum_fn(apply_fn, args.method, mesh=mesh,
+                                                           **options)(params, x))
         except (iso.JacobianTooLargeError, FloatingPointError, ValueError) as err:
             raise UsageError(f"{args.model} {variant} depth {depth}: {err}") from None
         record = dict(model=args.model, variant=variant, depth=depth, method=args.method,
@@ -133,6 +149,30 @@ def _matrix_free_fields(spec) -> dict:
                 chi_stderr=np.asarray(spec.chi_stderr).tolist(),
                 sigma_min_residual=np.asarray(spec.sigma_min_residual).tolist(),
                 estimates=_MATRIX_FREE_ESTIMATES)
+
+
+def _mesh(args):
+    """The device mesh of --mesh (after --simulate-devices), or None for one device."""
+    import jax
+
+    import isometry as iso
+
+    n = getattr(args, "simulate_devices", 0)
+    if n:
+        if n < 1:
+            raise UsageError(f"--simulate-devices must be positive, got {n}")
+        try:
+            iso.simulate_devices(n)
+        except RuntimeError as err:  # the backend already started
+            raise UsageError(f"--simulate-devices: {err}") from None
+    text = getattr(args, "mesh", None)
+    if not text:
+        return None
+    try:
+        return iso.parse_mesh(text)
+    except ValueError as err:
+        raise UsageError(f"--mesh {text}: {err} ({jax.device_count()} devices; on a CPU add "
+                         f"--simulate-devices N)") from None
 
 
 def compute_layerwise(args) -> dict:
