@@ -1,7 +1,8 @@
 """Test configuration: float64 available everywhere, strict rank promotion, one BLAS thread.
 
 Spectral tests run in float64 (THEORY.md §0); tests of float32 behaviour ask for float32
-explicitly. Strict rank promotion catches accidental broadcasting.
+explicitly. Strict rank promotion catches accidental broadcasting; strict dtype promotion catches
+accidental float64 <-> float32 and int -> float mixing.
 """
 
 import os
@@ -16,3 +17,4 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
