@@ -2,7 +2,8 @@
 
 Writes fig2.png (log gradient norm over (w, α), ReZero descent paths from α = 0 in red, the
 zero-loss curve αw = T^{1/L} − 1) and fig2.json (setup; per path its start, final α and w,
-α·w, steps). With --depth-sweep also lr_depth.png and lr_depth.json: the largest converging
+α·w, steps; the contour grid and the paths), in the schema of `isometry reproduce fig2`
+(`isometry.experiments.fig2.record`). With --depth-sweep also lr_depth.png and lr_depth.json: the largest converging
 learning rate and the fewest steps versus depth, residual (α = 1) against ReZero (α₀ = 0).
 """
 
