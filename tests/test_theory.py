@@ -8,6 +8,7 @@ a slowly decaying lower tail cut 24 decades below the edge).
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -226,3 +227,39 @@ def test_bad_spectral_arguments():
         theory.jacobian_moments(law, 3, 2.0, "uniform")
     with pytest.raises(ValueError, match="depth"):
         theory.jacobian_moments(law, 0, 2.0)
+
+
+# --- closed forms belong to the activation object, never to its name -------------------------
+
+
+def test_closed_forms_follow_the_object_not_the_name():
+    """A leaky ReLU whose Python function is named `relu` used to get ReLU's closed forms
+    (χ₁ = σ_w²/2); it is a plain function, so quadrature gives its own χ₁ = σ_w² (1 + a²)/2."""
+
+    def relu(h):  # a leaky ReLU, slope 1/2 below 0, with a misleading name
+        return jnp.where(h > 0, h, 0.5 * h)
+
+    def leaky(h):
+        return jnp.where(h > 0, h, 0.5 * h)
+
+    for fn in (relu, leaky):
+        assert theory.resolve_activation(fn, kinks=(0.0,)).closed_forms is None
+        assert theory.chi_1(fn, 1.0, kinks=(0.0,)) == pytest.approx(0.625, rel=1e-12)
+        assert theory.phi_prime_moments(fn, 1.0, 1, kinks=(0.0,))[0] == pytest.approx(0.625)
+        with pytest.raises(ValueError, match="no finite fixed point"):
+            theory.chi_1(fn, 2.0, kinks=(0.0,))  # q grows: q′ = 1.25 q
+    # and closed forms travel with an Activation under any name
+    renamed = theory.Activation("my_relu", jax.nn.relu, (0.0,), theory.ACTIVATIONS["relu"].closed_forms)
+    assert theory.chi_1(renamed, 2.0) == 1.0
+    assert theory.q_star(renamed, 1.5, 0.1) == pytest.approx(0.1 / (1 - 0.75))
+
+
+def test_one_activation_table():
+    import models
+
+    assert set(models.ACTIVATIONS) == set(theory.ACTIVATIONS)
+    for name, act in theory.ACTIVATIONS.items():
+        assert models.ACTIVATIONS[name] is act.fn
+    h = jnp.linspace(-3.0, 3.0, 13)
+    np.testing.assert_array_equal(theory.ACTIVATIONS["hardtanh"].fn(h), jnp.clip(h, -1.0, 1.0))
+    np.testing.assert_array_equal(theory.ACTIVATIONS["linear"].fn(h), h)
