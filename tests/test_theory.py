@@ -1,6 +1,6 @@
 """isometry.theory: closed forms vs quadrature, Fuss–Catalan, Bernoulli and the S-transform.
 
-Tolerances: mean-field check values (THEORY.md §1) to 1e-5 relative; closed forms against the
+Tolerances: mean-field check values (docs/theory.md §1) to 1e-5 relative; closed forms against the
 kink-split quadrature to 1e-9; the S-transform density against the Fuss–Catalan parametric
 density to 1e-8; moments integrated from the continued density to 1e-4 (Simpson on the grid,
 a slowly decaying lower tail cut 24 decades below the edge).
@@ -249,7 +249,8 @@ def test_closed_forms_follow_the_object_not_the_name():
         with pytest.raises(ValueError, match="no finite fixed point"):
             theory.chi_1(fn, 2.0, kinks=(0.0,))  # q grows: q′ = 1.25 q
     # and closed forms travel with an Activation under any name
-    renamed = theory.Activation("my_relu", jax.nn.relu, (0.0,), theory.ACTIVATIONS["relu"].closed_forms)
+    forms = theory.ACTIVATIONS["relu"].closed_forms
+    renamed = theory.Activation("my_relu", jax.nn.relu, (0.0,), forms)
     assert theory.chi_1(renamed, 2.0) == 1.0
     assert theory.q_star(renamed, 1.5, 0.1) == pytest.approx(0.1 / (1 - 0.75))
 

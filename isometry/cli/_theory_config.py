@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from isometry._sampling import sample_singular_values
 from isometry.cli import UsageError
 
 __all__ = ["TheoryConfig", "sample"]
@@ -58,10 +59,7 @@ class TheoryConfig:
 
 
 def sample(config: TheoryConfig, depth: int, sigma_w2: float, q_star: float, **net):
-    """Singular values of `config.samples` measured nets of depth `depth` (see `_sampling`)."""
-    # models and flax: imported when nets are measured, so that `isometry --help` starts fast
-    from isometry._sampling import sample_singular_values
-
+    """Singular values of the `config.samples` measured nets of depth `depth`."""
     return sample_singular_values(activation=config.activation, weights=config.weights,
                                   depth=depth, width=config.width, sigma_w2=sigma_w2,
                                   sigma_b2=config.sigma_b2, samples=config.samples,

@@ -7,9 +7,10 @@ activations (models build their nets from the same functions, `models.ACTIVATION
 
 Closed forms (docs/theory.md §1), with a = 1/√q and N the standard normal density:
 
-    linear    E φ(√q z)² = q,     φ′² = 1,             c-integral q c
-    ReLU      E φ(√q z)² = q/2,   φ′² ~ Bernoulli(1/2), c-integral q (√(1−c²) + (π − arccos c) c)/(2π)
-    hard-tanh E φ(√q z)² = q erf(a/√2) − 2√q N(a) + erfc(a/√2),  φ′² ~ Bernoulli(erf(a/√2))
+    linear     E φ(√q z)² = q,    φ′² = 1,               ∫Dz₁Dz₂ φ(u₁)φ(u₂) = q c
+    ReLU       E φ(√q z)² = q/2,  φ′² ~ Bernoulli(1/2),  ∫Dz₁Dz₂ φ(u₁)φ(u₂) =
+               q (√(1−c²) + (π − arccos c) c)/(2π)
+    hard-tanh  E φ(√q z)² = q erf(a/√2) − 2√q N(a) + erfc(a/√2),  φ′² ~ Bernoulli(erf(a/√2))
 
 Example:
     >>> act = resolve_activation("relu")
