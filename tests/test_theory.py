@@ -253,6 +253,14 @@ def test_closed_forms_follow_the_object_not_the_name():
     renamed = theory.Activation("my_relu", jax.nn.relu, (0.0,), forms)
     assert theory.chi_1(renamed, 2.0) == 1.0
     assert theory.q_star(renamed, 1.5, 0.1) == pytest.approx(0.1 / (1 - 0.75))
+    # a leaky ReLU given its own closed forms: χ₁ = σ_w² (1 + a²)/2 = 1.25 at σ_w² = 2
+    leaky_forms = theory.ClosedForms(
+        second_moment=lambda q: 0.625 * q, second_moment_slope=lambda q: 0.625,
+        d2_atoms=lambda q: (np.array([0.25, 1.0]), np.array([0.5, 0.5])), homogeneous=True)
+    leaky_act = theory.Activation("relu", relu, (0.0,), leaky_forms)
+    assert theory.chi_1(leaky_act, 2.0) == pytest.approx(1.25, rel=1e-15)
+    assert theory.q_map(leaky_act, 2.0, 1.0) == pytest.approx(
+        theory.q_map(relu, 2.0, 1.0, kinks=(0.0,)), rel=1e-12)  # closed form = quadrature
 
 
 def test_one_activation_table():

@@ -150,11 +150,17 @@ def chi_1(activation, sigma_w2: float, sigma_b2: float = 0.0, *, kinks=None,
           q0: float = 1.0) -> float:
     """χ₁ = σ_w² ∫Dz φ′(√q* z)²: the mean squared singular value gained per layer.
 
+    For homogeneous φ (`ClosedForms.homogeneous`: linear, ReLU) the law of φ′ does not depend
+    on q, so χ₁ = σ_w² μ₁ holds also where q grows without bound (no finite q*).
+
     Example:
-      >>> chi_1("relu", 2.0)
-      1.0
+      >>> chi_1("relu", 2.0), chi_1("relu", 3.0)
+      (1.0, 1.5)
     """
     act = resolve_activation(activation, kinks)
+    if act.closed_forms is not None and act.closed_forms.homogeneous:
+        check_variances(sigma_w2, sigma_b2)
+        return sigma_w2 * float(phi_prime_moments(act, q0, 1)[0])
     q = q_star(act, sigma_w2, sigma_b2, q0=q0)
     return sigma_w2 * float(phi_prime_moments(act, q, 1)[0])
 
