@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 
-import isometry.plot  # noqa: F401  (selects the Agg backend unless MPLBACKEND is set)
-import matplotlib.pyplot as plt
 import numpy as np
 
 from isometry._numerics import log10_sigma
@@ -130,6 +128,11 @@ def diagnosis_figure(diagnosis, title: str | None = None, *, bins: int = 50):
     Returns:
       A `matplotlib.figure.Figure` (`isometry.plot.save(fig, path)` writes it).
     """
+    # matplotlib is heavy: imported when a figure is drawn so that `import isometry` stays fast
+    # (isometry.plot first: it selects the Agg backend unless MPLBACKEND is set)
+    import isometry.plot  # noqa: F401
+    import matplotlib.pyplot as plt
+
     d = diagnosis
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     ax_chi, ax_hist, ax_tok, ax_alpha = axes.ravel()
