@@ -67,3 +67,16 @@ def test_no_fixed_point_is_strict_json(tmp_path, capsys):
     assert predicted["q_star"] is None and predicted["q_star_nonfinite"] == "nan"
     assert predicted["chi_1"] == pytest.approx(1.5)
     assert json.loads(capsys.readouterr().out) == doc
+
+
+@pytest.mark.parametrize("variant", [["--variant", "plain"],
+                                     ["--variant", "rezero", "--alpha", "0.2"]])
+def test_the_namespace_is_read_not_written(tmp_path, capsys, variant):
+    """The command builds a frozen TheoryConfig from the arguments and leaves them as parsed."""
+    from isometry.cli import build_parser
+
+    args = build_parser().parse_args(["theory", "--activation", "linear", "--depth", "2",
+                                      "--samples", "0", "--out", str(tmp_path), *variant])
+    before = dict(vars(args))
+    assert args.func(args) == 0
+    assert vars(args) == before
