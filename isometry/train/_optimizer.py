@@ -12,7 +12,7 @@ from isometry._params import alpha_mask
 from isometry.train._config import TrainConfig
 
 __all__ = ["learning_rate_schedule", "cosine_onecycle_schedule", "scale_by_torch_adagrad",
-           "make_optimizer"]
+           "make_optimizer", "with_standard_promotion"]
 
 
 def _cosine_between(start, end, pct):
@@ -141,4 +141,25 @@ def make_optimizer(config: TrainConfig, params: Any) -> optax.GradientTransforma
         rules[f"factor:{name}"] = _base_optimizer(
             config, learning_rate_schedule(config.lr * factor, config), config.weight_decay)
     tx = optax.multi_transform(rules, labels)
-    return optax.chain(optax.clip_by_global_norm(config.clip), tx) if config.clip else tx
+    tx = optax.chain(optax.clip_by_global_norm(config.clip), tx) if config.clip else tx
+    return with_standard_promotion(tx)
+
+
+def with_standard_promotion(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` with its `init` and `update` traced under JAX's standard dtype promotion.
+
+    optax mixes dtypes inside its transformations (Adam's bias correction raises a Python
+    float to the integer step count), which `jax_numpy_dtype_promotion="strict"` refuses; the
+    optimizer state and updates are the same as without the wrapper. Code outside optax stays
+    under the caller's setting.
+    """
+
+    def init(params):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.init(params)
+
+    def update(updates, state, params=None):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.update(updates, state, params)
+
+    return optax.GradientTransformation(init, update)
