@@ -75,13 +75,21 @@ __all__ = sorted([*_NAMES, *_SUBMODULES])
 
 
 def __getattr__(name: str):
-    """Imports a public name's module on first use (PEP 562) and caches the value here."""
+    """Imports a public name's module on first use (PEP 562) and caches the value here.
+
+    Any other submodule is found the same way (`iso.plot`, as the eager facade once gave).
+    """
+    if name.startswith("__"):
+        raise AttributeError(f"module 'isometry' has no attribute {name!r}")
     if name in _NAMES:
         value = getattr(importlib.import_module(_NAMES[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"isometry.{name}")
     else:
-        raise AttributeError(f"module 'isometry' has no attribute {name!r}")
+        try:
+            value = importlib.import_module(f"isometry.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"isometry.{name}":
+                raise
+            raise AttributeError(f"module 'isometry' has no attribute {name!r}") from None
     globals()[name] = value
     return value
 

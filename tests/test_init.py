@@ -45,3 +45,8 @@ def test_unknown_name_is_an_attribute_error():
 
 def test_train_is_the_module_with_the_loop():
     assert isometry.train.train is not None and isometry.TrainConfig is isometry.train.TrainConfig
+
+
+def test_submodules_are_attributes_on_first_use():
+    code = "import isometry as iso\nassert iso._io.json_text([1.0]) == '[1.0]'\nassert iso.plot"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
