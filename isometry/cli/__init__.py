@@ -11,6 +11,7 @@ Output folders are checked for writability before anything is computed (`output_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -115,15 +116,27 @@ def output_dir(path: str, option: str = "--out", create: bool = True) -> str:
     return path
 
 
-def comma_list(kind=str):
-    """An argparse type for comma-separated lists: "4,16" -> [4, 16]."""
+@dataclasses.dataclass(frozen=True)
+class CommaList:
+    """An argparse type for comma-separated lists of `kind`.
 
-    def parse(text: str):
+    >>> CommaList(int)("4,16,")
+    [4, 16]
+    """
+
+    kind: type = str
+
+    def __call__(self, text: str) -> list:
         try:
-            return [kind(item) for item in text.split(",") if item.strip()]
+            return [self.kind(item) for item in text.split(",") if item.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of "
-                                             f"{kind.__name__}, got {text!r}") from None
+                                             f"{self.kind.__name__}, got {text!r}") from None
 
-    parse.__name__ = f"list of {kind.__name__}"
-    return parse
+    def __repr__(self) -> str:  # how argparse names the type in its messages
+        return f"list of {self.kind.__name__}"
+
+
+def comma_list(kind=str) -> CommaList:
+    """An argparse type for comma-separated lists: `comma_list(int)("4,16")` is [4, 16]."""
+    return CommaList(kind)
