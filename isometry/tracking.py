@@ -40,7 +40,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from isometry._io import atomic_write, json_text
+from isometry._io import atomic_write, json_text, to_python
 
 __all__ = ["Tracker", "RunDirError", "read_metrics", "read_spectrum", "METRICS_FILE",
            "SPECTRA_DIR"]
@@ -93,11 +93,6 @@ def read_metrics(run_dir: str) -> list[dict]:
 def read_spectrum(run_dir: str, record: dict) -> np.ndarray:
     """σ (probes, k) saved for a record that has a "spectrum_file"."""
     return np.load(os.path.join(run_dir, record["spectrum_file"]))
-
-
-def _jsonable(v: Any):
-    a = np.asarray(v)
-    return a.item() if a.ndim == 0 else a.tolist()
 
 
 class Tracker:
@@ -220,9 +215,9 @@ class Tracker:
             alphas = alpha_values(params)
         # one transfer for every scalar and α (not one device-to-host copy each)
         scalars, alphas = jax.device_get(({k: v for k, v in scalars.items() if v is not None}, alphas))
-        record.update({k: _jsonable(v) for k, v in scalars.items()})
+        record.update({k: to_python(v) for k, v in scalars.items()})
         if alphas:
-            record["alpha"] = {k: _jsonable(v) for k, v in alphas.items()}
+            record["alpha"] = {k: to_python(v) for k, v in alphas.items()}
         if spectrum_due and params is not None:
             record.update(self._spectrum(step, params))
         self._write(record)

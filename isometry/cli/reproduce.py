@@ -12,14 +12,15 @@ Transformers). --scale smoke runs in seconds, cpu in under
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 
 from isometry.cli import UsageError, output_dir
+from isometry.experiments import EXPERIMENTS, SCALES, reproduce
+from isometry.tracking import RunDirError
+from isometry.train import RunConfigError
 
 
 def register(sub) -> None:
-    from isometry.experiments import EXPERIMENTS, SCALES
-
     p = sub.add_parser("reproduce", help="reproduce one of the paper's figures or tables",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
@@ -35,20 +36,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from isometry.experiments import EXPERIMENTS, SCALES, reproduce
-
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown NAME {args.name!r}; choose one of {', '.join(EXPERIMENTS)}")
     if args.scale not in SCALES:
         raise UsageError(f"unknown --scale {args.scale!r}; choose one of {', '.join(SCALES)}")
-    if args.data_dir is not None and not __import__("os").path.isdir(args.data_dir):
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir!r} is not a folder")
     output_dir(args.out)  # before computing: a path that cannot be written fails at once
     if args.runs is not None:
         output_dir(args.runs, "--runs")
-    from isometry.tracking import RunDirError
-    from isometry.train import RunConfigError
-
     try:
         paths = reproduce(args.name, args.scale, args.out, data_dir=args.data_dir, seed=args.seed,
                           runs_dir=args.runs)

@@ -28,7 +28,11 @@ SCALES = ("smoke", "cpu", "paper")
 
 
 def experiment(name: str):
-    """The module that reproduces `name` (one of `EXPERIMENTS`)."""
+    """The module that reproduces `name` (one of `EXPERIMENTS`).
+
+    Imported by name when asked for, on purpose: `isometry reproduce NAME` starts without
+    loading the other experiments' dependencies (the theory's scipy, the toy's grids).
+    """
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     return importlib.import_module(f"isometry.experiments.{EXPERIMENTS[name]}")

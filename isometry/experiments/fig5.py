@@ -16,10 +16,14 @@ import dataclasses
 import math
 import os
 
+import matplotlib.pyplot as plt
 import numpy as np
+from flax import nnx
 
+import models
 from isometry.experiments._report import fmt, markdown_table
 from isometry.experiments._runs import first_crossing, image_data, mean_std, smooth, train_run
+from isometry.train import TrainConfig
 
 LABELS = {"plain": "FC", "residual": "FC+Res", "norm": "FC+Norm", "rezero": "FC+ReZero"}
 PAPER_SPEEDUP = (7.0, 15.0)
@@ -53,11 +57,6 @@ SETTINGS = {
 
 def run(s: Fig5Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict:
     """Trains every variant from `s.seeds` seeds (seed, seed+1, …); returns the JSON record."""
-    from flax import nnx
-
-    import models
-    from isometry.train import TrainConfig
-
     data = image_data(data_dir, s.synthetic_shape)
     n_in = math.prod(data.task.input_shape)
     curves, outcomes = {}, {}
@@ -100,7 +99,6 @@ def run(s: Fig5Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict
 
 def figure(record: dict):
     """Mean training loss ±1σ over seeds against steps, one curve per variant (from the record)."""
-    import matplotlib.pyplot as plt
 
     s = record["settings"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

@@ -18,8 +18,14 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import matplotlib.pyplot as plt
+from flax import nnx
+
+import models
+from isometry.augment import Augmented
 from isometry.experiments._report import markdown_table
 from isometry.experiments._runs import first_crossing, image_data, train_run
+from isometry.train import FIXUP_LR_FACTORS, TrainConfig
 
 #: label → (variant, depth key: "deep" = the 6n+2 net, "18" = the 18-layer one)
 VARIANTS = {"vanilla": ("residual", "deep"), "+ Gated": ("gated", "deep"),
@@ -72,12 +78,6 @@ SETTINGS = {
 
 
 def run(s: Table2Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict:
-    from flax import nnx
-
-    import models
-    from isometry.augment import Augmented
-    from isometry.train import FIXUP_LR_FACTORS, TrainConfig
-
     data = image_data(data_dir, (s.image_size, s.image_size, 3))
     if data.name == "cifar10":  # the synthetic prototypes are pixel patterns: crops and flips
         data = Augmented(data, s.crop_padding)  # would move them, not the class
@@ -114,7 +114,6 @@ def run(s: Table2Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> di
 
 def figure(record: dict):
     """Held-out accuracy against iterations, one curve per variant (from the record)."""
-    import matplotlib.pyplot as plt
 
     s = record["settings"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
