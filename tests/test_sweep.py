@@ -68,7 +68,7 @@ def test_a_grid_of_the_shared_rate_alone_reproduces_the_shared_runs(fig5_sweep, 
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["reproduce", "fig2", "--scale", "smoke", "--lr-sweep"], "--lr-sweep works with fig5"),
+    (["reproduce", "fig2", "--scale", "smoke", "--lr-sweep"], "--lr-sweep works with fig5, table2"),
     (["reproduce", "fig5", "--scale", "smoke", "--lr-sweep", "0,1"], "give positive factors"),
     (["reproduce", "fig5", "--scale", "smoke", "--lr-sweep", "a"], "give positive factors"),
 ])
@@ -76,3 +76,16 @@ def test_bad_sweep_is_one_line_exit_2(argv, message, capsys, tmp_path):
     assert main(argv + ["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_table2_sweep_reports_both_speedups(tmp_path):
+    paths = reproduce("table2", "smoke", str(tmp_path), lr_sweep=(0.5, 1.0))
+    with open(paths["json"]) as f:
+        record = json.load(f)
+    for label, sweep in record["lr_sweep"].items():
+        finite = [(x, lr) for lr, x in zip(sweep["grid"], sweep["final_loss"]) if x is not None]
+        assert sweep["best_lr"] == min(finite)[1]
+        assert record["best_lr"]["results"][label]["lr"] == sweep["best_lr"]
+    assert set(record["best_lr"]["speedups"]) == set(record["speedups"]) == {"+ ReZero vs vanilla"}
+    md = open(paths["md"]).read()
+    assert "each at its best lr" in md and "**Outcome at the best learning rates:**" in md
