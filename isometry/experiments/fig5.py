@@ -180,6 +180,17 @@ def _outcome_rows(out: dict) -> list[list[str]]:
             for o in out.values()]
 
 
+def _speedup_text(outcomes: dict, variant: str, steps: int) -> str:
+    """ReZero's speed-up over `variant`; a lower bound (run length / ReZero's iterations) when
+    only ReZero reached the threshold."""
+    o, ref = outcomes[variant], outcomes.get("rezero", {}).get("mean_steps")
+    if o["rezero_speedup"]:
+        return f"{o['rezero_speedup']:.2f}×"
+    if ref and not o["mean_steps"]:
+        return f"> {steps / ref:.1f}× (not reached in {steps})"
+    return "—"
+
+
 def _sweep_markdown(record: dict) -> list[str]:
     s, sweep = record["settings"], record["lr_sweep"]
     grid_rows = [[LABELS[v], ", ".join(f"{lr:g}: {fmt(x) if x is not None else 'diverged'}"
@@ -187,8 +198,7 @@ def _sweep_markdown(record: dict) -> list[str]:
                   f"{sw['best_lr']:g}"] for v, sw in sweep.items()]
     best = record["best_lr"]["outcomes"]
     shared = record["outcomes"]
-    speed = [[LABELS[v], f"{shared[v]['rezero_speedup']:.2f}×" if shared[v]["rezero_speedup"] else "—",
-              f"{best[v]['rezero_speedup']:.2f}×" if best[v]["rezero_speedup"] else "—"]
+    speed = [[LABELS[v], _speedup_text(shared, v, s["steps"]), _speedup_text(best, v, s["steps"])]
              for v in best if v != "rezero"]
     return ["## Each variant at its own best learning rate\n",
             f"Sweep: every variant trained {s['steps']} iterations (seed {record['seed']}) at "
