@@ -20,7 +20,9 @@ from isometry._adapters import from_linen, from_nnx
 from isometry._jacobian import (JacobianOperator, JacobianTooLargeError, dense_jacobian,
                                 jacobian_operator)
 from isometry._params import alpha_mask, alpha_values
-from isometry._spectrum import ISOMETRY_BAND, METHODS, Spectrum, jacobian_spectrum, spectrum_fn
+from isometry._spectra import SpectrumResult
+from isometry._spectrum import (ISOMETRY_BAND, METHODS, Spectrum, SpectrumFunction,
+                                jacobian_spectrum, spectrum_fn)
 from isometry._lanczos import (LanczosSpectrum, TopSingularValues, hutchinson_chi,
                                lanczos_spectrum, top_singular_values)
 from isometry._layerwise import depth_profile, from_stack, layerwise_chi_fn, layerwise_spectrum_fn
@@ -50,6 +52,8 @@ __all__ = [
     "JacobianTooLargeError",
     "LanczosSpectrum",
     "Spectrum",
+    "SpectrumFunction",
+    "SpectrumResult",
     "TopSingularValues",
     "TrainConfig",
     "Tracker",

@@ -30,8 +30,9 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from isometry._jacobian import JacobianTooLargeError, check_floating, dense_jacobian, flat_sizes
-from isometry._spectrum import (DEFAULT_MEMORY_BUDGET, Spectrum, _raise_if_nonfinite,
-                                check_dense_fits, svd_spectrum)
+from isometry._numerics import log10_sigma, tiny
+from isometry._spectra import raise_if_nonfinite
+from isometry._spectrum import DEFAULT_MEMORY_BUDGET, Spectrum, check_dense_fits, svd_spectrum
 from isometry._stack import LayerStack
 
 __all__ = ["from_stack", "layerwise_chi_fn", "layerwise_spectrum_fn", "depth_profile"]
@@ -128,7 +129,7 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
                 f"layerwise_chi_fn (chi_l from a few JVPs)") from None
         spectra = jitted(params, x0)
         for spec in _runs(spectra):
-            _raise_if_nonfinite(spec)
+            raise_if_nonfinite(spec)
         return spectra
 
     return lfn
@@ -203,7 +204,7 @@ def depth_profile(profile, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> di
         depth = s.shape[-2]
         chis.append(np.asarray(spec.chi, np.float64).reshape(-1, depth).mean(axis=0))
         pooled = np.moveaxis(s, -2, 0).reshape(depth, -1)
-        log10 = np.log10(np.clip(pooled, np.finfo(np.asarray(spec.singular_values).dtype).tiny,
-                                 None))
+        # σ = 0 at the smallest normal number of σ's own dtype (float64 only for the log)
+        log10 = log10_sigma(np.maximum(pooled, tiny(np.asarray(spec.singular_values))))
         qs.append(np.quantile(log10, quantiles, axis=1))
     return {"chi": np.concatenate(chis), "log10_sigma_quantiles": np.concatenate(qs, axis=1)}

@@ -102,7 +102,7 @@ def test_spectrum_fn_does_not_recompile_for_new_parameter_values():
     traces_after_first = apply_fn.traces
     s2 = sfn(p2, x)
     assert apply_fn.traces == traces_after_first  # no retrace for new values of the same shapes
-    assert sfn.jitted._cache_size() == 1
+    assert sfn.trace_count == 1
     assert not np.allclose(s1.singular_values, s2.singular_values)
 
 

@@ -31,7 +31,7 @@ def test_records_spectra_alpha_and_no_recompile(tmp_path):
     t = Tracker(str(tmp_path), apply_fn=apply_fn, probes=probes(), every=2, log_every=1)
     for step in range(5):
         t.update(step, make_params(1.0 + step), loss=jnp.asarray(1.0 / (step + 1)), lr=0.1)
-    assert t._sfn.jitted._cache_size() == 1  # new params reuse the compiled spectrum
+    assert t.spectrum_fn.trace_count == 1  # new params reuse the compiled spectrum
     t.close()
     records = read_metrics(str(tmp_path))
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]

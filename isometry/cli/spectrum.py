@@ -105,11 +105,11 @@ def compute(args):
         except (iso.JacobianTooLargeError, FloatingPointError, ValueError) as err:
             raise UsageError(f"{args.model} {variant} depth {depth}: {err}") from None
         record = dict(model=args.model, variant=variant, depth=depth, method=args.method,
-                      engine="dense" if isinstance(spec, iso.Spectrum) else "lanczos",
+                      engine=spec.engine,
                       samples=args.samples, seed=args.seed, dtype=str(x.dtype),
                       alpha_init=args.alpha_init, **_model_settings(args))
         record.update(_mean_summary(spec))
-        if isinstance(spec, iso.Spectrum):
+        if spec.exact:
             record["singular_values"] = jax.device_get(spec.singular_values).tolist()
         else:
             for name in ("zero_share", "below_resolution"):  # the engine cannot tell
@@ -141,14 +141,14 @@ def _matrix_free_fields(spec) -> dict:
     """What the matrix-free engine knows, per probe input, with what each number is."""
     import numpy as np
 
-    from isometry.tracking import _MATRIX_FREE_ESTIMATES
+    from isometry.tracking import MATRIX_FREE_ESTIMATES
 
-    return dict(top_singular_values=np.asarray(spec.singular_values).tolist(),
+    return dict(top_singular_values=np.asarray(spec.top_singular_values).tolist(),
                 residual_bounds=np.asarray(spec.residual_bounds).tolist(),
                 converged=np.asarray(spec.converged()).tolist(),
                 chi_stderr=np.asarray(spec.chi_stderr).tolist(),
                 sigma_min_residual=np.asarray(spec.sigma_min_residual).tolist(),
-                estimates=_MATRIX_FREE_ESTIMATES)
+                figure=spec.statistics(), estimates=MATRIX_FREE_ESTIMATES)
 
 
 def _mesh(args):
