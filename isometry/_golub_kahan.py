@@ -72,7 +72,7 @@ class Bidiagonalization:
     def matrix(self) -> Array:
         """B as a dense (m, m) array (zero beyond `steps`: extra zero singular values)."""
         m = self.alphas.shape[-1]
-        superdiag = jnp.where(jnp.arange(m - 1) < self.steps - 1, self.betas[:-1], 0)
+        superdiag = jnp.where(jnp.arange(m - 1, dtype=jnp.int32) < self.steps - 1, self.betas[:-1], 0)
         return jnp.diag(self.alphas) + jnp.diag(superdiag, 1)
 
     def ritz(self):
@@ -211,7 +211,7 @@ def _gk_init(op, v0, m, key):
 
 def _bidiagonalization(carry, steps, m) -> Bidiagonalization:
     us, vs, alphas, betas, _ = carry
-    filled = (jnp.arange(m) < steps)[:, None]
+    filled = (jnp.arange(m, dtype=jnp.int32) < steps)[:, None]
     nxt = jax.lax.dynamic_index_in_dim(vs, steps, axis=1, keepdims=False)
     return Bidiagonalization(alphas, betas, jnp.full((alphas.shape[0],), steps),
                              jnp.where(filled, vs[:, :m], 0), jnp.where(filled, us[:, :m], 0), nxt)
@@ -224,7 +224,7 @@ def bidiagonalize_runs(op: JacobianOperator, v0: Array, num_steps: int, key: Arr
     carry, g_u, g_v = _gk_init(op, v0, m, key)
     ulps = _BREAKDOWN_ULPS * jnp.finfo(op.dtype).eps
     carry = jax.lax.fori_loop(0, m, functools.partial(_gk_step, op, g_u, g_v, ulps), carry)
-    return _bidiagonalization(carry, jnp.asarray(m), m)
+    return _bidiagonalization(carry, jnp.asarray(m, jnp.int32), m)
 
 
 # --- Ritz values and their error bounds ------------------------------------------------------
@@ -245,14 +245,14 @@ def _top_ritz(alphas: Array, betas: Array, steps: Array, count: int, sizes: tupl
 
     def leading(s):
         def svd(alphas, betas, steps):
-            sup = jnp.where(jnp.arange(s - 1) < steps - 1, betas[:s - 1], 0)
+            sup = jnp.where(jnp.arange(s - 1, dtype=jnp.int32) < steps - 1, betas[:s - 1], 0)
             p, sv, _ = jnp.linalg.svd(jnp.diag(alphas[:s]) + jnp.diag(sup, 1))
             last = jnp.minimum(steps, s) - 1
             res = jnp.abs(betas[steps - 1] * p[last, :])
             return sv[:count], res[:count]
         return svd
 
-    index = jnp.sum(steps > jnp.asarray(sizes[:-1])) if len(sizes) > 1 else 0
+    index = jnp.sum(steps > jnp.asarray(sizes[:-1], jnp.int32)) if len(sizes) > 1 else 0
     return jax.lax.switch(index, [leading(s) for s in sizes], alphas, betas, steps)
 
 
@@ -287,7 +287,7 @@ def error_bounds(values: Array, residuals: Array, steps: Array | int | None = No
       Error bounds, (count,) (∞-free: at most r_i; the last value gets r only).
     """
     count = values.shape[-1]
-    idx = jnp.arange(count)
+    idx = jnp.arange(count, dtype=jnp.int32)
     real = count if steps is None else jnp.minimum(steps, count)
     r2 = jnp.square(residuals)
 
@@ -384,9 +384,10 @@ def certified_run(op, v0, m, key, k, rtol):
         s, res = _top_ritz(alphas[0], betas[0], j, count, sizes)
         ratio, bounds = _stop_ratio(s, res, j, k, rtol)
         log_ratio = jnp.log(jnp.maximum(ratio, jnp.finfo(op.dtype).tiny))
-        rate = (last_log - log_ratio) / jnp.maximum(j - last_j, 1)
+        rate = (last_log - log_ratio) / jnp.maximum(j - last_j, 1).astype(log_ratio.dtype)
         ahead = jnp.where((last_j > 0) & (rate > 0), log_ratio / rate, jnp.inf)
-        interval = jnp.clip(jnp.floor(ahead / 2), 1, jnp.maximum(j // 8, 1)).astype(j.dtype)
+        interval = jnp.clip(jnp.floor(ahead / 2), 1,
+                            jnp.maximum(j // 8, 1).astype(ahead.dtype)).astype(j.dtype)
         return (j, carry, jnp.minimum(j + interval, m), j, log_ratio, log_ratio <= 0, tests + 1,
                 (s[:k], res[:k], bounds))
 

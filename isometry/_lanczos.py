@@ -301,7 +301,7 @@ def _probe_deflated_chi(bidiag: Bidiagonalization, probes: Array, extra: Array,
                                  jnp.einsum("pkm,psm->psk", b, coef))
     samples = jnp.sum(jnp.square(rest), axis=-1)  # (p, s_all)
     valid = jnp.arange(z.shape[0])[None, :] != jnp.arange(p)[:, None]  # not the run's own start
-    count = jnp.sum(valid, axis=1)
+    count = jnp.sum(valid, axis=1).astype(samples.dtype)
     mean = jnp.sum(jnp.where(valid, samples, 0), axis=1) / count
     var = jnp.sum(jnp.where(valid, jnp.square(samples - mean[:, None]), 0), axis=1) / (count - 1)
     return jnp.mean(exact + mean), jnp.sqrt(jnp.mean(var / count))

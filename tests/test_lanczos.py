@@ -172,7 +172,7 @@ KNOWN_SPECTRA = {
     # a spread spectrum: slow, steady convergence
     "linear": jnp.linspace(1.0, 0.01, N_KNOWN),
     # ten top values 0.2 % apart: the gap bound of each is useless, the cluster bound is not
-    "clustered": jnp.concatenate([10 * (1 - 0.002 * jnp.arange(10)),
+    "clustered": jnp.concatenate([10 * (1 - 0.002 * jnp.arange(10.0)),
                                   jnp.linspace(9.0, 0.1, N_KNOWN - 10)]),
     # Hilbert-like: twelve decades, condition number 1e12
     "hilbert": jnp.logspace(0, -12, N_KNOWN),
