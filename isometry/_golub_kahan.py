@@ -350,9 +350,14 @@ def golub_kahan(op: JacobianOperator, v0: Array, num_steps: int, key: Array, *,
       `Bidiagonalization` with α, β of shape (m,), both bases, and the number of steps done.
 
     Example:
-      >>> op = jacobian_operator(lambda x: a @ x, jnp.ones(n))
-      >>> bd = golub_kahan(op, jnp.ones(n), 64, jax.random.key(0), k=5, rtol=1e-8)
+      >>> import jax, jax.numpy as jnp
+      >>> from isometry._jacobian import jacobian_operator
+      >>> a = jnp.diag(jnp.arange(1.0, 21.0))
+      >>> op = jacobian_operator(lambda x: a @ x, jnp.ones(20))
+      >>> bd = golub_kahan(op, jnp.ones(20), 20, jax.random.key(0), k=3, rtol=1e-5)
       >>> _, s, _, res = bd.ritz()
+      >>> [round(float(v), 3) for v in s[:3]]
+      [20.0, 19.0, 18.0]
     """
     m = num_steps
     if not 1 <= m <= min(op.n_in, op.n_out):

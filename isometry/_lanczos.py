@@ -130,8 +130,11 @@ def top_singular_values(fn: Callable, x: Any, k: int = DEFAULT_K, rtol: float = 
       `TopSingularValues`; check `converged` (False: `max_steps` ran out first).
 
     Example:
-      >>> top = iso.top_singular_values(lambda x: jnp.tanh(w @ x), x, k=10)
-      >>> top.singular_values, top.error_bounds, top.converged
+      >>> import jax.numpy as jnp, isometry as iso
+      >>> w = jnp.diag(jnp.linspace(2.0, 0.5, 32))
+      >>> top = iso.top_singular_values(lambda x: w @ x, jnp.ones(32), k=2, rtol=1e-4)
+      >>> [round(float(v), 3) for v in top.singular_values], bool(top.converged)
+      ([2.0, 1.952], True)
     """
     op = jacobian_operator(fn, x)
     if op.n_out < op.n_in:
@@ -231,8 +234,11 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
       k; `sigma_min` is an upper-bound estimate only.
 
     Example:
-      >>> spec = lanczos_spectrum(lambda x: jnp.tanh(w @ x), x, jax.random.key(0))
-      >>> spec.sigma_max, spec.residual_bounds[0], spec.chi
+      >>> import jax, jax.numpy as jnp
+      >>> w = jnp.diag(jnp.linspace(2.0, 0.5, 32))
+      >>> spec = lanczos_spectrum(lambda x: w @ x, jnp.ones(32), jax.random.key(0), k=2)
+      >>> round(float(spec.sigma_max), 3), spec.engine, spec.top_singular_values.shape
+      (2.0, 'lanczos', (2,))
     """
     op = jacobian_operator(fn, x)
     n_in, n_out = op.n_in, op.n_out

@@ -279,10 +279,12 @@ def jacobian_spectrum(fn: Callable, x: Any, *, method: str = "dense", batched: b
       `Spectrum` with σ descending (leading batch axis kept when batched).
 
     Example:
+      >>> import jax, jax.numpy as jnp, isometry as iso
       >>> q1, q2 = (jax.random.orthogonal(k, 4) for k in jax.random.split(jax.random.key(0)))
       >>> s = jnp.array([3.0, 2.0, 1.0, 0.5])
-      >>> iso.jacobian_spectrum(lambda x: q2 @ (s * (q1 @ x)), jnp.ones(4)).singular_values
-      Array([3. , 2. , 1. , 0.5], dtype=float32)
+      >>> spec = iso.jacobian_spectrum(lambda x: q2 @ (s * (q1 @ x)), jnp.ones(4))
+      >>> [round(float(v), 3) for v in spec.singular_values]
+      [3.0, 2.0, 1.0, 0.5]
 
     `fn` is traced at every call, so arrays it closes over are read at their current values
     (never frozen at a first call); calls whose traced program is the same reuse the compiled
