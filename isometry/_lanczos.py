@@ -30,6 +30,12 @@ are in `isometry._golub_kahan`. From the SVD B = P Σ Qᵀ:
   and the other probes sample the remainder, at no extra product (`_probe_deflated_chi`). `hutchinson_chi` is plain Hutchinson with JVPs alone (cheap enough for every
   training step).
 
+Cost of `lanczos_spectrum`: one forward pass plus (steps of the top run + num_probes ×
+num_steps) products J v and Jᵀ u, and O(steps² · n) for reorthogonalization; memory: that
+many vectors of n. Its top-k run stops when the top k error bounds are ≤ rtol · σ_i (the
+stopping rule of `golub_kahan`) or after `max_steps` steps; its density probes are vmapped so
+their products are batched; its chi probes cost one JVP each.
+
 Rectangular J: everything runs on the short side (JᵀJ or JJᵀ, whichever is smaller), so the
 density describes the k = min(n_in, n_out) singular values, like the dense `Spectrum`.
 
@@ -136,9 +142,7 @@ def top_singular_values(fn: Callable, x: Any, k: int = DEFAULT_K, rtol: float = 
       >>> [round(float(v), 3) for v in top.singular_values], bool(top.converged)
       ([2.0, 1.952], True)
     """
-    op = jacobian_operator(fn, x)
-    if op.n_out < op.n_in:
-        op = _transposed(op)
+    op, _ = _short_side(jacobian_operator(fn, x))
     m = min(max_steps, op.n_in)
     if not 1 <= k <= m:
         raise ValueError(f"k must be in [1, min(max_steps, n) = {m}], got {k}")
@@ -159,6 +163,11 @@ def _hutchinson(tangents: Array) -> tuple[Array, Array]:
 
 def _transposed(op: JacobianOperator) -> JacobianOperator:
     return JacobianOperator(op.rmatvec, op.matvec, op.n_out, op.n_in, op.dtype)
+
+
+def _short_side(op: JacobianOperator) -> tuple[JacobianOperator, tuple[int, int]]:
+    """The operator on J's short side (JJᵀ has no extra zero eigenvalues) and J's (n_in, n_out)."""
+    return (_transposed(op) if op.n_out < op.n_in else op), (op.n_in, op.n_out)
 
 
 def _rademacher(key: Array, shape: tuple[int, ...], dtype) -> Array:
@@ -191,6 +200,22 @@ def _top_run_and_chi(op, r, m_top, key, k, rtol):
     return s_top, bounds_top, frob + jnp.sum(jnp.square(top.matrix())), err
 
 
+def _best_over_probes(nodes, residuals, count):
+    """The largest Ritz value over the probes at each rank < count, and its error bound."""
+    bounds = jax.vmap(lambda s, res: error_bounds(s, res))(nodes, residuals)[:, :count]
+    best = jnp.argmax(nodes[:, :count], axis=0)
+    s_top = jnp.take_along_axis(nodes[:, :count], best[None], axis=0)[0]
+    return s_top, jnp.take_along_axis(bounds, best[None], axis=0)[0]
+
+
+def _quadrature(op, probes, m, key):
+    """The probes' runs and their Gauss quadrature: (runs, nodes σ_i(B), weights Q_{1,i}²,
+    residual bounds), each with a leading probe axis."""
+    bidiag = bidiagonalize_runs(op, probes, m, key)
+    _, nodes, qt, residuals = jax.vmap(Bidiagonalization.ritz)(bidiag)
+    return bidiag, nodes, jnp.square(qt[:, :, 0]), residuals
+
+
 def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
                      max_steps: int = DEFAULT_MAX_STEPS, rtol: float = DEFAULT_RTOL,
                      num_steps: int = DEFAULT_NUM_STEPS, num_probes: int = DEFAULT_NUM_PROBES,
@@ -198,17 +223,8 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
                      bandwidth: float = DEFAULT_BANDWIDTH, top_run: bool = True) -> LanczosSpectrum:
     """Matrix-free spectrum of J = ∂fn(x)/∂x: top-k σ, SLQ density of log10 σ, Hutchinson chi.
 
-    Two kinds of Golub–Kahan runs on the short side of J (`jacobian_operator` products):
-
-    * top k: one run from a random start until the top k error bounds are ≤ rtol · σ_i
-      (the stopping rule of `golub_kahan`) or `max_steps` steps;
-    * density: `num_probes` runs of `num_steps` steps from Rademacher probes, vmapped so
-      the products of all probes are batched;
-    * chi: ‖B‖_F² of the top run plus Hutchinson with `chi_probes` probes projected off its
-      Krylov basis (one JVP each).
-
-    Cost: one forward pass plus (steps of the top run + num_probes × num_steps) products J v
-    and Jᵀ u, and O(steps² · n) for reorthogonalization; memory: that many vectors of n.
+    Golub–Kahan runs on the short side of J (the module docstring says how): top k by one
+    certified run, the density by `num_probes` batched runs, chi by deflated Hutchinson.
     Jittable and vmappable (`spectrum_fn(method="lanczos")` calls it).
 
     Args:
@@ -216,18 +232,14 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
       x: the point at which J is taken.
       key: PRNG key for the probes.
       k: number of top singular values to report.
-      max_steps: the most steps of the top-k run (capped at min(n_in, n_out), where all σ
-        are exact).
+      max_steps: the most steps of the top-k run (capped at min(n_in, n_out)).
       rtol: stopping rule of the top-k run: error bound ≤ rtol · σ_i.
       num_steps: m, GK steps per density probe (capped like max_steps).
       num_probes: p, random probes for the density.
-      chi_probes: Rademacher probes of the deflated Hutchinson estimate of chi (one JVP
-        each, batched; ≥ 2 for a standard error).
+      chi_probes: Rademacher probes of deflated Hutchinson (≥ 2 for a standard error).
       bandwidth: kernel width of the density in decades of σ.
-      top_run: False skips the top-k run (density and chi only, at the cost of the probes):
-        the top k are then the largest Ritz values over the probes at each rank, with their
-        error bounds (uncertified at `rtol`), and chi is deflated by the probes' own Krylov
-        spaces (`_probe_deflated_chi`) instead of the top run's.
+      top_run: False skips the top-k run: the top k are then the largest Ritz values over
+        the probes (uncertified), chi deflated by the probes' own Krylov spaces.
 
     Returns:
       `LanczosSpectrum`. Check `converged()` (or `residual_bounds`) before trusting the top
@@ -240,10 +252,7 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
       >>> round(float(spec.sigma_max), 3), spec.engine, spec.top_singular_values.shape
       (2.0, 'lanczos', (2,))
     """
-    op = jacobian_operator(fn, x)
-    n_in, n_out = op.n_in, op.n_out
-    if n_out < n_in:
-        op = _transposed(op)  # the short side: JJᵀ has no extra zero eigenvalues
+    op, (n_in, n_out) = _short_side(jacobian_operator(fn, x))
     n_short = op.n_in
     m, m_top = min(num_steps, n_short), min(max_steps, n_short)
     _check_options(k, m, m_top, num_probes, chi_probes, num_steps, bandwidth, top_run)
@@ -253,19 +262,12 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
     probes, r = draws[:num_probes], draws[num_probes:]
 
     # Density and chi: Gauss quadrature of every probe (the runs' products batched).
-    bidiag = bidiagonalize_runs(op, probes, m, jax.random.fold_in(restart_key, 1))
-    _, nodes, qt, residuals = jax.vmap(Bidiagonalization.ritz)(bidiag)
-    weights = jnp.square(qt[:, :, 0])
+    bidiag, nodes, weights, residuals = _quadrature(op, probes, m, jax.random.fold_in(restart_key, 1))
     low = jnp.argmin(nodes[:, -1])  # every probe's smallest node is an upper bound on σ_min
-
     if top_run:
         s_top, bounds_top, frob, err = _top_run_and_chi(op, r, m_top, restart_key, k, rtol)
     else:
-        count = min(k, m)
-        bounds = jax.vmap(lambda s, res: error_bounds(s, res))(nodes, residuals)[:, :count]
-        best = jnp.argmax(nodes[:, :count], axis=0)  # the largest Ritz value at each rank
-        s_top = jnp.take_along_axis(nodes[:, :count], best[None], axis=0)[0]
-        bounds_top = jnp.take_along_axis(bounds, best[None], axis=0)[0]
+        s_top, bounds_top = _best_over_probes(nodes, residuals, min(k, m))
         frob, err = _probe_deflated_chi(bidiag, probes, r, jax.vmap(op.matvec)(r))
     n_bad = sum(jnp.sum(~jnp.isfinite(a)) for a in (bidiag.alphas, bidiag.betas, s_top, frob))
     return LanczosSpectrum(

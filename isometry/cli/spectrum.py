@@ -1,7 +1,12 @@
 """`isometry spectrum`: Jacobian spectra of models at initialization, as a table, JSON and PNG.
 
 With no arguments: the six fully connected variants of Table 1 at depth 32, width 256 (the
-nets of the paper's Figure 5), on 4 Gaussian inputs each.
+nets of the paper's Figure 5), on 4 Gaussian inputs each. Both engines' results are reported
+through `isometry.SpectrumResult` (`engine`, `exact`, `statistics()`); the matrix-free one's
+top k go out as "top_singular_values", never as the spectrum.
+
+JAX, the models and plotting are imported inside the functions that use them: `isometry
+--help` and argument errors must answer without loading them.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ def compute(args):
     from tqdm import tqdm
 
     import isometry as iso
+    from isometry._jacobian import flat_sizes
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
@@ -94,7 +100,7 @@ def compute(args):
                 module = _zoo.build_model(kind, args, variant, depth, args.seed)
         module.eval()
         apply_fn, params = iso.from_nnx(module)
-        n_in, n_out, _ = iso._jacobian.flat_sizes(lambda xx: apply_fn(params, xx), x[0])
+        n_in, n_out, _ = flat_sizes(lambda xx: apply_fn(params, xx), x[0])
         options = _lanczos_options(args, min(n_in, n_out))
         try:
             if mesh is None:

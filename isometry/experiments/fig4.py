@@ -22,12 +22,19 @@ import dataclasses
 import math
 import os
 
+import jax
 import numpy as np
+from flax import nnx
 
+import models
+from isometry import plot
+from isometry._adapters import from_nnx
 from isometry._spectra import VANISHED
+from isometry._spectrum import spectrum_fn
 from isometry.experiments._report import fmt, markdown_table
 from isometry.experiments._runs import image_data, language_data, train_run
 from isometry.tracking import load_spectrum, spectrum_arrays, spectrum_from_arrays
+from isometry.train import TrainConfig
 
 PAPER = {"a": "shallow encoders peak near σ = 1; deep ones have many σ vanishing to machine precision",
          "b": "stays near dynamical isometry during training (all σ = 1 at α = 0)",
@@ -90,12 +97,6 @@ def _result(entry: dict):
 
 
 def _encoders(s: Fig4Settings, seed: int) -> dict:
-    import jax
-    from flax import nnx
-
-    import isometry as iso
-    import models
-
     out = {}
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(seed), (s.inputs, s.tokens, s.d_model), jax.numpy.float64)
@@ -104,8 +105,8 @@ def _encoders(s: Fig4Settings, seed: int) -> dict:
                                        variant="postnorm", param_dtype=jax.numpy.float64,
                                        rngs=nnx.Rngs(seed))
             model.eval()
-            apply_fn, state = iso.from_nnx(model)
-            spec = iso.spectrum_fn(apply_fn, "dense", batched=True)(state, x)
+            apply_fn, state = from_nnx(model)
+            spec = spectrum_fn(apply_fn, "dense", batched=True)(state, x)
             out[str(depth)] = _entry(spec)
     return out
 
@@ -116,11 +117,6 @@ def _tracked(run_dir: str, records: list) -> dict:
 
 
 def _language_model(s: Fig4Settings, data_dir, seed: int, runs_dir: str) -> dict:
-    from flax import nnx
-
-    import models
-    from isometry.train import TrainConfig
-
     data = language_data(data_dir, s.lm_seq_len, 1_000_000)
     model = models.Transformer(s.lm_depth, s.d_model, heads=s.heads, ffn=s.ffn, variant="rezero",
                                vocab_size=256, causal=True, rngs=nnx.Rngs(seed))
@@ -134,11 +130,6 @@ def _language_model(s: Fig4Settings, data_dir, seed: int, runs_dir: str) -> dict
 
 
 def _resnet(s: Fig4Settings, variant: str, data_dir, seed: int, runs_dir: str) -> dict:
-    from flax import nnx
-
-    import models
-    from isometry.train import TrainConfig
-
     data = image_data(data_dir, (s.image_size, s.image_size, 3))
     model = models.ResNet(s.resnet_depth, variant=variant, rngs=nnx.Rngs(seed),
                           in_channels=data.task.input_shape[-1],
@@ -183,8 +174,6 @@ def panels(record: dict) -> dict:
 
 
 def figure(record: dict):
-    from isometry import plot
-
     return plot.spectrum_histograms(panels(record), bins=40)
 
 
