@@ -53,7 +53,8 @@ import numpy as np
 from flax import nnx
 
 from isometry._jacobian import JacobianTooLargeError
-from isometry._layerwise import _runs, depth_profile, layerwise_chi_fn, layerwise_spectrum_fn
+from isometry._layerwise import (depth_profile, layerwise_chi_fn, layerwise_spectrum_fn,
+                                 state_runs)
 from isometry._params import _key_name, alpha_values, is_alpha_path
 from isometry._spectrum import Spectrum, spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY, LayerStack
@@ -417,7 +418,7 @@ def _spectrum_fns(fn: Callable, memory_budget: float) -> Callable:
 
 @functools.lru_cache(maxsize=32)
 def _last_state_fn(states_fn: Callable) -> Callable:
-    return lambda p, xx: _runs(states_fn(p, xx))[-1][-1]
+    return lambda p, xx: state_runs(states_fn(p, xx))[-1][-1]
 
 
 def _alpha_layer_key(name: str) -> str:
@@ -548,7 +549,7 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
     if states_fn is not None:
         x0 = x if embed_fn is None else _jit(embed_fn)(params, x)
         states = _jit(states_fn)(params, x0)
-        runs = _runs(states)
+        runs = state_runs(states)
         n_layers = sum(r.shape[0] for r in runs) - len(runs)
         n_in = int(np.size(x0))
         n_total = sum(int(np.size(r)) for r in runs)
@@ -558,7 +559,7 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
             dp = depth_profile(prof)
             chi_prof, quant = dp["chi"], dp["log10_sigma_quantiles"]
             chi_err = np.zeros_like(chi_prof)
-            last = _runs(prof)[-1]
+            last = state_runs(prof)[-1]
             spec = jax.tree.map(lambda a: a[-1], last) if last.singular_values.ndim > 1 else last
             spec = Spectrum(spec.singular_values, spec.chi, spec.n_nonfinite, last.n_in,
                             last.n_out)
