@@ -5,6 +5,11 @@
     sfn = iso.spectrum_fn(apply_fn, method="auto")   # pure (params, x[, key]) -> Spectrum
     apply_fn, params = iso.from_nnx(module)
 
+The facade is lazy (PEP 562): `import isometry` loads none of jax, flax, optax, scipy or
+matplotlib; each public name below is imported from its module the first time it is used
+(`iso.spectrum_fn`, `from isometry import spectrum_fn`), so a command that needs only part of
+the package starts fast. `dir(isometry)` and `__all__` list every public name.
+
 Threads: σ comes from LAPACK's SVD (OpenBLAS, through jax and scipy), whose default threading
 thrashes on the small matrices of per-input spectra: on a 2-core machine, 8 SVDs of 256x256
 took 0.02 s with one thread and 0.7-7.8 s with OpenBLAS's default. Importing isometry sets
@@ -12,81 +17,84 @@ OPENBLAS_NUM_THREADS=1 unless it is already set (it acts only if no LAPACK routi
 this import); set it yourself to override.
 """
 
+import importlib
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from isometry._adapters import from_linen, from_nnx
-from isometry._jacobian import (JacobianOperator, JacobianTooLargeError, dense_jacobian,
-                                jacobian_operator)
-from isometry._params import alpha_mask, alpha_values
-from isometry._spectra import SpectrumResult
-from isometry._spectrum import (ISOMETRY_BAND, METHODS, Spectrum, SpectrumFunction,
-                                jacobian_spectrum, spectrum_fn)
-from isometry._lanczos import (LanczosSpectrum, TopSingularValues, hutchinson_chi,
-                               lanczos_spectrum, top_singular_values)
-from isometry._layerwise import depth_profile, from_stack, layerwise_chi_fn, layerwise_spectrum_fn
-from isometry._stack import LAYER_AXIS_KEY, LayerStack
-from isometry._sharding import (batch_mesh, collective_counts, device_mesh, parse_mesh,
-                                sharded_spectrum_fn, simulate_devices, to_host)
-from isometry._diagnose import Diagnosis, Finding, diagnose  # noqa: E402
-from isometry._plot_diagnosis import diagnosis_figure  # noqa: E402
-from isometry._tune import TuneResult, tune_init  # noqa: E402
-from isometry import toy  # noqa: E402  (the (1 + αw)^L model of Figure 2, as `iso.toy`)
-from isometry import theory  # noqa: E402  (mean field and free probability, as `iso.theory`)
-from isometry import theory_residual  # noqa: E402  (residual/ReZero nets at α > 0)
-from isometry import data  # noqa: E402  (CIFAR-10, enwik8, text and synthetic data, as `iso.data`)
-from isometry.tracking import Tracker, read_metrics  # noqa: E402
-from isometry.train import TrainConfig  # noqa: E402  (`iso.train.train(...)`: the loop)
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "ISOMETRY_BAND",
-    "METHODS",
-    "Diagnosis",
-    "Finding",
-    "JacobianOperator",
-    "LAYER_AXIS_KEY",
-    "LayerStack",
-    "JacobianTooLargeError",
-    "LanczosSpectrum",
-    "Spectrum",
-    "SpectrumFunction",
-    "SpectrumResult",
-    "TopSingularValues",
-    "TrainConfig",
-    "Tracker",
-    "TuneResult",
-    "alpha_mask",
-    "alpha_values",
-    "batch_mesh",
-    "collective_counts",
-    "data",
-    "dense_jacobian",
-    "diagnose",
-    "diagnosis_figure",
-    "device_mesh",
-    "depth_profile",
-    "from_linen",
-    "from_nnx",
-    "from_stack",
-    "hutchinson_chi",
-    "jacobian_operator",
-    "jacobian_spectrum",
-    "lanczos_spectrum",
-    "parse_mesh",
-    "layerwise_chi_fn",
-    "layerwise_spectrum_fn",
-    "read_metrics",
-    "sharded_spectrum_fn",
-    "simulate_devices",
-    "spectrum_fn",
-    "theory",
-    "theory_residual",
-    "top_singular_values",
-    "to_host",
-    "toy",
-    "train",
-    "tune_init",
-]
+#: Public name -> the module that defines it.
+_NAMES = {
+    "from_linen": "isometry._adapters",
+    "from_nnx": "isometry._adapters",
+    "JacobianOperator": "isometry._jacobian",
+    "JacobianTooLargeError": "isometry._jacobian",
+    "dense_jacobian": "isometry._jacobian",
+    "jacobian_operator": "isometry._jacobian",
+    "alpha_mask": "isometry._params",
+    "alpha_values": "isometry._params",
+    "ISOMETRY_BAND": "isometry._spectrum",
+    "METHODS": "isometry._spectrum",
+    "Spectrum": "isometry._spectrum",
+    "jacobian_spectrum": "isometry._spectrum",
+    "spectrum_fn": "isometry._spectrum",
+    "SpectrumFunction": "isometry._spectrum",
+    "SpectrumResult": "isometry._spectra",
+    "LanczosSpectrum": "isometry._lanczos",
+    "TopSingularValues": "isometry._lanczos",
+    "hutchinson_chi": "isometry._lanczos",
+    "lanczos_spectrum": "isometry._lanczos",
+    "top_singular_values": "isometry._lanczos",
+    "depth_profile": "isometry._layerwise",
+    "from_stack": "isometry._layerwise",
+    "layerwise_chi_fn": "isometry._layerwise",
+    "layerwise_spectrum_fn": "isometry._layerwise",
+    "LAYER_AXIS_KEY": "isometry._stack",
+    "LayerStack": "isometry._stack",
+    "batch_mesh": "isometry._sharding",
+    "collective_counts": "isometry._sharding",
+    "device_mesh": "isometry._sharding",
+    "parse_mesh": "isometry._sharding",
+    "sharded_spectrum_fn": "isometry._sharding",
+    "simulate_devices": "isometry._sharding",
+    "to_host": "isometry._sharding",
+    "Diagnosis": "isometry._diagnose",
+    "Finding": "isometry._diagnose",
+    "diagnose": "isometry._diagnose",
+    "diagnosis_figure": "isometry._plot_diagnosis",
+    "TuneResult": "isometry._tune",
+    "tune_init": "isometry._tune",
+    "Tracker": "isometry.tracking",
+    "read_metrics": "isometry.tracking",
+    "TrainConfig": "isometry.train",
+}
+
+#: Public submodules, as `iso.toy`, `iso.theory`, `iso.data`, `iso.train` (the loop: `iso.train.train`).
+_SUBMODULES = ("data", "theory", "theory_residual", "toy", "train")
+
+__all__ = sorted([*_NAMES, *_SUBMODULES])
+
+
+def __getattr__(name: str):
+    """Imports a public name's module on first use (PEP 562) and caches the value here.
+
+    Any other submodule is found the same way (`iso.plot`, as the eager facade once gave).
+    """
+    if name.startswith("__"):
+        raise AttributeError(f"module 'isometry' has no attribute {name!r}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    else:
+        try:
+            value = importlib.import_module(f"isometry.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"isometry.{name}":
+                raise
+            raise AttributeError(f"module 'isometry' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -24,8 +24,12 @@ def from_nnx(module: nnx.Module) -> tuple[Callable, Any]:
     BatchNorm statistics and no dropout). The module itself is not mutated by `apply_fn`.
 
     Example:
-      >>> apply_fn, params = iso.from_nnx(models.FullyConnected(depth=4, width=32, rngs=nnx.Rngs(0)))
-      >>> spec = iso.spectrum_fn(apply_fn)(params, x)
+      >>> import jax, jax.numpy as jnp
+      >>> apply_fn, params = from_nnx(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+      >>> apply_fn(params, jnp.ones(3)).shape
+      (2,)
+      >>> jax.jacfwd(apply_fn, argnums=1)(params, jnp.ones(3)).shape  # what the engine takes
+      (2, 3)
     """
     if not isinstance(module, nnx.Module):
         raise TypeError(f"from_nnx takes a flax.nnx.Module, got {type(module).__name__}; for a "

@@ -5,7 +5,8 @@ a crash (kill -9 included) leaves either the old file or the new one, never half
 file gets the permissions of an ordinary new file (0666 less the umask: 0644 usually), not
 the temp file's 0600.
 
-`jsonable` is the one converter to strict JSON (strict JSON has no NaN/Infinity): numpy and
+`to_python` turns numpy/JAX values into Python numbers and lists (non-finite kept, for records
+held in memory); `jsonable` is the one converter to strict JSON (strict JSON has no NaN/Infinity): numpy and
 JAX values become Python numbers and lists, NaN/±Inf become null, and in a dict the reason is
 written beside the value: `{"loss": NaN}` → `{"loss": null, "loss_nonfinite": "nan"}`.
 `write_json` writes `jsonable(obj)` atomically; `json_line` gives the same text for one line
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "write_json", "jsonable", "json_text", "file_mode", "NONFINITE_SUFFIX"]
+__all__ = ["atomic_write", "write_json", "jsonable", "json_text", "to_python", "file_mode",
+           "NONFINITE_SUFFIX"]
 
 #: `jsonable` writes the reason for a null beside it under the key `KEY + NONFINITE_SUFFIX`.
 NONFINITE_SUFFIX = "_nonfinite"
@@ -72,6 +74,15 @@ def _nonfinite_reason(value: Any) -> str | None:
     return f"{int(bad.sum())} of {a.size} values non-finite ({', '.join(kinds)}), written as null"
 
 
+def to_python(value: Any) -> Any:
+    """A numpy/JAX scalar or array as a Python number or (nested) list; NaN/Inf stay floats.
+
+    >>> to_python(np.float32(0.5)), to_python(np.array([[1, 2]])), to_python(np.nan)
+    (0.5, [[1, 2]], nan)
+    """
+    return np.asarray(value).tolist()
+
+
 def jsonable(obj: Any) -> Any:
     """`obj` with numpy/JAX scalars and arrays as Python numbers and lists, NaN/±Inf as None
     (with `KEY_nonfinite` beside each such dict entry saying what it was)."""
@@ -88,7 +99,7 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
     if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return jsonable(obj.tolist())
+        return jsonable(to_python(obj))
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj

@@ -41,9 +41,17 @@ def alpha_mask(params: Any) -> Any:
 
     Use it with optax to give α its own learning rate and no weight decay:
 
+      >>> import optax
+      >>> params = {"w": np.ones(2), "blocks": {"layers": {"alpha": np.zeros(2)}}}
+      >>> alpha_mask(params)
+      {'blocks': {'layers': {'alpha': True}}, 'w': False}
       >>> tx = optax.multi_transform(
-      ...     {"alpha": optax.adagrad(alpha_lr), "rest": optax.adamw(lr, weight_decay=1e-4)},
-      ...     jax.tree.map(lambda a: "alpha" if a else "rest", iso.alpha_mask(params)))
+      ...     {"alpha": optax.sgd(0.1), "rest": optax.adamw(0.01, weight_decay=1e-4)},
+      ...     jax.tree.map(lambda a: "alpha" if a else "rest", alpha_mask(params)))
+      >>> grads = jax.tree.map(np.ones_like, params)
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> [round(float(u), 2) for u in updates["blocks"]["layers"]["alpha"]]  # sgd, lr 0.1
+      [-0.1, -0.1]
     """
     return jax.tree_util.tree_map_with_path(lambda p, _: is_alpha_path(p), params)
 
@@ -54,10 +62,10 @@ def alpha_values(params: Any) -> dict[str, np.ndarray]:
     A stacked α (under a `layers` key, shape (L, …)) gives L entries, the layer index in
     place of the `layers` key.
 
-    Example:
-      >>> net = models.FullyConnected(3, 8, variant="rezero", rngs=nnx.Rngs(0))
-      >>> list(iso.alpha_values(nnx.state(net)))
-      ['blocks/0/alpha', 'blocks/1/alpha', 'blocks/2/alpha']
+    Example (a scanned stack of two layers, as `models` keeps its blocks):
+      >>> params = {"w": np.ones(2), "blocks": {"layers": {"alpha": np.array([0.0, 0.5])}}}
+      >>> {k: float(v) for k, v in alpha_values(params).items()}
+      {'blocks/0/alpha': 0.0, 'blocks/1/alpha': 0.5}
     """
     out = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):

@@ -25,16 +25,21 @@ Two ways:
 Either way the result reports the tuned values beside the defaults with both spectra.
 
 Example:
+    >>> import jax, models
     >>> def build(sigma_w2, rngs):
-    ...     return models.FullyConnected(32, 128, variant="plain", activation="tanh",
+    ...     return models.FullyConnected(8, 16, variant="plain", activation="tanh",
     ...                                  sigma_w2=sigma_w2, sigma_b2=0.05, rngs=rngs)
-    >>> r = iso.tune_init(build, "sigma_w2", x, defaults={"sigma_w2": 1.0})
-    >>> r.values["sigma_w2"], r.stderr["sigma_w2"]     # ≈ 1.76 ± 0.01
+    >>> x = 0.4 * jax.random.normal(jax.random.key(0), (16,))
+    >>> r = tune_init(build, "sigma_w2", x, defaults={"sigma_w2": 1.0}, seeds=(0,),
+    ...               mean_field=dict(activation="tanh", sigma_b2=0.05))
+    >>> r.method, round(r.values["sigma_w2"], 6), r.objective > r.default_objective
+    ('mean_field', 1.760955, True)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -44,11 +49,12 @@ import numpy as np
 from flax import nnx
 from scipy import optimize
 
-from isometry._diagnose import _jit, _module_fns
+from isometry import theory
+from isometry._diagnose_fns import cached_jit, module_fns
 from isometry._spectrum import ISOMETRY_BAND, Spectrum, spectrum_fn
 from isometry._stack import LayerStack
 
-__all__ = ["TuneResult", "tune_init"]
+__all__ = ["TuneResult", "tune_init", "Evaluator", "objective"]
 
 TARGETS = ("chi", "isometry")
 
@@ -89,7 +95,7 @@ class TuneResult:
         return out
 
 
-class _Evaluator:
+class Evaluator:
     """Builds the model at given scales for every seed and measures J = ∂x_L/∂x_0."""
 
     def __init__(self, build: Callable, x, seeds: Sequence[int], memory_budget: float):
@@ -97,40 +103,42 @@ class _Evaluator:
         self.memory_budget = memory_budget
         self._sfns: dict = {}
 
+    def _spectrum_fn(self, key, fn: Callable) -> Callable:
+        if key not in self._sfns:
+            self._sfns[key] = spectrum_fn(fn, "dense", memory_budget=self.memory_budget)
+        return self._sfns[key]
+
     def spectra(self, scales: dict) -> list[Spectrum]:
+        """The spectrum of J for every seed, the model built with `scales`."""
         out = []
         for seed in self.seeds:
             module = self.build(**scales, rngs=nnx.Rngs(seed))
             if hasattr(module, "eval"):
                 module.eval()
             graphdef, params = nnx.split(module)
-            fns = _module_fns(graphdef)
+            fns = module_fns(graphdef)
             if isinstance(module, LayerStack):
-                key = ("stack", graphdef)
-                if key not in self._sfns:
-                    self._sfns[key] = spectrum_fn(_stack_fn(graphdef), "dense",
-                                                  memory_budget=self.memory_budget)
-                x0 = _jit(fns["embed"])(params, self.x)
+                sfn = self._spectrum_fn(("stack", graphdef), _stack_fn(graphdef))
+                x0 = cached_jit(fns["embed"])(params, self.x)
             else:
-                key = ("apply", graphdef)
-                if key not in self._sfns:
-                    self._sfns[key] = spectrum_fn(fns["apply"], "dense",
-                                                  memory_budget=self.memory_budget)
-                x0 = self.x
-            out.append(self._sfns[key](params, x0))
+                sfn, x0 = self._spectrum_fn(("apply", graphdef), fns["apply"]), self.x
+            out.append(sfn(params, x0))
         return out
 
+    def measure(self, scales: dict, target) -> tuple[float, float, list[Spectrum]]:
+        """(mean objective, its standard error, the spectra) at `scales`."""
+        spectra = self.spectra(scales)
+        mean, se, _ = objective(spectra, target)
+        return mean, se, spectra
 
-_STACK_FNS: dict = {}
 
-
+@functools.lru_cache(maxsize=32)
 def _stack_fn(graphdef) -> Callable:
-    if graphdef not in _STACK_FNS:
-        _STACK_FNS[graphdef] = lambda p, x0: nnx.merge(graphdef, p).stack(x0)
-    return _STACK_FNS[graphdef]
+    """(params, x0) ↦ the stack's output, one function object per graph."""
+    return lambda p, x0: nnx.merge(graphdef, p).stack(x0)
 
 
-def _objective(spectra: list[Spectrum], target) -> tuple[float, float, np.ndarray]:
+def objective(spectra: list[Spectrum], target) -> tuple[float, float, np.ndarray]:
     """(mean, standard error, per-seed values) of the objective over seeds."""
     if target == "isometry":
         vals = np.array([float(np.mean(s.isometry_share)) for s in spectra])
@@ -144,42 +152,8 @@ def _objective(spectra: list[Spectrum], target) -> tuple[float, float, np.ndarra
     return float(vals.mean()), se, vals
 
 
-def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="chi",
-              defaults: dict | None = None, bracket: tuple[float, float] | None = None,
-              seeds: Sequence[int] = (0, 1, 2), mean_field: dict | None = None,
-              xtol: float = 1e-2, max_expansions: int = 12,
-              memory_budget: float = 2**28) -> TuneResult:
-    """Finds the initialization scale that puts a model at χ = 1 (or the most σ in [0.5, 2]).
-
-    Args:
-      build: `build(**scales, rngs=nnx.Rngs(seed)) -> nnx.Module`; any scalar keyword works
-        (σ_w², σ_b², α_init, a gain the builder applies after construction).
-      scale_names: the scale to tune (a name, or a sequence whose first name is tuned while
-        the others stay at `defaults`; for "isometry" every name is tuned in turn, twice).
-      x: one probe input of the model (no batch axis).
-      target: "chi" (χ = 1), a positive number c (χ = c), or "isometry" (maximize the share
-        of σ in [0.5, 2]).
-      defaults: {name: default value} (the builder's defaults are not visible: required for
-        every name, except a tuned name with `bracket`).
-      bracket: (lo, hi) > 0 on the tuned scale where ln χ − ln c changes sign (χ target) or
-        that holds the maximum ("isometry"); default: grown from the default by factors 2.
-      seeds: the networks averaged over (common random numbers at every value).
-      mean_field: {"activation": …, "sigma_b2": …} of a plain FC net whose tuned name is
-        "sigma_w2": the critical line of `theory.critical_sigma_w2` instead of a search
-        (target "chi" only).
-      xtol: tolerance of the root on ln s (1e-2: 1% of s, below the sampling error of a
-        few seeds).
-      max_expansions: bracket growth steps before giving up.
-      memory_budget: bytes for each dense Jacobian.
-
-    Returns:
-      A `TuneResult`: tuned values and their standard errors beside the defaults, with both
-      spectra.
-
-    Raises:
-      ValueError: for an unknown target, a missing default, or no sign change within the
-        grown bracket (the message gives the values tried).
-    """
+def _checked(scale_names, target, defaults: dict | None, bracket) -> tuple[tuple, dict]:
+    """(names, defaults) after checking the target and that every default is known."""
     names = (scale_names,) if isinstance(scale_names, str) else tuple(scale_names)
     if not names:
         raise ValueError("scale_names must name at least one scale")
@@ -193,38 +167,60 @@ def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="c
         raise ValueError(f"give defaults for {missing} (or a bracket for {names[0]!r})")
     if names[0] not in defaults:
         defaults[names[0]] = math.sqrt(bracket[0] * bracket[1])
-    evaluator = _Evaluator(build, x, seeds, memory_budget)
+    return names, defaults
+
+
+def _critical_line(mean_field: dict, names: tuple, target) -> float:
+    """σ_w² on the critical line χ₁ = 1 of mean field (`theory.critical_sigma_w2`)."""
+    if target != "chi" or names[0] != "sigma_w2":
+        raise ValueError("mean_field tuning finds σ_w² on the critical line χ₁ = 1: use "
+                         "target='chi' and tune 'sigma_w2'")
+    return theory.critical_sigma_w2(mean_field["activation"],
+                                    float(mean_field.get("sigma_b2", 0.0)))
+
+
+def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="chi",
+              defaults: dict | None = None, bracket: tuple[float, float] | None = None,
+              seeds: Sequence[int] = (0, 1, 2), mean_field: dict | None = None,
+              xtol: float = 1e-2, max_expansions: int = 12,
+              memory_budget: float = 2**28) -> TuneResult:
+    """Finds the initialization scale that puts a model at χ = 1 (or the most σ in [0.5, 2]).
+
+    Args:
+      build: `build(**scales, rngs=nnx.Rngs(seed)) -> nnx.Module`; any scalar keyword works.
+      scale_names: the scale to tune (or a sequence: the first is tuned, the others stay at
+        `defaults`; for "isometry" every name is tuned in turn, twice).
+      x: one probe input of the model (no batch axis).
+      target: "chi" (χ = 1), a positive number c (χ = c), or "isometry" (most σ in [0.5, 2]).
+      defaults: {name: default value}, required for every name but a tuned one with `bracket`.
+      bracket: (lo, hi) > 0 where ln χ − ln c changes sign, or that holds the maximum; default
+        grown from the default by factors 2 (at most `max_expansions` steps).
+      seeds: the networks averaged over (common random numbers at every value).
+      mean_field: {"activation", "sigma_b2"} of a plain FC net tuning "sigma_w2" for "chi":
+        the critical line of `theory.critical_sigma_w2` instead of a search.
+      xtol: tolerance of the root on ln s. memory_budget: bytes for each dense Jacobian.
+
+    Returns:
+      A `TuneResult`: tuned values and standard errors beside the defaults, both spectra.
+
+    Raises:
+      ValueError: an unknown target, a missing default, or no sign change in the bracket.
+    """
+    names, defaults = _checked(scale_names, target, defaults, bracket)
+    measure = functools.partial(Evaluator(build, x, seeds, memory_budget).measure, target=target)
     evaluations: list = []
-
-    def measure(scales):
-        spectra = evaluator.spectra(scales)
-        mean, se, _ = _objective(spectra, target)
-        return mean, se, spectra
-
     d_mean, d_se, d_spectra = measure(defaults)
-    values, stderr = dict(defaults), {n: 0.0 for n in names}
-
+    values, stderr, method = dict(defaults), {n: 0.0 for n in names}, "measured"
     if mean_field is not None:
-        if target != "chi" or names[0] != "sigma_w2":
-            raise ValueError("mean_field tuning finds σ_w² on the critical line χ₁ = 1: use "
-                             "target='chi' and tune 'sigma_w2'")
-        from isometry import theory
-
-        values["sigma_w2"] = theory.critical_sigma_w2(mean_field["activation"],
-                                                      float(mean_field.get("sigma_b2", 0.0)))
-        method = "mean_field"
+        values["sigma_w2"], method = _critical_line(mean_field, names, target), "mean_field"
     elif target == "isometry":
         for _ in range(2 if len(names) > 1 else 1):
             for name in names:
-                values[name] = _maximize(name, values, measure, evaluations, bracket
-                                         if name == names[0] else None)
-        method = "measured"
+                values[name] = _maximize(name, values, measure, evaluations,
+                                         bracket if name == names[0] else None)
     else:
-        name = names[0]
-        s_star, se_star = _root(name, values, measure, evaluations, bracket, xtol,
-                                max_expansions)
-        values[name], stderr[name] = s_star, se_star
-        method = "measured"
+        values[names[0]], stderr[names[0]] = _root(names[0], values, measure, evaluations,
+                                                   bracket, xtol, max_expansions)
     t_mean, t_se, t_spectra = measure(values)
     return TuneResult(values, defaults, stderr, method, target, t_mean, t_se, d_mean, d_se,
                       dict(default=d_spectra[0], tuned=t_spectra[0]), evaluations)

@@ -47,9 +47,15 @@ def batchnorm_calibration(model: nnx.Module, x: Any) -> Callable[[Any], Any]:
       earlier ones). Everything else in `state` is returned as it was.
 
     Example:
-      >>> net = models.ResNet(20, variant="residual", rngs=nnx.Rngs(0)); net.eval()
-      >>> calibrated = iso.batchnorm_calibration(net, images)
-      >>> nnx.update(net, calibrated(nnx.state(net)))
+      >>> import jax.numpy as jnp
+      >>> net = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.BatchNorm(3, rngs=nnx.Rngs(0)))
+      >>> net.eval()
+      >>> x = 5.0 + jnp.arange(8.0).reshape(4, 2)
+      >>> state = batchnorm_calibration(net, x)(nnx.state(net))
+      >>> bool(jnp.allclose(state["layers"][1]["mean"][...], net.layers[0](x).mean(axis=0)))
+      True
+      >>> float(net.layers[1].mean[...].sum())  # the module itself keeps its statistics
+      0.0
     """
     probe = nnx.clone(model)
     probe.eval()

@@ -70,7 +70,7 @@ class Task:
     num_classes: int
 
 
-def _permutation_position(seed: int, n: int, positions: np.ndarray, cache: dict) -> np.ndarray:
+def permutation_position(seed: int, n: int, positions: np.ndarray, cache: dict) -> np.ndarray:
     """Example index at global positions p = step·B + i: epoch p // n, shuffled by (seed, epoch)."""
     out = np.empty(positions.shape, np.int64)
     for epoch in np.unique(positions // n):
@@ -103,7 +103,7 @@ class ImageClassification:
     def train_batch(self, seed: int, step: int, batch_size: int):
         """Batch `step` of the shuffled training stream: epoch e uses permutation (seed, e)."""
         pos = step * batch_size + np.arange(batch_size, dtype=np.int64)
-        idx = _permutation_position(seed, self.examples_per_epoch, pos, self._perms)
+        idx = permutation_position(seed, self.examples_per_epoch, pos, self._perms)
         return self._scale(self.train_x[idx]), self.train_y[idx]
 
     def eval_batches(self, batch_size: int, max_batches: int | None = None) -> Iterator:

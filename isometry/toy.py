@@ -27,12 +27,19 @@ Everything here is a pure function of a `ToyProblem` (a pytree; even the depth i
 one compilation serves every depth) and traced numbers, so it jit-compiles and vmaps; results
 are frozen pytree dataclasses.
 
+The Figure 2 and depth-sweep experiments built on this model are in
+`isometry.experiments.fig2` and `isometry.experiments.toy_depth`.
+
 Example:
+    >>> import jax.numpy as jnp
     >>> from isometry import toy
     >>> problem = toy.toy_problem()                       # Figure 2: L = 5, T = 50, 9 inputs
-    >>> grid = toy.gradient_grid(problem, jnp.linspace(-2, 3, 400), jnp.linspace(-1, 2, 400))
-    >>> path = toy.descend(problem, w0=1.0, alpha0=0.0, lr=1e-5)
-    >>> path.converged, path.steps, path.final_alpha * path.final_w   # True, …, 1.1867…
+    >>> grid = toy.gradient_grid(problem, jnp.linspace(-2, 3, 40), jnp.linspace(-1, 2, 30))
+    >>> grid.log_grad_norm.shape
+    (30, 40)
+    >>> path = toy.descend(problem, w0=1.0, alpha0=0.0, lr=5e-6, max_steps=2000, record=False)
+    >>> bool(path.converged), round(float(path.final_product), 4)
+    (True, 1.1867)
 
 Reference: Bachlechner et al. 2020, "ReZero is all you need", §3.1 and Figure 2.
 """
@@ -59,17 +66,13 @@ __all__ = [
     "log_gradient_norm",
     "GradientGrid",
     "gradient_grid",
+    "compiled_gradient_grid",
     "Trajectory",
     "descend",
     "stability_bound",
     "LearningRateSearch",
     "largest_stable_lr",
-    "Figure2Settings",
-    "Figure2",
-    "figure2",
-    "DepthSweepSettings",
-    "DepthSweep",
-    "depth_sweep",
+    "check_budget",
 ]
 
 Array = Any
@@ -212,12 +215,13 @@ def gradient_grid(problem: ToyProblem, w: Array, alpha: Array) -> GradientGrid:
     depth is read as a Python int, so call it outside `jit`); a 400 × 400 grid takes ~2 ms on
     CPU (benchmarks/toy_grid.py).
     """
-    return _gradient_grid(problem.inputs, problem.target, jnp.asarray(w), jnp.asarray(alpha),
-                          depth=int(problem.depth))
+    return compiled_gradient_grid(problem.inputs, problem.target, jnp.asarray(w),
+                                  jnp.asarray(alpha), depth=int(problem.depth))
 
 
 @functools.partial(jax.jit, static_argnames="depth")
-def _gradient_grid(inputs, target, w, alpha, *, depth: int) -> GradientGrid:
+def compiled_gradient_grid(inputs, target, w, alpha, *, depth: int) -> GradientGrid:
+    """The jitted kernel of `gradient_grid` on the problem's leaves (one compilation per depth)."""
     problem = ToyProblem(inputs, target, depth)
     return GradientGrid(w, alpha, log_gradient_norm(problem, w[None, :], alpha[:, None]))
 
@@ -426,276 +430,9 @@ def largest_stable_lr(problem: ToyProblem, w0: Array, alpha0: Array, *, train_al
                               jnp.where(found, grid_steps[fastest], -1))
 
 
-# --- Figure 2 -----------------------------------------------------------------------------------
-def _check_budget(max_steps: int, tol: float) -> None:
+def check_budget(max_steps: int, tol: float) -> None:
+    """Raises ValueError unless `max_steps` ≥ 1 and `tol` > 0 (the budget of `descend`)."""
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps!r}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Figure2Settings:
-    """Everything that defines Figure 2 (defaults: the paper's setup, §3.1).
-
-    Attributes:
-      depth, target, inputs: the task (`toy_problem`).
-      w_starts: initial w of the ReZero trajectories, which all start at α = 0.
-      lr: gradient-descent learning rate λ (the α = 1 bound at L = 5 is 3.8e-5).
-      max_steps, tol: descent budget and loss tolerance (`descend`).
-      w_range, alpha_range: extent of the contour grid.
-      grid_size: grid points along each axis.
-      residual: also run the vanilla residual toy (α fixed at 1) from the same w starts.
-    """
-
-    depth: int = 5
-    target: float = 50.0
-    inputs: tuple[float, ...] = FIGURE2_INPUTS
-    w_starts: tuple[float, ...] = (-1.5, -0.75, 0.5, 1.0, 1.75)
-    lr: float = 5e-6
-    max_steps: int = 20_000
-    tol: float = 1e-8
-    w_range: tuple[float, float] = (-2.5, 2.5)
-    alpha_range: tuple[float, float] = (-1.5, 1.5)
-    grid_size: int = 400
-    residual: bool = True
-
-    def problem(self) -> ToyProblem:
-        return toy_problem(self.depth, self.target, self.inputs)
-
-    def check(self) -> "Figure2Settings":
-        """Raises ValueError naming the first bad setting; returns self."""
-        self.problem()
-        if not self.w_starts:
-            raise ValueError("w_starts must hold at least one initial w")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        _check_budget(self.max_steps, self.tol)
-        for name in ("w_range", "alpha_range"):
-            lo, hi = getattr(self, name)
-            if not lo < hi:
-                raise ValueError(f"{name} must be (low, high) with low < high, got {(lo, hi)!r}")
-        if self.grid_size < 2:
-            raise ValueError(f"grid_size must be at least 2, got {self.grid_size!r}")
-        return self
-
-
-@dataclasses.dataclass(frozen=True)
-class Figure2:
-    """The data of Figure 2: the gradient contour grid and the descent trajectories.
-
-    Attributes:
-      settings: the `Figure2Settings` used.
-      problem: the `ToyProblem`.
-      grid: log ‖∂C‖² over (w, α) (`GradientGrid`).
-      rezero: one `Trajectory` per w start (leading axis), from α = 0, α trained.
-      residual: the same starts with α fixed at 1 (None unless `settings.residual`).
-      second_moment: ⟨x²⟩ of the inputs.
-      solution_product: αw on the zero-loss curve, T^{1/L} − 1.
-      residual_bound: `stability_bound` for α = 1.
-    """
-
-    settings: Figure2Settings
-    problem: ToyProblem
-    grid: GradientGrid
-    rezero: Trajectory
-    residual: Trajectory | None
-    second_moment: float
-    solution_product: float
-    residual_bound: float
-
-    def to_json(self) -> dict:
-        """The setup and, per trajectory, its start, end, α·w, steps and how it stopped."""
-        s = self.settings
-        out = dict(setup=dict(depth=s.depth, target=s.target, inputs=list(s.inputs),
-                              second_moment=self.second_moment,
-                              loss="C = (1/n) sum_k ((1 + alpha w)^L x_k - T x_k)^2",
-                              lr=s.lr, max_steps=s.max_steps, tol=s.tol,
-                              w_range=list(s.w_range), alpha_range=list(s.alpha_range),
-                              grid_size=s.grid_size),
-                   solution_product=self.solution_product,
-                   residual_stability_bound=self.residual_bound,
-                   rezero=_trajectory_records(self.rezero))
-        if self.residual is not None:
-            out["residual"] = _trajectory_records(self.residual)
-        return out
-
-
-def _finite_or_none(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _trajectory_records(t: Trajectory) -> list[dict]:
-    t = jax.device_get(t)
-    return [dict(w0=float(t.w[i, 0]), alpha0=float(t.alpha[i, 0]),
-                 final_w=_finite_or_none(t.final_w[i]),
-                 final_alpha=_finite_or_none(t.final_alpha[i]),
-                 final_product=_finite_or_none(t.final_product[i]),
-                 final_loss=_finite_or_none(t.final_loss[i]), steps=int(t.steps[i]),
-                 converged=bool(t.converged[i]), diverged=bool(t.diverged[i]))
-            for i in range(t.steps.shape[0])]
-
-
-def figure2(settings: Figure2Settings | None = None) -> Figure2:
-    """Computes Figure 2: the contour grid and the trajectories (`plot.toy_figure2` draws it).
-
-    Runs in float64 whatever the global setting (the toy is tiny; the loss tolerance needs it).
-
-    Args:
-      settings: a `Figure2Settings` (default: the paper's).
-
-    Returns:
-      A `Figure2`.
-    """
-    s = (settings or Figure2Settings()).check()
-    with jax.enable_x64(True):
-        problem = s.problem()
-        w = jnp.linspace(*s.w_range, s.grid_size)
-        alpha = jnp.linspace(*s.alpha_range, s.grid_size)
-        grid = gradient_grid(problem, w, alpha)
-        starts = jnp.asarray(s.w_starts, problem.target.dtype)
-
-        def run(alpha0, train_alpha):  # one call per start: a vmapped recording loop is slow
-            paths = [descend(problem, w0, alpha0, s.lr, train_alpha=train_alpha,
-                             max_steps=s.max_steps, tol=s.tol) for w0 in starts]
-            return jax.tree.map(lambda *v: jnp.stack(v), *paths)
-
-        rezero = run(0.0, True)
-        residual = run(1.0, False) if s.residual else None
-        return Figure2(s, problem, grid, *jax.device_get((rezero, residual)),
-                       float(problem.second_moment), float(problem.solution_product),
-                       float(stability_bound(problem, 1.0)))
-
-
-# --- learning rate versus depth -----------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class DepthSweepSettings:
-    """The learning-rate-versus-depth experiment.
-
-    Both toys start at w = `w0` on the same task (target, inputs) at every depth: the vanilla
-    residual toy with α fixed at 1, ReZero from α = 0 with α trained.
-
-    Attributes:
-      depths: the depths L.
-      target, inputs: the task (Figure 2's by default; T is kept fixed across depths).
-      w0: the initial weight (the paper's "w ≈ 1").
-      max_steps, tol: the budget and loss tolerance that define "converges".
-      lr_range, grid_points, iterations: the search (`largest_stable_lr`).
-    """
-
-    depths: tuple[int, ...] = (2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 32)
-    target: float = 50.0
-    inputs: tuple[float, ...] = FIGURE2_INPUTS
-    w0: float = 1.0
-    max_steps: int = 200_000
-    tol: float = 1e-8
-    lr_range: tuple[float, float] = (1e-12, 1.0)
-    grid_points: int = 49
-    iterations: int = 30
-
-    def check(self) -> "DepthSweepSettings":
-        """Raises ValueError naming the first bad setting; returns self."""
-        if not self.depths:
-            raise ValueError("depths must hold at least one depth")
-        for d in self.depths:
-            toy_problem(d, self.target, self.inputs)
-        _check_budget(self.max_steps, self.tol)
-        lo, hi = self.lr_range
-        if not 0 < lo < hi:
-            raise ValueError(f"lr_range must be (low, high) with 0 < low < high, got {(lo, hi)!r}")
-        if self.grid_points < 2:
-            raise ValueError(f"grid_points must be at least 2, got {self.grid_points!r}")
-        return self
-
-
-@dataclasses.dataclass(frozen=True)
-class DepthSweep:
-    """Per depth and toy: the largest converging learning rate and the fewest steps.
-
-    Attributes:
-      settings: the `DepthSweepSettings` used.
-      depths: the depths, shape (n,).
-      residual, rezero: one `LearningRateSearch` per toy, fields of shape (n,).
-      residual_bound: the exact stability bound at the solution for α = 1, shape (n,).
-    """
-
-    settings: DepthSweepSettings
-    depths: np.ndarray
-    residual: LearningRateSearch
-    rezero: LearningRateSearch
-    residual_bound: np.ndarray
-
-    def scaling(self, name: str) -> dict:
-        """Fits of the largest learning rate against depth, exponential and power law.
-
-        log λ = a + b L (exponential: λ shrinks by e^{−b} per layer) and
-        log λ = a + p log L (power law L^p), by least squares over the depths where a
-        converging rate was found; `better` names the fit with the smaller residual.
-        """
-        lr = np.asarray(getattr(self, name).lr, float)
-        ok = np.isfinite(lr)
-        depth, y = self.depths[ok].astype(float), np.log(lr[ok])
-        if ok.sum() < 3:
-            return dict(depths_used=depth.astype(int).tolist(), better=None)
-        fits = {}
-        for kind, x in (("exponential", depth), ("power_law", np.log(depth))):
-            coef, res, *_ = np.polyfit(x, y, 1, full=True)
-            rms = float(np.sqrt(res[0] / ok.sum())) if res.size else 0.0
-            fits[kind] = dict(slope=float(coef[0]), intercept=float(coef[1]), rms_log_residual=rms)
-        fits["exponential"]["factor_per_layer"] = float(np.exp(fits["exponential"]["slope"]))
-        better = min(("exponential", "power_law"), key=lambda k: fits[k]["rms_log_residual"])
-        return dict(depths_used=depth.astype(int).tolist(), better=better, **fits)
-
-    def to_json(self) -> dict:
-        s = self.settings
-
-        def toy_record(r: LearningRateSearch) -> dict:
-            return dict(lr_max=[_finite_or_none(v) for v in r.lr],
-                        lr_fails=[_finite_or_none(v) for v in r.lr_fails],
-                        fastest_lr=[_finite_or_none(v) for v in r.fastest_lr],
-                        fastest_steps=[int(v) if v >= 0 else None for v in r.fastest_steps])
-
-        return dict(setup=dict(target=s.target, inputs=list(s.inputs), w0=s.w0,
-                               max_steps=s.max_steps, tol=s.tol, lr_range=list(s.lr_range),
-                               grid_points=s.grid_points, iterations=s.iterations,
-                               converges=("loss <= tol within max_steps, at a point where lr is below "
-                                          "the local stability bound")),
-                    depths=self.depths.tolist(),
-                    residual=dict(alpha=1.0, train_alpha=False, **toy_record(self.residual),
-                                  stability_bound=self.residual_bound.tolist(),
-                                  scaling=self.scaling("residual")),
-                    rezero=dict(alpha0=0.0, train_alpha=True, **toy_record(self.rezero),
-                                scaling=self.scaling("rezero")))
-
-
-def depth_sweep(settings: DepthSweepSettings | None = None, *, progress: bool = False) -> DepthSweep:
-    """Largest converging learning rate and fewest steps versus depth, residual vs ReZero.
-
-    `largest_stable_lr` per depth and toy (compiled once per toy: the depth is traced), in
-    float64.
-
-    Args:
-      settings: a `DepthSweepSettings` (default: depths 2–32 on Figure 2's task).
-      progress: show a tqdm progress bar on stderr.
-
-    Returns:
-      A `DepthSweep`.
-    """
-    from tqdm import tqdm
-
-    s = (settings or DepthSweepSettings()).check()
-    search = functools.partial(largest_stable_lr, lr_range=s.lr_range, grid_points=s.grid_points,
-                               iterations=s.iterations, max_steps=s.max_steps, tol=s.tol)
-    runs = {"residual": [], "rezero": []}
-    bounds = []
-    with jax.enable_x64(True):
-        for depth in tqdm(s.depths, desc="depth sweep", unit="depth", disable=not progress):
-            problem = toy_problem(depth, s.target, s.inputs)
-            runs["residual"].append(search(problem, s.w0, 1.0, train_alpha=False))
-            runs["rezero"].append(search(problem, s.w0, 0.0, train_alpha=True))
-            bounds.append(float(stability_bound(problem, 1.0)))
-        stacked = {k: jax.device_get(jax.tree.map(lambda *v: jnp.stack(v), *r))
-                   for k, r in runs.items()}
-    return DepthSweep(s, np.asarray(s.depths), stacked["residual"], stacked["rezero"],
-                      np.asarray(bounds))

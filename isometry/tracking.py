@@ -49,7 +49,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from isometry._io import atomic_write, json_text, jsonable
+from isometry._io import atomic_write, json_text, to_python
 from isometry._lanczos_result import LanczosSpectrum
 from isometry._params import alpha_values
 from isometry._spectrum import spectrum_fn
@@ -283,9 +283,9 @@ class Tracker:
             alphas = alpha_values(params)
         # one transfer for every scalar and α (not one device-to-host copy each)
         scalars, alphas = jax.device_get(({k: v for k, v in scalars.items() if v is not None}, alphas))
-        record.update(jsonable(scalars))
+        record.update({k: to_python(v) for k, v in scalars.items()})
         if alphas:
-            record["alpha"] = jsonable(alphas)
+            record["alpha"] = {k: to_python(v) for k, v in alphas.items()}
         if spectrum_due and params is not None:
             record.update(self._spectrum(step, params))
         self._write(record)

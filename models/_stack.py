@@ -23,13 +23,10 @@ from flax import nnx
 # path marks the leaf's leading axis as the layer axis (`isometry.alpha_values` reads it)
 from isometry._stack import LAYER_AXIS_KEY
 
-ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "linear": lambda x: x,
-    "gelu": jax.nn.gelu,
-    "hardtanh": lambda x: jnp.clip(x, -1.0, 1.0),
-}
+from isometry import theory
+
+#: Activation functions by name: the one table of `isometry.theory.ACTIVATIONS`.
+ACTIVATIONS = {name: act.fn for name, act in theory.ACTIVATIONS.items()}
 
 #: Logical axis names of the models' parameters and the mesh axis each is sharded over by
 #: default when a model gets `mesh=` (None: replicated). A tensor-parallel Transformer: the

@@ -52,3 +52,31 @@ def test_bad_options(tmp_path, capsys, argv, message):
     code = main(["theory", "--samples", "0", "--out", str(tmp_path), *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_no_fixed_point_is_strict_json(tmp_path, capsys):
+    """ReLU at σ_w² = 3 has no finite q*: theory.json says null with the reason, never NaN."""
+    out = tmp_path / "th"
+    code = main(["theory", "--activation", "relu", "--sigma-w2", "3", "--depth", "2",
+                 "--samples", "0", "--out", str(out), "--json"])
+    assert code == 0
+    text = (out / "theory.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    doc = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in theory.json"))
+    predicted = doc["records"][0]["predicted"]
+    assert predicted["q_star"] is None and predicted["q_star_nonfinite"] == "nan"
+    assert predicted["chi_1"] == pytest.approx(1.5)
+    assert json.loads(capsys.readouterr().out) == doc
+
+
+@pytest.mark.parametrize("variant", [["--variant", "plain"],
+                                     ["--variant", "rezero", "--alpha", "0.2"]])
+def test_the_namespace_is_read_not_written(tmp_path, capsys, variant):
+    """The command builds a frozen TheoryConfig from the arguments and leaves them as parsed."""
+    from isometry.cli import build_parser
+
+    args = build_parser().parse_args(["theory", "--activation", "linear", "--depth", "2",
+                                      "--samples", "0", "--out", str(tmp_path), *variant])
+    before = dict(vars(args))
+    assert args.func(args) == 0
+    assert vars(args) == before

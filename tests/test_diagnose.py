@@ -15,8 +15,8 @@ from flax import nnx
 import isometry as iso
 import models
 from isometry import plot, theory
-from isometry._diagnose import (FINDING_CODES, _jit, _module_fns, attention_gap, growth_rate,
-                                token_statistics)
+from isometry._diagnose import FINDING_CODES, attention_gap, growth_rate, token_statistics
+from isometry._diagnose_fns import cached_jit, module_fns
 from isometry.cli import main
 
 F64 = jnp.float64
@@ -249,7 +249,7 @@ def test_attention_gap_of_hand_built_matrices():
 def test_transformer_attention_weights_match_its_attention():
     net, x = MODELS["postnorm"]()
     graphdef, state = nnx.split(net)
-    w = _jit(_module_fns(graphdef)["attention"])(state, x)  # the function diagnose compiled
+    w = cached_jit(module_fns(graphdef)["attention"])(state, x)  # the function diagnose compiled
     assert w.shape == (12, 2, 6, 6)
     np.testing.assert_allclose(np.asarray(w.sum(-1)), 1.0, atol=1e-12)
     layer = net.blocks.layer(0)

@@ -67,7 +67,8 @@ def test_profile_plot_of_several_variants(tmp_path):
     _, states_fn, params = iso.from_stack(_fc("postnorm"))
     profiles["postnorm (chi only)"] = iso.layerwise_chi_fn(states_fn)(
         params, jnp.ones(48), jax.random.key(5))[0]
-    path = plot.save(plot.layerwise_profiles(profiles), tmp_path / "layers.png")
+    path = plot.save(plot.layerwise_profiles(
+        {k: iso.depth_profile(v) for k, v in profiles.items()}), tmp_path / "layers.png")
     assert (tmp_path / "layers.png").stat().st_size > 1000 and path.endswith("layers.png")
 
 

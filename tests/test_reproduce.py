@@ -99,3 +99,29 @@ def test_fig7_verdict_bounds_the_speedup_and_names_ties():
     shallow["Post-Norm + warm-up"] = _fig7_row(100)
     record["rezero_speedup"] = 100 / 130 - 1
     assert "does **not** hold" in fig7.markdown(record)
+
+
+def _structure(obj):
+    """The shape of a JSON document: keys of dicts (reason keys `*_nonfinite` left out, they
+    appear only where a value was not finite), the first element of lists, and "scalar"."""
+    if isinstance(obj, dict):
+        return {k: _structure(v) for k, v in obj.items() if not k.endswith("_nonfinite")}
+    if isinstance(obj, list):
+        return [_structure(obj[0])] if obj and isinstance(obj[0], (dict, list)) else "list"
+    return "scalar"
+
+
+def test_fig2_one_schema_for_isometry_toy_and_reproduce(out, tmp_path):
+    if not os.path.exists(os.path.join(out, "fig2.json")):
+        main(["reproduce", "fig2", "--scale", "smoke", "--out", out])
+    reproduced = _load(out, "fig2")
+    toy_dir = tmp_path / "toy"
+    assert main(["toy", "--out", str(toy_dir), "--grid", "16", "--steps", "500",
+                 "--w-starts=-1.5,1.0"]) == 0
+    written = json.loads((toy_dir / "fig2.json").read_text())
+    assert set(reproduced) - {"scale"} == set(written)  # `reproduce` adds only its scale
+    assert _structure(dict(reproduced, scale=None)) == _structure(dict(written, scale=None))
+    for record in (reproduced, written):
+        assert set(record["paths"]) == {"rezero", "residual"}
+        assert len(record["paths"]["rezero"]) == len(record["rezero"])
+        assert record["settings"]["grid_size"] == len(record["grid"]["w"])

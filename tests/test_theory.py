@@ -1,6 +1,6 @@
 """isometry.theory: closed forms vs quadrature, Fuss–Catalan, Bernoulli and the S-transform.
 
-Tolerances: mean-field check values (THEORY.md §1) to 1e-5 relative; closed forms against the
+Tolerances: mean-field check values (docs/theory.md §1) to 1e-5 relative; closed forms against the
 kink-split quadrature to 1e-9; the S-transform density against the Fuss–Catalan parametric
 density to 1e-8; moments integrated from the continued density to 1e-4 (Simpson on the grid,
 a slowly decaying lower tail cut 24 decades below the edge).
@@ -8,6 +8,7 @@ a slowly decaying lower tail cut 24 decades below the edge).
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -226,3 +227,48 @@ def test_bad_spectral_arguments():
         theory.jacobian_moments(law, 3, 2.0, "uniform")
     with pytest.raises(ValueError, match="depth"):
         theory.jacobian_moments(law, 0, 2.0)
+
+
+# --- closed forms belong to the activation object, never to its name -------------------------
+
+
+def test_closed_forms_follow_the_object_not_the_name():
+    """A leaky ReLU whose Python function is named `relu` used to get ReLU's closed forms
+    (χ₁ = σ_w²/2); it is a plain function, so quadrature gives its own χ₁ = σ_w² (1 + a²)/2."""
+
+    def relu(h):  # a leaky ReLU, slope 1/2 below 0, with a misleading name
+        return jnp.where(h > 0, h, 0.5 * h)
+
+    def leaky(h):
+        return jnp.where(h > 0, h, 0.5 * h)
+
+    for fn in (relu, leaky):
+        assert theory.resolve_activation(fn, kinks=(0.0,)).closed_forms is None
+        assert theory.chi_1(fn, 1.0, kinks=(0.0,)) == pytest.approx(0.625, rel=1e-12)
+        assert theory.phi_prime_moments(fn, 1.0, 1, kinks=(0.0,))[0] == pytest.approx(0.625)
+        with pytest.raises(ValueError, match="no finite fixed point"):
+            theory.chi_1(fn, 2.0, kinks=(0.0,))  # q grows: q′ = 1.25 q
+    # and closed forms travel with an Activation under any name
+    forms = theory.ACTIVATIONS["relu"].closed_forms
+    renamed = theory.Activation("my_relu", jax.nn.relu, (0.0,), forms)
+    assert theory.chi_1(renamed, 2.0) == 1.0
+    assert theory.q_star(renamed, 1.5, 0.1) == pytest.approx(0.1 / (1 - 0.75))
+    # a leaky ReLU given its own closed forms: χ₁ = σ_w² (1 + a²)/2 = 1.25 at σ_w² = 2
+    leaky_forms = theory.ClosedForms(
+        second_moment=lambda q: 0.625 * q, second_moment_slope=lambda q: 0.625,
+        d2_atoms=lambda q: (np.array([0.25, 1.0]), np.array([0.5, 0.5])), homogeneous=True)
+    leaky_act = theory.Activation("relu", relu, (0.0,), leaky_forms)
+    assert theory.chi_1(leaky_act, 2.0) == pytest.approx(1.25, rel=1e-15)
+    assert theory.q_map(leaky_act, 2.0, 1.0) == pytest.approx(
+        theory.q_map(relu, 2.0, 1.0, kinks=(0.0,)), rel=1e-12)  # closed form = quadrature
+
+
+def test_one_activation_table():
+    import models
+
+    assert set(models.ACTIVATIONS) == set(theory.ACTIVATIONS)
+    for name, act in theory.ACTIVATIONS.items():
+        assert models.ACTIVATIONS[name] is act.fn
+    h = jnp.linspace(-3.0, 3.0, 13)
+    np.testing.assert_array_equal(theory.ACTIVATIONS["hardtanh"].fn(h), jnp.clip(h, -1.0, 1.0))
+    np.testing.assert_array_equal(theory.ACTIVATIONS["linear"].fn(h), h)

@@ -4,7 +4,7 @@ One network scatters (m₁ of one ReLU net has relative sd ≈ √(L/N)), so eve
 over several seeds and allows K_SE = 4 standard errors of the mean across seeds (a false
 failure has probability ~6e-5 per check for Gaussian errors). Quantities whose N → ∞ limit
 is biased at finite width get an extra relative allowance, stated where used: nvar and E[σ]
-are biased by O(L/N) (THEORY.md §2, "finite width": nvar a few % high at N = 256–512).
+are biased by O(L/N) (docs/theory.md §2, "finite width": nvar a few % high at N = 256–512).
 E[m₁] = χ₁^L for Gaussian linear and linear residual nets is exact at any width (no allowance).
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from isometry import theory
-from isometry.cli.theory import sample_singular_values
+from isometry._sampling import sample_singular_values
 
 WIDTH = 256
 K_SE = 4.0

@@ -9,7 +9,7 @@ import pytest
 
 from isometry import theory
 from isometry import theory_residual as tr
-from isometry.cli.theory import sample_singular_values
+from isometry._sampling import sample_singular_values
 
 
 def test_one_factor_closed_forms():
@@ -17,7 +17,7 @@ def test_one_factor_closed_forms():
     m = tr.factor_moments([1.0] * 9, a, s, 4)
     assert m[0] == pytest.approx(1 + a * a * s, rel=1e-14)
     assert m[1] == pytest.approx(1 + 4 * a * a * s + 2 * a ** 4 * s * s, rel=1e-14)
-    d = tr._d_moments("relu", 1.0, 4)  # Bernoulli(1/2): μ₁ = μ₂ = 1/2
+    d = tr.d_moments("relu", 1.0, 4)  # Bernoulli(1/2): μ₁ = μ₂ = 1/2
     m = tr.factor_moments(d, a, 2.0, 2)
     assert m[1] == pytest.approx(1 + 4 * a * a * 2 * 0.5 + a ** 4 * 4 * (0.5 + 0.25), rel=1e-14)
 
@@ -28,7 +28,7 @@ def test_free_product_reproduces_fuss_catalan_and_plain_nets():
                                theory.fuss_catalan_moments(3, 4), rtol=1e-12)
     # α → ∞: (αDW)(αDW)ᵀ/α² is the plain ReLU layer
     big = 1e4
-    fm = tr.factor_moments(tr._d_moments("relu", 1.0, 3), big, 2.0, 3) / big ** np.array([2, 4, 6])
+    fm = tr.factor_moments(tr.d_moments("relu", 1.0, 3), big, 2.0, 3) / big ** np.array([2, 4, 6])
     np.testing.assert_allclose(tr.free_product_moments([fm] * 4),
                                theory.jacobian_moments(theory.d2_law("relu", 1.0), 4, 2.0, k=3),
                                rtol=1e-6)

@@ -170,3 +170,21 @@ def test_lr_factors_scale_named_leaves_fixups_scalars_at_a_tenth():
     np.testing.assert_allclose(updates["block"]["alpha"], -1.0)
     with pytest.raises(ValueError, match="lr_factors must be positive"):
         TrainConfig(steps=1, lr_factors=(("scale", 0.0),))
+
+
+def test_config_json_is_strict_and_a_nonfinite_setting_still_resumes(tmp_path):
+    """One JSON policy (isometry._io): NaN as null with its reason, and the same conversion
+    on both sides of the resume comparison (before, NaN there never equalled NaN now)."""
+    import json
+
+    data = D.load_data("synthetic:2x2x3")
+    cfg = TrainConfig(steps=2, batch_size=4, checkpoint_every=1)
+    run = str(tmp_path / "run")
+    kw = dict(run_dir=run, input_shape=(12,), probes=0, run_info={"note": float("nan")})
+    train(_fc(), data, cfg, **kw)
+    text = (tmp_path / "run" / "config.json").read_text()
+    stored = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in config.json"))
+    assert stored["note"] is None and stored["note_nonfinite"] == "nan"
+    again = train(_fc(), data, TrainConfig(steps=3, batch_size=4, checkpoint_every=1),
+                  resume=True, **kw)
+    assert again.step == 3

@@ -13,10 +13,10 @@ from flax import nnx
 import isometry as iso
 import models
 from isometry import theory
-from isometry._tune import _Evaluator, _objective
+from isometry._tune import Evaluator, objective
 
 F64 = jnp.float64
-CRITICAL = 1.760955  # THEORY.md: tanh, σ_b² = 0.05
+CRITICAL = 1.760955  # docs/theory.md §1: tanh, σ_b² = 0.05
 
 
 def _tanh_builder(width, depth):
@@ -59,8 +59,8 @@ def _check_reaches_chi_one(build, name, x, result, fresh_seeds):
     """ln(mean χ) on fresh nets at the tuned value is 0 within its sampling error plus the
     tuned value's own (the slope from the search's central difference)."""
     s, se_s = result.values[name], result.stderr[name]
-    spectra = _Evaluator(build, x, fresh_seeds, 2**28).spectra({**result.defaults, name: s})
-    f, se_f, _ = _objective(spectra, "chi")
+    spectra = Evaluator(build, x, fresh_seeds, 2**28).spectra({**result.defaults, name: s})
+    f, se_f, _ = objective(spectra, "chi")
     evals = sorted(result.evaluations)
     (s1, f1, _), (s2, f2, _) = min(zip(evals, evals[1:]),
                                    key=lambda pair: abs(pair[0][0] - s) + abs(pair[1][0] - s))

@@ -1,7 +1,9 @@
 """The `isometry` command: one subcommand per module in this package.
 
 Each subcommand module defines `register(subparsers)`, which adds its parser and sets
-`func=run` on it; `run(args)` returns the exit code. Errors in arguments, data files and run
+`func=run` on it; `run(args)` returns the exit code. Only the module of the command that runs
+is imported (`build_parser`): `isometry --help` and every command start without loading the
+other commands' dependencies. Errors in arguments, data files and run
 directories print one line and exit with code 2; Ctrl-C prints one line and exits with 130.
 Output folders are checked for writability before anything is computed (`output_dir`).
 """
@@ -9,14 +11,25 @@ Output folders are checked for writability before anything is computed (`output_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
 import tempfile
 
+from isometry.data import DataError
 
-#: Subcommand modules, in the order `isometry --help` lists them.
-SUBCOMMANDS = ["spectrum", "train", "plot", "toy", "theory", "reproduce", "diagnose"]
+#: Subcommand modules, in the order `isometry --help` lists them, with their one-line help.
+SUMMARIES = {
+    "spectrum": "Jacobian singular-value spectra of models at init",
+    "train": "train a model, tracking Jacobian spectra during training",
+    "plot": "figures of a training run directory",
+    "toy": "the (1 + αw)^L toy of the ReZero paper: Figure 2 and learning rate versus depth",
+    "theory": "predicted vs measured Jacobian spectra of plain FC nets",
+    "reproduce": "reproduce one of the paper's figures or tables",
+    "diagnose": "diagnose a model's signal propagation: findings and fixes",
+}
+SUBCOMMANDS = list(SUMMARIES)
 
 
 class UsageError(ValueError):
@@ -29,22 +42,37 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `isometry` parser, with the full options of `commands` (None: of every command).
+
+    The other commands are listed by name and help only. Their modules, which import jax,
+    flax, scipy or matplotlib at their top, are imported here and only here, by name: this
+    lazy import is on purpose, so that a command (and `isometry --help`) starts fast.
+    """
+    wanted = SUBCOMMANDS if commands is None else commands
     parser = _Parser(prog="isometry",
                      description="Jacobian singular-value spectra for dynamical-isometry analysis.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in SUBCOMMANDS:
-        importlib.import_module(f"isometry.cli.{name}").register(sub)
+    for name, summary in SUMMARIES.items():
+        if name in wanted:
+            importlib.import_module(f"isometry.cli.{name}").register(sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand `argv` names: its first word that is not an option (None: none)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    parser = build_parser([command_of(argv)])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    from isometry.data import DataError
 
     try:
         return int(args.func(args) or 0)
@@ -88,15 +116,27 @@ def output_dir(path: str, option: str = "--out", create: bool = True) -> str:
     return path
 
 
-def comma_list(kind=str):
-    """An argparse type for comma-separated lists: "4,16" -> [4, 16]."""
+@dataclasses.dataclass(frozen=True)
+class CommaList:
+    """An argparse type for comma-separated lists of `kind`.
 
-    def parse(text: str):
+    >>> CommaList(int)("4,16,")
+    [4, 16]
+    """
+
+    kind: type = str
+
+    def __call__(self, text: str) -> list:
         try:
-            return [kind(item) for item in text.split(",") if item.strip()]
+            return [self.kind(item) for item in text.split(",") if item.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of "
-                                             f"{kind.__name__}, got {text!r}") from None
+                                             f"{self.kind.__name__}, got {text!r}") from None
 
-    parse.__name__ = f"list of {kind.__name__}"
-    return parse
+    def __repr__(self) -> str:  # how argparse names the type in its messages
+        return f"list of {self.kind.__name__}"
+
+
+def comma_list(kind=str) -> CommaList:
+    """An argparse type for comma-separated lists: `comma_list(int)("4,16")` is [4, 16]."""
+    return CommaList(kind)

@@ -9,60 +9,57 @@ overlay PNG of log10 m_k against k (measured with error bars, predicted as lines
 from __future__ import annotations
 
 import math
-import os
-import sys
+
+import numpy as np
+
+from isometry import theory, theory_residual
+from isometry.cli import UsageError
+from isometry.cli._report import table_stream, write_report
+from isometry.cli._theory_config import TheoryConfig, sample
 
 KEYS = ("m1", "m2", "m3", "m4")
 
 
-def compute(args) -> dict:
-    import numpy as np
+def _record(config: TheoryConfig, depth: int, alpha: float, sigma_w2: float) -> dict:
+    """Predicted, scaling-limit and (with samples) measured moments at one (depth, α)."""
+    try:
+        pred = theory_residual.residual_moments(config.activation, depth, alpha, sigma_w2,
+                                                config.sigma_b2, k=4)
+        t = theory_residual.scaling_time(config.activation, depth, alpha, sigma_w2,
+                                         config.sigma_b2)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    rec = dict(depth=depth, alpha=alpha, t=t,
+               predicted={k: float(v) for k, v in zip(KEYS, pred)},
+               scaling_limit={k: float(v) for k, v in
+                              zip(KEYS, theory_residual.scaling_limit_moments(t, 4))})
+    rec["predicted"]["nvar"] = float(pred[1] / pred[0] ** 2 - 1)
+    if config.samples:
+        sv = sample(config, depth, sigma_w2, math.nan, variant="rezero", alpha=alpha)
+        rec["measured"] = theory.measured_summary(sv, keys=KEYS + ("nvar",), k=4)
+    return rec
 
-    from isometry import theory
-    from isometry import theory_residual as tr
-    from isometry.cli import UsageError
-    from isometry.cli.theory import sample_singular_values
 
-    if not args.alpha or any(not (math.isfinite(a) and a > 0) for a in args.alpha):
-        raise UsageError(f"--alpha needs positive values for --variant rezero, got {args.alpha}")
-    sigma_w2 = args.sigma_w2 if args.sigma_w2 is not None else (
-        2.0 if args.activation == "relu" else 1.0)
-    records = []
-    for depth in args.depth:
-        for alpha in args.alpha:
-            try:
-                pred = tr.residual_moments(args.activation, depth, alpha, sigma_w2, args.sigma_b2,
-                                           k=4)
-                t = tr.scaling_time(args.activation, depth, alpha, sigma_w2, args.sigma_b2)
-            except ValueError as err:
-                raise UsageError(str(err)) from None
-            rec = dict(depth=depth, alpha=alpha, t=t,
-                       predicted={k: float(v) for k, v in zip(KEYS, pred)},
-                       scaling_limit={k: float(v) for k, v in
-                                      zip(KEYS, tr.scaling_limit_moments(t, 4))})
-            rec["predicted"]["nvar"] = float(pred[1] / pred[0] ** 2 - 1)
-            if args.samples:
-                sv = sample_singular_values(activation=args.activation, weights=args.weights,
-                                            depth=depth, width=args.width, sigma_w2=sigma_w2,
-                                            sigma_b2=args.sigma_b2, samples=args.samples,
-                                            q_star=math.nan, seed=args.seed, variant="rezero",
-                                            alpha=alpha)
-                stats = theory.spectrum_moments(np.asarray(sv), k=4)
-                rec["measured"] = {"mean": {}, "se": {}}
-                for key in KEYS + ("nvar",):
-                    mean, se = theory.mean_and_sem(stats[key])
-                    rec["measured"]["mean"][key], rec["measured"]["se"][key] = mean, se
-            records.append(rec)
-    return dict(variant="rezero", activation=args.activation, weights=args.weights,
-                sigma_w2=sigma_w2, sigma_b2=args.sigma_b2, width=args.width,
-                samples=args.samples, seed=args.seed, records=records,
+def compute(config: TheoryConfig) -> dict:
+    """The JSON document: one record per (depth, α)."""
+    if not config.alphas or any(not (math.isfinite(a) and a > 0) for a in config.alphas):
+        raise UsageError(f"--alpha needs positive values for --variant rezero, got "
+                         f"{list(config.alphas) or None}")
+    sigma_w2 = config.sigma_w2 if config.sigma_w2 is not None else (
+        2.0 if config.activation == "relu" else 1.0)
+    records = [_record(config, depth, alpha, sigma_w2)
+               for depth in config.depths for alpha in config.alphas]
+    return dict(variant="rezero", activation=config.activation, weights=config.weights,
+                sigma_w2=sigma_w2, sigma_b2=config.sigma_b2, width=config.width,
+                samples=config.samples, seed=config.seed, records=records,
                 notes="predictions: free probability at large width (bulk of the spectrum; "
                       "ReLU nets add one outlier above the bulk, which raises high moments)")
 
 
-def figure(doc):
+def figure(doc: dict):
+    """log10 m_k against k: predicted (lines), scaling limit (dotted), measured (error bars)."""
+    # matplotlib: imported when the figure is drawn, so that `isometry --help` starts fast
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(6, 4))
     k = np.arange(1, 5)
@@ -87,28 +84,22 @@ def figure(doc):
     return fig
 
 
-def run(args) -> int:
-    import json
-
-    from isometry import plot
-    from isometry._io import jsonable, write_json
-
-    doc = compute(args)
-    table = sys.stderr if args.json else sys.stdout
-    print(f"{'depth':>5} {'alpha':>6} {'t':>7} {'':>9} " + " ".join(f"{k:>11}" for k in
-                                                                  KEYS + ("nvar",)), file=table)
+def print_table(doc: dict, stream) -> None:
+    """Predicted and measured moments, one pair of rows per (depth, α)."""
+    keys = KEYS + ("nvar",)
+    print(f"{'depth':>5} {'alpha':>6} {'t':>7} {'':>9} " + " ".join(f"{k:>11}" for k in keys),
+          file=stream)
     for rec in doc["records"]:
         head = f"{rec['depth']:>5} {rec['alpha']:>6g} {rec['t']:>7.3g}"
         print(f"{head} {'theory':>9} " + " ".join(
-            f"{rec['predicted'].get(k, math.nan):>11.4g}" for k in KEYS + ("nvar",)), file=table)
+            f"{rec['predicted'].get(k, math.nan):>11.4g}" for k in keys), file=stream)
         if "measured" in rec:
             print(f"{'':>20} {'measured':>9} " + " ".join(
-                f"{rec['measured']['mean'][k]:>11.4g}" for k in KEYS + ("nvar",)), file=table)
-    os.makedirs(args.out, exist_ok=True)
-    png = plot.save(figure(doc), os.path.join(args.out, "theory.png"))
-    path = write_json(os.path.join(args.out, "theory.json"), doc, indent=1)
-    print(f"wrote {png} and {path}", file=sys.stderr)
-    if args.json:
-        json.dump(jsonable(doc), sys.stdout, allow_nan=False)
-        sys.stdout.write("\n")
+                f"{rec['measured']['mean'][k]:>11.4g}" for k in keys), file=stream)
+
+
+def run(config: TheoryConfig) -> int:
+    doc = compute(config)
+    print_table(doc, table_stream(config.json))
+    write_report(config.out, "theory", figure(doc), doc, config.json)
     return 0

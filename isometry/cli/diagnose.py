@@ -11,12 +11,16 @@ diagnosis.png (χ_l profile, σ histogram, token similarity by depth, |α| and �
 
 from __future__ import annotations
 
-import json
-import os
-import sys
+import contextlib
 
-from isometry._io import jsonable, write_json
+import jax
+from flax import nnx
+
+import models
+from isometry import theory
+from isometry._diagnose import diagnose
 from isometry.cli import UsageError, _zoo
+from isometry.cli._report import table_stream, write_report
 
 
 def register(sub) -> None:
@@ -42,14 +46,6 @@ def register(sub) -> None:
 
 def compute(args):
     """(the Diagnosis, the JSON document) for the model the arguments describe."""
-    import jax
-    from flax import nnx
-
-    import isometry as iso
-    import models
-
-    if args.x64:
-        jax.config.update("jax_enable_x64", True)
     kind, variants = _zoo.resolve(args)
     if len(variants) != 1 or len(args.depth) != 1:
         raise UsageError("diagnose looks at one model: give one --variant and one --depth")
@@ -64,7 +60,7 @@ def compute(args):
                                         param_dtype=args.param_dtype, rngs=rngs)
         except ValueError as err:
             raise UsageError(str(err)) from None
-        if variant == "plain" and args.activation in iso.theory.ACTIVATIONS:
+        if variant == "plain" and args.activation in theory.ACTIVATIONS:
             sw2 = args.sigma_w2 if args.sigma_w2 is not None else 2.0
             mean_field = dict(activation=args.activation, sigma_w2=sw2, sigma_b2=args.sigma_b2)
     else:
@@ -77,7 +73,7 @@ def compute(args):
     if not 0 <= args.burn_in < depth:
         raise UsageError(f"--burn-in must be in [0, depth), got {args.burn_in}")
     try:
-        diagnosis = iso.diagnose(net, x, mean_field=mean_field, burn_in=args.burn_in)
+        diagnosis = diagnose(net, x, mean_field=mean_field, burn_in=args.burn_in)
     except FloatingPointError as err:
         raise UsageError(str(err)) from None
     doc = dict(model=args.model, variant=variant, depth=depth, seed=args.seed,
@@ -86,20 +82,13 @@ def compute(args):
 
 
 def run(args) -> int:
-    from isometry import plot
-
-    diagnosis, doc = compute(args)
-    table = sys.stderr if args.json else sys.stdout
-    print(f"{args.model} {doc['variant']} depth {doc['depth']}", file=table)
-    print(diagnosis.table(), file=table)
-    os.makedirs(args.out, exist_ok=True)
-    png = plot.save(diagnosis.figure(title=f"{args.model} {doc['variant']}, depth {doc['depth']}: "
-                                           f"{diagnosis.phase or 'no stack'}; "
-                                           f"{', '.join(diagnosis.codes) or 'no findings'}"),
-                    os.path.join(args.out, "diagnosis.png"))
-    path = write_json(os.path.join(args.out, "diagnosis.json"), doc, indent=1)
-    print(f"wrote {png} and {path}", file=sys.stderr)
-    if args.json:
-        json.dump(jsonable(doc), sys.stdout, allow_nan=False)
-        sys.stdout.write("\n")
+    # --x64: float64 for this command only (scoped, the global setting is left alone)
+    with jax.enable_x64(True) if args.x64 else contextlib.nullcontext():
+        diagnosis, doc = compute(args)
+        print(f"{args.model} {doc['variant']} depth {doc['depth']}", file=table_stream(args.json))
+        print(diagnosis.table(), file=table_stream(args.json))
+        fig = diagnosis.figure(title=f"{args.model} {doc['variant']}, depth {doc['depth']}: "
+                                     f"{diagnosis.phase or 'no stack'}; "
+                                     f"{', '.join(diagnosis.codes) or 'no findings'}")
+        write_report(args.out, "diagnosis", fig, doc, args.json)
     return 0

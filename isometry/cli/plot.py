@@ -25,6 +25,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # imported here, not at the top: every command's parser is built at start, and other
+    # commands should not pay for matplotlib and the tracking module
     from isometry import plot
     from isometry.tracking import read_metrics
 

@@ -12,14 +12,15 @@ Transformers). --scale smoke runs in seconds, cpu in under
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 
 from isometry.cli import UsageError, output_dir
+from isometry.experiments import EXPERIMENTS, SCALES, reproduce, sweepable
+from isometry.tracking import RunDirError
+from isometry.train import RunConfigError
 
 
 def register(sub) -> None:
-    from isometry.experiments import EXPERIMENTS, SCALES
-
     p = sub.add_parser("reproduce", help="reproduce one of the paper's figures or tables",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
@@ -29,31 +30,50 @@ def register(sub) -> None:
                    help="folder with cifar-10-python.tar.gz and/or enwik8 (default: synthetic "
                         "images and a local text)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
+    p.add_argument("--lr-sweep", nargs="?", const="0.1,0.3,1,3,10", default=None,
+                   metavar="F1,F2,...",
+                   help="also train each variant at its best learning rate of the grid "
+                        "shared lr × F (default grid 0.1,0.3,1,3,10; same budget for all, "
+                        "chosen by the final training loss) and report the speed-ups at both "
+                        "(fig5, table2)")
     p.add_argument("--runs", default=None,
                    help="folder for the training runs' run directories (default: OUT/runs)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from isometry.experiments import EXPERIMENTS, SCALES, reproduce
-
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown NAME {args.name!r}; choose one of {', '.join(EXPERIMENTS)}")
     if args.scale not in SCALES:
         raise UsageError(f"unknown --scale {args.scale!r}; choose one of {', '.join(SCALES)}")
-    if args.data_dir is not None and not __import__("os").path.isdir(args.data_dir):
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir!r} is not a folder")
+    factors = _factors(args.lr_sweep)
+    if factors is not None and args.name not in sweepable():
+        raise UsageError(f"{args.name} trains nothing with a shared learning rate to sweep; "
+                         f"--lr-sweep works with {', '.join(sweepable())}")
     output_dir(args.out)  # before computing: a path that cannot be written fails at once
     if args.runs is not None:
         output_dir(args.runs, "--runs")
-    from isometry.tracking import RunDirError
-    from isometry.train import RunConfigError
-
     try:
         paths = reproduce(args.name, args.scale, args.out, data_dir=args.data_dir, seed=args.seed,
-                          runs_dir=args.runs)
+                          runs_dir=args.runs, lr_sweep=factors)
     except (RunConfigError, RunDirError) as err:  # a broken or foreign run under --runs
         raise UsageError(str(err)) from None
     for kind in ("png", "json", "md"):
         print(paths[kind])
     return 0
+
+
+def _factors(text: str | None) -> tuple[float, ...] | None:
+    """--lr-sweep's factors: positive finite numbers separated by commas."""
+    if text is None:
+        return None
+    try:
+        factors = tuple(float(f) for f in text.split(","))
+    except ValueError:
+        factors = ()
+    if not factors or not all(0 < f < float("inf") for f in factors):
+        raise UsageError(f"--lr-sweep {text!r}: give positive factors of the shared learning "
+                         f"rate separated by commas, e.g. --lr-sweep 0.1,0.3,1,3,10")
+    return factors

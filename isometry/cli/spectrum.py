@@ -297,7 +297,10 @@ def run(args) -> int:
     if getattr(args, "layerwise", False):
         profiles = compute_layerwise(args)
         title = f"{args.model}: layer-by-layer Jacobians d x_l / d x_0"
-        lpng = plot.save(plot.layerwise_profiles(profiles, title=title),
+        import isometry as iso  # as the other functions of this module do (lazy CLI imports)
+
+        summaries = {label: iso.depth_profile(profile) for label, profile in profiles.items()}
+        lpng = plot.save(plot.layerwise_profiles(summaries, title=title),
                          os.path.join(args.out, "layerwise.png"))
         lpath = os.path.join(args.out, "layerwise.json")
         write_json(lpath, {"profiles": _layerwise_records(profiles)})

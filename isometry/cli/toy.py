@@ -2,7 +2,8 @@
 
 Writes fig2.png (log gradient norm over (w, α), ReZero descent paths from α = 0 in red, the
 zero-loss curve αw = T^{1/L} − 1) and fig2.json (setup; per path its start, final α and w,
-α·w, steps). With --depth-sweep also lr_depth.png and lr_depth.json: the largest converging
+α·w, steps; the contour grid and the paths), in the schema of `isometry reproduce fig2`
+(`isometry.experiments.fig2.record`). With --depth-sweep also lr_depth.png and lr_depth.json: the largest converging
 learning rate and the fewest steps versus depth, residual (α = 1) against ReZero (α₀ = 0).
 """
 
@@ -11,15 +12,18 @@ from __future__ import annotations
 import os
 import sys
 
-from isometry.cli import UsageError, comma_list, output_dir
 from isometry._io import write_json
+from isometry.cli import UsageError, comma_list, output_dir
+
+# The experiments (JAX, matplotlib) are imported inside the functions: every command's parser
+# is built at start, and `isometry --help` or another command should not pay for them.
 
 
 def register(sub) -> None:
-    from isometry import toy
+    from isometry.experiments import fig2 as fig2_experiment, toy_depth
 
-    fig2 = toy.Figure2Settings()
-    sweep = toy.DepthSweepSettings()
+    fig2 = fig2_experiment.Figure2Settings()
+    sweep = toy_depth.DepthSweepSettings()
     p = sub.add_parser("toy", help="the (1 + αw)^L toy of the ReZero paper: Figure 2 and "
                                    "learning rate versus depth", description=__doc__)
     p.add_argument("--out", default="isometry-toy",
@@ -77,9 +81,9 @@ def _usage(err: ValueError, options: dict) -> UsageError:
 
 def settings(args):
     """(Figure2Settings, DepthSweepSettings or None) from the arguments, checked."""
-    from isometry import toy
+    from isometry.experiments import fig2 as fig2_experiment, toy_depth
 
-    fig2 = toy.Figure2Settings(
+    fig2 = fig2_experiment.Figure2Settings(
         depth=args.depth, target=args.target, inputs=tuple(args.inputs),
         w_starts=tuple(args.w_starts), lr=args.lr, max_steps=args.steps, tol=args.tol,
         w_range=_pair("w-range", args.w_range), alpha_range=_pair("alpha-range", args.alpha_range),
@@ -90,7 +94,7 @@ def settings(args):
         raise _usage(err, _FIG2_OPTIONS) from None
     if not args.depth_sweep:
         return fig2, None
-    sweep = toy.DepthSweepSettings(depths=tuple(args.depths), target=args.target,
+    sweep = toy_depth.DepthSweepSettings(depths=tuple(args.depths), target=args.target,
                                    inputs=tuple(args.inputs), w0=args.w0,
                                    max_steps=args.sweep_steps, tol=args.tol)
     try:
@@ -99,13 +103,7 @@ def settings(args):
         raise _usage(err, _SWEEP_OPTIONS) from None
 
 
-def run(args) -> int:
-    from isometry import plot, toy
-
-    fig2_settings, sweep_settings = settings(args)
-    output_dir(args.out)  # before computing: a path that cannot be written fails at once
-    fig2 = toy.figure2(fig2_settings)
-    record = fig2.to_json()
+def _print_paths(record: dict) -> None:
     print(f"zero-loss curve alpha*w = {record['solution_product']:.10g}; "
           f"alpha = 1 stability bound lr < {record['residual_stability_bound']:.4g}")
     print(f"{'path':<9}{'w0':>8}{'alpha0':>8}{'final w':>11}{'final a':>11}{'a*w':>11}"
@@ -115,24 +113,35 @@ def run(args) -> int:
             outcome = "converged" if r["converged"] else "diverged" if r["diverged"] else "budget"
             print(f"{name:<9}{r['w0']:>8.3g}{r['alpha0']:>8.3g}{_num(r['final_w'])}"
                   f"{_num(r['final_alpha'])}{_num(r['final_product'])}{r['steps']:>8}  {outcome}")
-    written = [plot.save(plot.toy_figure2(fig2), os.path.join(args.out, "fig2.png"))]
-    written.append(os.path.join(args.out, "fig2.json"))
-    write_json(written[-1], record)
+
+
+def _print_scaling(record: dict) -> None:
+    for name in ("residual", "rezero"):
+        fit = record[name]["scaling"]
+        if fit.get("better"):
+            print(f"{name}: largest lr ~ exp({fit['exponential']['slope']:.3f} L) "
+                  f"[rms {fit['exponential']['rms_log_residual']:.2f}] or "
+                  f"L^{fit['power_law']['slope']:.2f} [rms {fit['power_law']['rms_log_residual']:.2f}]"
+                  f" -> {fit['better']} fits better over L = {fit['depths_used']}")
+        else:
+            print(f"{name}: too few depths converged to fit ({fit['depths_used']})")
+
+
+def run(args) -> int:
+    from isometry import plot
+    from isometry.experiments import fig2, toy_depth
+
+    fig2_settings, sweep_settings = settings(args)
+    output_dir(args.out)  # before computing: a path that cannot be written fails at once
+    record = fig2.record(fig2.figure2(fig2_settings))  # the schema of `reproduce fig2`
+    _print_paths(record)
+    written = [plot.save(fig2.figure(record), os.path.join(args.out, "fig2.png")),
+               write_json(os.path.join(args.out, "fig2.json"), record)]
     if sweep_settings is not None:
-        sweep = toy.depth_sweep(sweep_settings, progress=sys.stderr.isatty())
-        record = sweep.to_json()
-        for name in ("residual", "rezero"):
-            fit = record[name]["scaling"]
-            if fit.get("better"):
-                print(f"{name}: largest lr ~ exp({fit['exponential']['slope']:.3f} L) "
-                      f"[rms {fit['exponential']['rms_log_residual']:.2f}] or "
-                      f"L^{fit['power_law']['slope']:.2f} [rms {fit['power_law']['rms_log_residual']:.2f}]"
-                      f" -> {fit['better']} fits better over L = {fit['depths_used']}")
-            else:
-                print(f"{name}: too few depths converged to fit ({fit['depths_used']})")
-        written.append(plot.save(plot.toy_depth_sweep(sweep), os.path.join(args.out, "lr_depth.png")))
-        written.append(os.path.join(args.out, "lr_depth.json"))
-        write_json(written[-1], record)
+        record = toy_depth.record(toy_depth.depth_sweep(sweep_settings, progress=sys.stderr.isatty()))
+        _print_scaling(record)
+        written.append(plot.save(toy_depth.figure(record), os.path.join(args.out, "lr_depth.png")))
+        written.append(write_json(os.path.join(args.out, "lr_depth.json"), record))
     print("wrote " + ", ".join(written), file=sys.stderr)
     return 0
 

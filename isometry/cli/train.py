@@ -14,10 +14,18 @@ plus `--resume`; `--steps` (constant and step schedules), `--checkpoint-every`,
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 import sys
 
+import jax
+
+from isometry import data as datasets
 from isometry.cli import UsageError, _zoo, comma_list, output_dir
+from isometry.tracking import RunDirError
+from isometry.train import (ADAGRAD_STYLES, OPTIMIZERS, SCHEDULES, RunConfigError, TrainConfig,
+                            train)
 
 #: Settings that define a run besides the training config (stored in config.json).
 _RUN_KEYS = ("model", "variant", "depth", "width", "alpha_init", "activation", "data", "seq_len",
@@ -25,10 +33,8 @@ _RUN_KEYS = ("model", "variant", "depth", "width", "alpha_init", "activation", "
 
 
 def register(sub) -> None:
-    from isometry.train import ADAGRAD_STYLES, OPTIMIZERS, SCHEDULES
-
     p = sub.add_parser("train", help="train a model, tracking Jacobian spectra during training",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _zoo.add_model_args(p)
     g = p.add_argument_group("data")
     g.add_argument("--data", default="synthetic",
@@ -36,8 +42,7 @@ def register(sub) -> None:
     g.add_argument("--data-path", default=None,
                    help="CIFAR-10 archive/folder or enwik8 file (default: $ISOMETRY_CIFAR10 / "
                         "$ISOMETRY_ENWIK8)")
-    if "--seq-len" not in p._option_string_actions:
-        g.add_argument("--seq-len", type=int, default=128, help="language-model window (default: 128)")
+    # --seq-len (the language-model window, default 128) comes with the model options
     g = p.add_argument_group("optimization")
     length = g.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 1000)")
@@ -85,59 +90,72 @@ def _default_variant(kind) -> str:
     return "rezero" if "rezero" in kind.variants else kind.variants[0]
 
 
-def run(args) -> int:
-    import jax
-
-    from isometry import data as datasets
-    from isometry.tracking import RunDirError
-    from isometry.train import RunConfigError, TrainConfig, train
-
-    if args.x64:
-        jax.config.update("jax_enable_x64", True)
-    kind, variants = _zoo.resolve(args)
-    variant = _single(variants if args.variant else [_default_variant(kind)], "--variant")
-    depth = _single(args.depth, "--depth")
+def _check_run_args(args) -> None:
+    """The tracking intervals and the run directory, before anything is loaded or built."""
     if args.probes < 0:
         raise UsageError(f"--probes must be 0 (no spectra) or more, got {args.probes}")
-    for name in ("track_every", "log_every"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    for option, value in (("--track-every", args.track_every), ("--log-every", args.log_every)):
+        if value < 1:
+            raise UsageError(f"{option} must be at least 1")
     if args.resume:  # nothing to create: the run must be there
-        if not __import__("os").path.isdir(args.run_dir):
+        if not os.path.isdir(args.run_dir):
             raise UsageError(f"nothing to resume: --run-dir {args.run_dir!r} does not exist (leave "
                              f"out --resume to start a run there)")
         output_dir(args.run_dir, "--run-dir", create=False)
     else:
         output_dir(args.run_dir, "--run-dir")
+
+
+def _load_data(args):
     try:
-        data = datasets.load_data(args.data, path=args.data_path, seq_len=args.seq_len)
+        return datasets.load_data(args.data, path=args.data_path, seq_len=args.seq_len)
     except datasets.DataError as err:
         raise UsageError(str(err)) from None
-    task = data.task
+
+
+def _train_config(args, data) -> TrainConfig:
+    """The `TrainConfig` the options ask for (--epochs counted in steps of --batch-size)."""
     if args.epochs is not None:
         steps = math.ceil(args.epochs * data.examples_per_epoch / args.batch_size)
     else:
         steps = 1000 if args.steps is None else args.steps
     try:
-        config = TrainConfig(steps=steps, batch_size=args.batch_size, optimizer=args.optimizer,
-                             adagrad=args.adagrad, lr=args.lr, alpha_lr=args.alpha_lr, momentum=args.momentum,
-                             weight_decay=args.weight_decay, warmup=args.warmup,
-                             schedule=args.schedule, decay_steps=tuple(args.decay_steps),
-                             decay_factor=args.decay_factor, clip=args.clip, seed=args.seed,
-                             eval_every=args.eval_every, eval_batches=args.eval_batches,
-                             checkpoint_every=args.checkpoint_every)
+        return TrainConfig(steps=steps, batch_size=args.batch_size, optimizer=args.optimizer,
+                           adagrad=args.adagrad, lr=args.lr, alpha_lr=args.alpha_lr,
+                           momentum=args.momentum, weight_decay=args.weight_decay,
+                           warmup=args.warmup, schedule=args.schedule,
+                           decay_steps=tuple(args.decay_steps), decay_factor=args.decay_factor,
+                           clip=args.clip, seed=args.seed, eval_every=args.eval_every,
+                           eval_batches=args.eval_batches, checkpoint_every=args.checkpoint_every)
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+def _build_model(kind, args, variant: str, depth: int, task):
+    """The model, sized for the data: `_zoo`'s builders read the task from the arguments they
+    are given, so they get a copy of `args` with it (`args` itself stays as parsed)."""
     if task.kind not in kind.tasks:
         raise UsageError(f"--model {args.model} does not do {task.kind.replace('_', ' ')} "
                          f"(data {args.data}); it does: {', '.join(kind.tasks) or 'none yet'}")
-    args.task = task  # builders size inputs and outputs for the data (see _zoo.ModelKind)
-    model = _zoo.build_model(kind, args, variant, depth, args.seed)
+    model_args = argparse.Namespace(**{**vars(args), "task": task})
+    return _zoo.build_model(kind, model_args, variant, depth, args.seed)
+
+
+def run(args) -> int:
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    kind, variants = _zoo.resolve(args)
+    variant = _single(variants if args.variant else [_default_variant(kind)], "--variant")
+    depth = _single(args.depth, "--depth")
+    _check_run_args(args)
+    data = _load_data(args)
+    config = _train_config(args, data)
+    model = _build_model(kind, args, variant, depth, data.task)
     settings = dict(vars(args), variant=variant, depth=depth)
     run_info = {k: settings[k] for k in _RUN_KEYS if k in settings}
     try:
         result = train(model, data, config, run_dir=args.run_dir, resume=args.resume,
-                       run_info=run_info, input_shape=kind.train_input_shape(task),
+                       run_info=run_info, input_shape=kind.train_input_shape(data.task),
                        probes=args.probes,
                        track_every=args.track_every, log_every=args.log_every, method=args.method,
                        progress=False if args.no_progress else None)

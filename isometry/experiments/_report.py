@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 
+from isometry import plot
 from isometry._io import atomic_write, jsonable, write_json
 
 __all__ = ["write_report", "markdown_table", "fmt"]
@@ -16,7 +17,6 @@ __all__ = ["write_report", "markdown_table", "fmt"]
 
 def write_report(out_dir: str, name: str, record: dict, figure, markdown: str) -> dict[str, str]:
     """Writes `out_dir/NAME.{json,png,md}`; returns {"json": path, "png": path, "md": path}."""
-    from isometry import plot
 
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, name)

@@ -10,6 +10,10 @@ import os
 
 import numpy as np
 
+from isometry.data import ByteCorpus, SyntheticImages, load_cifar10, load_data, permutation_position
+from isometry.tracking import read_metrics
+from isometry.train import CONFIG_FILE, RunConfigError, train
+
 __all__ = ["train_run", "first_crossing", "smooth", "text_corpus", "language_data",
            "image_data", "mean_std", "FixedTrainingSet"]
 
@@ -45,8 +49,6 @@ def train_run(model, data, config, run_dir: str, *, input_shape=None, probes: in
               calibrate_batchnorm: bool = False):
     """Trains `model` with `isometry.train.train` into `run_dir` (resuming a finished or killed
     run with the same settings); returns (records of metrics.jsonl, TrainResult)."""
-    from isometry.tracking import read_metrics
-    from isometry.train import CONFIG_FILE, RunConfigError, train
 
     resume = os.path.exists(os.path.join(run_dir, CONFIG_FILE))  # a run is there: continue it
     try:
@@ -106,7 +108,6 @@ def text_corpus(max_bytes: int) -> bytes:
 
 def language_data(data_dir: str | None, seq_len: int, text_bytes: int):
     """enwik8 from `data_dir` (enwik8 or enwik8.zip) when present, else the stdlib text."""
-    from isometry.data import ByteCorpus, load_data
 
     for name in ("enwik8", "enwik8.zip"):
         if data_dir and os.path.isfile(os.path.join(data_dir, name)):
@@ -117,7 +118,6 @@ def language_data(data_dir: str | None, seq_len: int, text_bytes: int):
 def image_data(data_dir: str | None, synthetic_shape: tuple[int, int, int]):
     """CIFAR-10 from `data_dir` (the .tar.gz or the extracted folder) when present, else the
     synthetic Gaussian-prototype images of `synthetic_shape`."""
-    from isometry.data import SyntheticImages, load_cifar10
 
     for name in ("cifar-10-python.tar.gz", "cifar-10-batches-py"):
         if data_dir and os.path.exists(os.path.join(data_dir, name)):
@@ -134,9 +134,6 @@ class FixedTrainingSet:
     """
 
     def __init__(self, data, size: int, seed: int = 0):
-        from isometry.data import _permutation_position
-
-        self._position = _permutation_position
         self.train_x, self.train_y = data.train_batch(seed, 0, size)
         self.name = f"{data.name} ({size} fixed examples)"
         self.task = data.task
@@ -145,7 +142,7 @@ class FixedTrainingSet:
 
     def train_batch(self, seed: int, step: int, batch_size: int):
         pos = step * batch_size + np.arange(batch_size, dtype=np.int64)
-        idx = self._position(seed, self.examples_per_epoch, pos, self._perms)
+        idx = permutation_position(seed, self.examples_per_epoch, pos, self._perms)
         return self.train_x[idx], self.train_y[idx]
 
     def eval_batches(self, batch_size: int, max_batches: int | None = None):

@@ -6,7 +6,7 @@ paper's footnote) to overfit a fixed training set (`_runs.FixedTrainingSet`: the
 `train_size` examples of CIFAR-10 when `--data-dir` holds it, else of the synthetic images).
 For each variant the record keeps the training-loss curve, the loss on the whole fixed set
 before and after, and the layer-by-layer profile χ_l = ‖∂x_l/∂x_0‖_F²/n of the stack at
-initialization and after training (dense, every depth in one pass, `iso.layerwise_spectrum_fn`).
+initialization and after training (dense, every depth in one pass, `layerwise_spectrum_fn`).
 
 (b) Character Transformer LMs of `lm_depth` layers — ReZero α = 0, Post-Norm with and without
 warm-up, Pre-Norm — trained as in Figure 7 (`fig7._train`: Adam, gradient clipping, the same
@@ -24,11 +24,17 @@ import dataclasses
 import math
 import os
 
+import jax
+import matplotlib.pyplot as plt
 import numpy as np
+from flax import nnx
 
+import models
+from isometry._layerwise import depth_profile, from_stack, layerwise_spectrum_fn
 from isometry.experiments import fig7
 from isometry.experiments._report import fmt, markdown_table
 from isometry.experiments._runs import FixedTrainingSet, image_data, language_data, train_run
+from isometry.train import TrainConfig
 
 FC_LABELS = {"rezero": "FC+ReZero (α = 0)", "plain": "FC", "residual": "FC+Res"}
 LM_LABELS = ("ReZero α=0", "Post-Norm", "Post-Norm + warm-up", "Pre-Norm")
@@ -77,32 +83,22 @@ def _profile(model, x) -> list | None:
     Non-finite parameters (a diverged run) give None before any Jacobian is taken: through
     ReLU, NaN weights have derivative 0, so J could look finite (even = I) for a broken net.
     """
-    import jax
-    from flax import nnx
-
-    import isometry as iso
-
     if not all(np.all(np.isfinite(np.asarray(leaf)))
                for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))):
         return None
     model.eval()
-    embed_fn, states_fn, params = iso.from_stack(model)
+    embed_fn, states_fn, params = from_stack(model)
     try:
         x0 = jax.vmap(embed_fn, in_axes=(None, 0))(params, x)
-        spec = iso.layerwise_spectrum_fn(states_fn, batched=True)(params, x0)
+        spec = layerwise_spectrum_fn(states_fn, batched=True)(params, x0)
     except FloatingPointError:
         return None
     finally:
         model.train()
-    return iso.depth_profile(spec)["chi"].tolist()
+    return depth_profile(spec)["chi"].tolist()
 
 
 def _train_fc(s: DepthSettings, data, variant: str, seed: int, runs_dir: str) -> dict:
-    from flax import nnx
-
-    import models
-    from isometry.train import TrainConfig
-
     n_in = math.prod(data.task.input_shape)
     model = models.FullyConnected(s.fc_depth, s.fc_width, variant=variant, in_features=n_in,
                                   out_features=data.task.num_classes, remat=s.remat,
@@ -149,7 +145,6 @@ def run(s: DepthSettings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dic
 
 def figure(record: dict):
     """(a) FC training loss, (b) χ_l at init (dashed) and after training, (c) LM BPB."""
-    import matplotlib.pyplot as plt
 
     s = record["settings"]
     fig, (ax_loss, ax_chi, ax_lm) = plt.subplots(1, 3, figsize=(15, 4.2))

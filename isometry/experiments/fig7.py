@@ -22,11 +22,15 @@ import dataclasses
 import math
 import os
 
+import matplotlib.pyplot as plt
 import numpy as np
+from flax import nnx
 
+import models
 from isometry.experiments._report import fmt, markdown_table
 from isometry.experiments._runs import (CharLMSettings, first_crossing, language_data, smooth,
                                         train_run)
+from isometry.train import TrainConfig
 
 #: label → (variant, alpha_init, warm-up on?)
 VARIANTS = {"Post-Norm": ("postnorm", 0.0, False),
@@ -77,11 +81,6 @@ def unigram_bpb(tokens: np.ndarray) -> float:
 
 
 def _train(s: Fig7Settings, data, label: str, depth: int, steps: int, seed: int, runs_dir: str):
-    from flax import nnx
-
-    import models
-    from isometry.train import TrainConfig
-
     variant, alpha_init, warm = VARIANTS[label]
     model = models.Transformer(depth, s.d_model, heads=s.heads, ffn=s.ffn, variant=variant,
                                alpha_init=alpha_init, vocab_size=256, causal=True,
@@ -127,7 +126,6 @@ def run(s: Fig7Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict
 
 def figure(record: dict):
     """BPB against iterations: the shallow models (left) and the deep ones (right)."""
-    import matplotlib.pyplot as plt
 
     s = record["settings"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))

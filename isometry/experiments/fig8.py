@@ -15,9 +15,13 @@ import dataclasses
 import os
 
 import numpy as np
+from flax import nnx
 
+import models
+from isometry import plot
 from isometry.experiments._report import markdown_table
 from isometry.experiments._runs import CharLMSettings, language_data, train_run
+from isometry.train import TrainConfig
 
 PAPER_MEAN_ALPHA = {"12": 0.0898, "64": 0.0185}
 
@@ -40,11 +44,6 @@ SETTINGS = {
 
 
 def run(s: Fig8Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict:
-    from flax import nnx
-
-    import models
-    from isometry.train import TrainConfig
-
     data = language_data(data_dir, s.seq_len, s.text_bytes)
     model = models.Transformer(s.depth, s.d_model, heads=s.heads, ffn=s.ffn, variant="rezero",
                                vocab_size=256, causal=True, rngs=nnx.Rngs(seed))
@@ -68,7 +67,6 @@ def run(s: Fig8Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict
 
 def figure(record: dict):
     """`plot.alpha_heatmap` of the record's |α| (steps × layers)."""
-    from isometry import plot
 
     records = [{"step": st, "alpha": dict(zip(record["layers"], row))}
                for st, row in zip(record["steps"], record["abs_alpha"])]

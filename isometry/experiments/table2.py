@@ -18,8 +18,15 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import matplotlib.pyplot as plt
+from flax import nnx
+
+import models
+from isometry.augment import Augmented
 from isometry.experiments._report import markdown_table
 from isometry.experiments._runs import first_crossing, image_data, train_run
+from isometry.experiments._sweep import final_loss, sweep_lr
+from isometry.train import FIXUP_LR_FACTORS, TrainConfig
 
 #: label → (variant, depth key: "deep" = the 6n+2 net, "18" = the 18-layer one)
 VARIANTS = {"vanilla": ("residual", "deep"), "+ Gated": ("gated", "deep"),
@@ -59,6 +66,8 @@ class Table2Settings:
     accuracy: float = 0.8
     crop_padding: int = 4
     variants: tuple[str, ...] = tuple(VARIANTS)
+    #: `--lr-sweep`: also train each variant at its best rate of `lr × factors` (same budget).
+    sweep_factors: tuple[float, ...] = ()
 
 
 SETTINGS = {
@@ -72,50 +81,76 @@ SETTINGS = {
 
 
 def run(s: Table2Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict:
-    from flax import nnx
-
-    import models
-    from isometry.augment import Augmented
-    from isometry.train import FIXUP_LR_FACTORS, TrainConfig
-
+    """Trains every variant at the shared `s.lr` and, with `s.sweep_factors`, once more at
+    each variant's best rate of the sweep; returns the JSON record."""
     data = image_data(data_dir, (s.image_size, s.image_size, 3))
     if data.name == "cifar10":  # the synthetic prototypes are pixel patterns: crops and flips
         data = Augmented(data, s.crop_padding)  # would move them, not the class
-    results = {}
-    for label in s.variants:
-        variant, which = VARIANTS[label]
-        depth = s.depth if which == "deep" else 18
-        model = models.ResNet(depth, variant=variant, width=s.width18 if which == "18" else None,
-                              in_channels=data.task.input_shape[-1],
-                              num_classes=data.task.num_classes, rngs=nnx.Rngs(seed))
-        config = TrainConfig(steps=s.steps, batch_size=s.batch_size, optimizer="sgd", lr=s.lr,
-                             momentum=0.9, weight_decay=1e-4, seed=seed, eval_every=s.eval_every,
-                             lr_factors=FIXUP_LR_FACTORS if variant == "fixup" else (),
-                             eval_batches=s.eval_batches, checkpoint_every=max(s.steps // 4, 1))
-        records, result = train_run(model, data, config,
-                                    os.path.join(runs_dir, f"{variant}-{depth}"),
-                                    log_every=s.eval_every,
-                                    run_info={"experiment": "table2", "variant": variant,
-                                              "depth": depth})
-        ev = [r for r in records if "eval_accuracy" in r]
-        steps = [r["step"] for r in ev]
-        acc = [r["eval_accuracy"] for r in ev]
-        hit = first_crossing(steps, acc, s.accuracy, below=False)
-        results[label] = {"variant": variant, "depth": depth, "steps": steps, "eval_accuracy": acc,
-                          "steps_to_accuracy": hit,
-                          "epochs_to_accuracy": hit * s.batch_size / data.examples_per_epoch
-                          if hit is not None else None,
-                          "final_accuracy": acc[-1] if acc else None,
-                          "diverged": bool(result.diverged)}
-    return {"name": "table2", "data": data.name, "settings": dataclasses.asdict(s), "seed": seed,
-            "augmented": isinstance(data, Augmented),
-            "results": results, "paper_epochs_to_80": PAPER_EPOCHS}
+    results = {label: _train_variant(s, data, label, s.lr, seed, runs_dir) for label in s.variants}
+    record = {"name": "table2", "data": data.name, "settings": dataclasses.asdict(s), "seed": seed,
+              "augmented": isinstance(data, Augmented), "results": results,
+              "speedups": _speedups(results), "paper_epochs_to_80": PAPER_EPOCHS}
+    if s.sweep_factors:
+        sweeps = {label: sweep_lr(lambda lr, label=label: final_loss(
+                      _train_variant(s, data, label, lr, seed, runs_dir)["loss"]),
+                      s.lr, s.sweep_factors) for label in s.variants}
+        best = {label: _train_variant(s, data, label, sweeps[label].best_lr, seed, runs_dir)
+                for label in s.variants}
+        record["lr_sweep"] = {label: sw.record() for label, sw in sweeps.items()}
+        record["best_lr"] = {"results": best, "speedups": _speedups(best)}
+    return record
+
+
+def _train_variant(s: Table2Settings, data, label: str, lr: float, seed: int, runs_dir: str):
+    """One variant's run at rate `lr` (reused when its run directory holds it): its result."""
+    variant, which = VARIANTS[label]
+    depth = s.depth if which == "deep" else 18
+    model = models.ResNet(depth, variant=variant, width=s.width18 if which == "18" else None,
+                          in_channels=data.task.input_shape[-1],
+                          num_classes=data.task.num_classes, rngs=nnx.Rngs(seed))
+    config = TrainConfig(steps=s.steps, batch_size=s.batch_size, optimizer="sgd", lr=lr,
+                         momentum=0.9, weight_decay=1e-4, seed=seed, eval_every=s.eval_every,
+                         lr_factors=FIXUP_LR_FACTORS if variant == "fixup" else (),
+                         eval_batches=s.eval_batches, checkpoint_every=max(s.steps // 4, 1))
+    tag = "" if lr == s.lr else f"-lr{lr:g}"
+    records, result = train_run(model, data, config,
+                                os.path.join(runs_dir, f"{variant}-{depth}{tag}"),
+                                log_every=s.eval_every,
+                                run_info={"experiment": "table2", "variant": variant,
+                                          "depth": depth, "lr": lr})
+    ev = [r for r in records if "eval_accuracy" in r]
+    steps = [r["step"] for r in ev]
+    acc = [r["eval_accuracy"] for r in ev]
+    hit = first_crossing(steps, acc, s.accuracy, below=False)
+    return {"variant": variant, "depth": depth, "lr": lr, "steps": steps, "eval_accuracy": acc,
+            "loss": [r["loss"] for r in records if "loss" in r],
+            "steps_to_accuracy": hit,
+            "epochs_to_accuracy": hit * s.batch_size / data.examples_per_epoch
+            if hit is not None else None,
+            "final_accuracy": acc[-1] if acc else None, "diverged": bool(result.diverged)}
+
+
+#: The paper's two ReZero comparisons: (with ReZero, without, the paper's speed-up in epochs).
+COMPARISONS = (("+ ReZero", "vanilla", 23 / 14), ("PreAct-18 + ReZero", "PreAct-18", 26 / 12))
+
+
+def _speedups(results: dict) -> dict:
+    """{"A vs B": iterations of B / iterations of A, or None when either never got there}."""
+    out = {}
+    for with_rezero, without, _ in COMPARISONS:
+        if with_rezero in results and without in results:
+            a = results[with_rezero]["steps_to_accuracy"]
+            b = results[without]["steps_to_accuracy"]
+            out[_key(with_rezero, without)] = b / a if a and b else None
+    return out
+
+
+def _key(with_rezero: str, without: str) -> str:
+    return f"{with_rezero} vs {without}"
 
 
 def figure(record: dict):
     """Held-out accuracy against iterations, one curve per variant (from the record)."""
-    import matplotlib.pyplot as plt
-
     s = record["settings"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, r in record["results"].items():
@@ -132,27 +167,7 @@ def figure(record: dict):
 
 def markdown(record: dict) -> str:
     s, res = record["settings"], record["results"]
-    rows = [[f"{label} (ResNet-{r['depth']})", r["steps_to_accuracy"] or "not reached",
-             r["epochs_to_accuracy"], r["final_accuracy"], PAPER_EPOCHS[label]]
-            for label, r in res.items()]
-    reached = {k: r["steps_to_accuracy"] for k, r in res.items() if r["steps_to_accuracy"]}
-    if reached:
-        first = min(reached.values())
-        best = [k for k, v in reached.items() if v == first]
-        verdict = (f"**Outcome:** first to {s['accuracy']:g} held-out accuracy: {', '.join(best)} "
-                   f"({first} iterations).")
-        for deep, ref in (("+ ReZero", "vanilla"), ("PreAct-18 + ReZero", "PreAct-18")):
-            if deep in res and ref in res:
-                a, b = reached.get(deep), reached.get(ref)
-                if a and b:
-                    verdict += f" {deep} vs {ref}: {b / a:.2f}× (paper: {'1.6' if ref == 'vanilla' else '2.2'}×)."
-                else:
-                    verdict += f" {deep} vs {ref}: {'only ' + deep if a else ('only ' + ref if b else 'neither')} reached it."
-    else:
-        verdict = "**Outcome:** no variant reached the threshold at this scale; the table is untested here."
-    verdict += (" The nets here are smaller and trained far shorter than the paper's (ResNet-110 "
-                "and 64-wide ResNet-18 on CIFAR-10 for ~100 epochs), so the ranking may differ.")
-    return "\n".join([
+    text = [
         "# Table 2: ResNets — iterations to a fixed accuracy\n",
         f"Data: **{record['data']}** ({s['image_size']}×{s['image_size']}; "
         + (f"standard augmentation, crop padding {s['crop_padding']} px" if record.get("augmented")
@@ -160,8 +175,61 @@ def markdown(record: dict) -> str:
         f"momentum 0.9, weight decay 1e-4, batch {s['batch_size']}, {s['steps']} iterations, "
         f"held-out accuracy every {s['eval_every']}; threshold {s['accuracy']:g}. 18-layer nets "
         f"{s['width18']} channels wide.\n",
-        markdown_table(["variant", "iterations to threshold", "epochs", "final held-out accuracy",
-                        "paper: epochs to 80% (CIFAR-10)"], rows),
-        verdict + "\n",
-        "## Choices the paper leaves open\n",
-        "\n".join(f"- {c}" for c in CHOICES) + "\n"])
+        _results_table(res, paper=True),
+        "**Outcome:** " + _verdict(res, _speedups(res), s["accuracy"])
+        + " The nets here are smaller and trained far shorter than the paper's (ResNet-110 "
+          "and 64-wide ResNet-18 on CIFAR-10 for ~100 epochs), so the ranking may differ.\n"]
+    if "best_lr" in record:
+        best = record["best_lr"]["results"]
+        sweep_rows = [[label, ", ".join(f"{lr:g}: {x:.3g}" if x is not None else f"{lr:g}: diverged"
+                                        for lr, x in zip(sw["grid"], sw["final_loss"])),
+                       f"{sw['best_lr']:g}"] for label, sw in record["lr_sweep"].items()]
+        shared_speed, best_speed = record["speedups"], record["best_lr"]["speedups"]
+        text += ["## Each variant at its own best learning rate\n",
+                 f"Sweep: every variant trained {s['steps']} iterations at SGD lr {s['lr']:g} × "
+                 f"({', '.join(f'{f:g}' for f in s['sweep_factors'])}); the rate with the lowest "
+                 f"final training loss (mean of the last 3 logged losses) wins.\n",
+                 markdown_table(["variant", "final training loss per lr", "best lr"], sweep_rows),
+                 _results_table(best, paper=False),
+                 markdown_table(["comparison", "at the shared lr", "each at its best lr", "paper"],
+                                [[_key(a, b), _x(shared_speed.get(_key(a, b))),
+                                  _x(best_speed[_key(a, b)]), f"{paper:.1f}×"]
+                                 for a, b, paper in COMPARISONS if _key(a, b) in best_speed]),
+                 "**Outcome at the best learning rates:** "
+                 + _verdict(best, best_speed, s["accuracy"]) + "\n"]
+    text += ["## Choices the paper leaves open\n", "\n".join(f"- {c}" for c in CHOICES) + "\n"]
+    return "\n".join(text)
+
+
+def _x(v) -> str:
+    return f"{v:.2f}×" if v else "—"
+
+
+def _results_table(res: dict, paper: bool) -> str:
+    rows = [[f"{label} (ResNet-{r['depth']})", f"{r.get('lr', 0):g}",
+             r["steps_to_accuracy"] or "not reached", r["epochs_to_accuracy"], r["final_accuracy"]]
+            + ([PAPER_EPOCHS[label]] if paper else []) for label, r in res.items()]
+    return markdown_table(["variant", "lr", "iterations to threshold", "epochs",
+                           "final held-out accuracy"]
+                          + (["paper: epochs to 80% (CIFAR-10)"] if paper else []), rows)
+
+
+def _verdict(res: dict, speedups: dict, accuracy: float) -> str:
+    reached = {k: r["steps_to_accuracy"] for k, r in res.items() if r["steps_to_accuracy"]}
+    if not reached:
+        return "no variant reached the threshold at this scale; the table is untested here."
+    first = min(reached.values())
+    verdict = (f"first to {accuracy:g} held-out accuracy: "
+               f"{', '.join(k for k, v in reached.items() if v == first)} ({first} iterations).")
+    for with_rezero, without, paper in COMPARISONS:
+        key = _key(with_rezero, without)
+        if key not in speedups:
+            continue
+        x = speedups[key]
+        if x:
+            verdict += f" {key}: {x:.2f}× (paper: {paper:.1f}×)."
+        else:
+            a, b = reached.get(with_rezero), reached.get(without)
+            verdict += (f" {key}: {'only ' + with_rezero if a else ('only ' + without if b else 'neither')}"
+                        f" reached it.")
+    return verdict

@@ -1,0 +1,143 @@
+"""Pure functions `diagnose` and `tune_init` compile: a module's graph as functions, gradients.
+
+Each cache holds one object per (graph, setting), so compilations are reused across seeds and
+scales of the same architecture.
+
+Example:
+    >>> f = cached_jit(jnp.sin)
+    >>> f is cached_jit(jnp.sin), float(f(0.0))
+    (True, 0.0)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from isometry._layerwise import layerwise_chi_fn, layerwise_spectrum_fn
+from isometry._spectrum import spectrum_fn
+from isometry._stack import LAYER_AXIS_KEY
+
+__all__ = ["module_fns", "cached_jit", "float_grad", "group_norms", "layerwise_fns",
+           "dense_spectrum_fn", "last_state_fn", "as_runs"]
+
+
+def as_runs(states) -> tuple:
+    """The depth-stacked runs of a `states` result, as a tuple (one array: a 1-tuple)."""
+    return tuple(states) if isinstance(states, (tuple, list)) else (states,)
+
+
+def _names(path) -> list[str]:
+    """The key names on a pytree path, without nnx's "value" leaves."""
+    return [n for n in jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+            if n != "value"]
+
+
+def group_norms(grads) -> dict[str, float]:
+    """‖gradient‖ per layer: stacked leaves (a `layers` key) one entry per layer index, others
+    grouped by their path up to the first integer key (or their first key)."""
+    sq: dict[str, float] = {}
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        if g is None or not jnp.issubdtype(jnp.result_type(g), jnp.inexact):
+            continue
+        names = _names(path)
+        g = np.asarray(g, np.float64)
+        if LAYER_AXIS_KEY in names and g.ndim >= 1:
+            at = names.index(LAYER_AXIS_KEY)
+            per = np.sum(g.reshape(g.shape[0], -1) ** 2, axis=1)
+            for i, v in enumerate(per):
+                key = "/".join(names[:at] + [str(i)])
+                sq[key] = sq.get(key, 0.0) + float(v)
+            continue
+        cut = next((i for i, n in enumerate(names) if n.isdigit()), 0)
+        key = "/".join(names[:cut + 1]) if names else "params"
+        sq[key] = sq.get(key, 0.0) + float(np.sum(g ** 2))
+    return {k: math.sqrt(v) for k, v in sq.items()}
+
+
+def _default_loss(out, target):
+    """½·mean (y − t)² summed over output leaves."""
+    diff = jax.tree.map(lambda a, t: jnp.mean(jnp.square(a - t)), out, target)
+    return 0.5 * sum(jax.tree.leaves(diff))
+
+
+@functools.lru_cache(maxsize=32)
+def _grad_fn(apply_fn: Callable, loss_fn: Callable | None, treedef, idx: tuple) -> Callable:
+    """Jitted (floating leaves, other leaves, x, target) -> (output, gradients)."""
+
+    def f(floats, others, x, target):
+        full = list(others)
+        for i, a in zip(idx, floats):
+            full[i] = a
+        out = apply_fn(jax.tree_util.tree_unflatten(treedef, full), x)
+        value = _default_loss(out, target) if loss_fn is None else loss_fn(out)
+        return value, out
+
+    return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+
+def float_grad(apply_fn: Callable, loss_fn, params, x, target) -> tuple:
+    """(output, ∂loss/∂params) with gradients of the floating leaves of params (None
+    elsewhere); compiled once per (apply_fn, loss_fn, parameter structure)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    idx = tuple(i for i, a in enumerate(leaves)
+                if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.inexact))
+    others = [None if i in idx else a for i, a in enumerate(leaves)]
+    fn = _grad_fn(apply_fn, loss_fn, treedef, idx)
+    (_, out), g = fn([leaves[i] for i in idx], others, x, target)
+    full = [None] * len(leaves)
+    for i, a in zip(idx, g):
+        full[i] = a
+    return out, jax.tree_util.tree_unflatten(treedef, full)
+
+
+@functools.lru_cache(maxsize=32)
+def module_fns(graphdef) -> dict:
+    """Pure functions of a module's graph, one object per graph (so their compilations are
+    reused across seeds and scales of the same architecture)."""
+
+    def apply(p, xx):
+        return nnx.merge(graphdef, p)(xx)
+
+    def states(p, x0):
+        return nnx.merge(graphdef, p).states(x0)
+
+    def embed(p, xx):
+        return nnx.merge(graphdef, p).embed(xx)
+
+    def attention(p, x0):
+        return nnx.merge(graphdef, p).attention_weights(x0)
+
+    return dict(apply=apply, states=states, embed=embed, attention=attention)
+
+
+@functools.lru_cache(maxsize=32)
+def cached_jit(fn: Callable) -> Callable:
+    """`jax.jit(fn)`, one object per function (its compilations are kept)."""
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=32)
+def layerwise_fns(states_fn: Callable, memory_budget: float, num_probes: int) -> dict:
+    """{"spectrum": dense spectra of every ∂x_l/∂x_0, "chi": Hutchinson χ_l} of a stack."""
+    return dict(spectrum=layerwise_spectrum_fn(states_fn, memory_budget=memory_budget),
+                chi=layerwise_chi_fn(states_fn, num_probes=num_probes))
+
+
+@functools.lru_cache(maxsize=32)
+def dense_spectrum_fn(fn: Callable, memory_budget: float) -> Callable:
+    """The dense `spectrum_fn` of `fn`, one object per (function, budget)."""
+    return spectrum_fn(fn, "dense", memory_budget=memory_budget)
+
+
+@functools.lru_cache(maxsize=32)
+def last_state_fn(states_fn: Callable) -> Callable:
+    """(params, x0) ↦ x_L, the top of the last run of `states_fn`."""
+    return lambda p, xx: as_runs(states_fn(p, xx))[-1][-1]
+

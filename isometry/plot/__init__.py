@@ -1,0 +1,20 @@
+"""Matplotlib figures: data in, figures out. Each function takes arrays, records or result
+objects (through their public attributes) and returns a `matplotlib.figure.Figure`; none
+computes an experiment. `save(fig, path)` writes a figure atomically.
+
+Modules, one concept each: `output` (backend, `save`), `spectra` (log10 σ histograms,
+Figure 4 style), `toy` (Figure 2 and learning rate versus depth), `training` (a run's records:
+Figures 4b–d, 8), `theory` (measured against predicted densities), `layerwise` (profiles over
+depth). Every figure function is importable as `isometry.plot.<name>`.
+"""
+
+from isometry.plot.output import save
+from isometry.plot.spectra import spectrum_histograms
+from isometry.plot.toy import toy_depth_sweep, toy_figure2
+from isometry.plot.training import alpha_heatmap, chi_curve, spectrum_heatmap, training_curves
+from isometry.plot.theory import theory_overlay
+from isometry.plot.layerwise import layerwise_profiles
+
+__all__ = ["save", "spectrum_histograms", "toy_figure2", "toy_depth_sweep",
+           "training_curves", "spectrum_heatmap", "alpha_heatmap", "chi_curve", "theory_overlay",
+           "layerwise_profiles"]

@@ -1,0 +1,272 @@
+"""`train`: the loop that steps, evaluates, records, checkpoints and stops.
+
+Batch `s` (0-based) of the training stream is `data.train_batch(seed, s, batch_size)`, so the
+data order, and with it the whole run, is a function of the seed: a run resumed from a
+checkpoint ends where an uninterrupted one does (same compiled code, same inputs).
+Checkpoints are written every `checkpoint_every` steps, at the end, on divergence and on
+Ctrl-C, always after the records of steps <= k are on disk; resuming cuts records past k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from isometry._stack import LayerStack
+from isometry.calibrate import batchnorm_calibration, has_batchnorm
+from isometry.tracking import Tracker
+from isometry.train._checkpoint import save_checkpoint
+from isometry.train._config import (CHECKPOINT_FILE, PARAM_LAYOUT, TrainConfig,
+                                    TrainingInterrupted)
+from isometry.train._optimizer import learning_rate_schedule, make_optimizer
+from isometry.train._run_dir import check_run_dir, last_record, restore, run_settings, write_config
+from isometry.train._step import evaluate, make_eval_step, make_train_step, prepare_inputs
+
+__all__ = ["TrainResult", "train"]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the final state, the last record, and how the run ended."""
+
+    params: Any
+    rest: Any
+    step: int
+    final: dict
+    diverged: bool
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Yields `stopped()`: True once SIGINT (Ctrl-C) arrived; a second Ctrl-C interrupts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag.is_set
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _spectrum_target(model, graphdef_eval, probe_inputs, calibration_inputs=None):
+    """(apply_fn(state, x), probes): the residual stack x_0 → x_L at fixed x_0 = embed(probes).
+
+    Models that follow `isometry.LayerStack` (every `models.Stack`) are tracked on their stack,
+    with x_0 the embedding of the probe inputs at initialization (fixed afterwards); other
+    models on their whole function of (floating) inputs. With `calibration_inputs`, every
+    spectrum is taken with BatchNorm statistics of that batch (`isometry.calibrate`).
+    """
+    calibrated = (batchnorm_calibration(model, calibration_inputs)
+                  if calibration_inputs is not None and has_batchnorm(model) else (lambda s: s))
+    if isinstance(model, LayerStack):
+        x0 = nnx.merge(graphdef_eval, calibrated(nnx.state(model))).embed(jnp.asarray(probe_inputs))
+        return (lambda state, x: nnx.merge(graphdef_eval, calibrated(state)).stack(x)), x0
+    return ((lambda state, x: nnx.merge(graphdef_eval, calibrated(state))(x)),
+            jnp.asarray(probe_inputs))
+
+
+
+@dataclasses.dataclass
+class _Run:
+    """One call of `train`: the jitted functions, the state, and where records and checkpoints go."""
+
+    config: TrainConfig
+    data: Any
+    task_kind: str
+    graphdef_eval: Any
+    prepare: Callable
+    step_fn: Callable
+    eval_fn: Callable
+    lrs: np.ndarray  # the learning rate of every step, for the records
+    state: tuple  # (params, rest, opt_state)
+    step: int = 0
+    run_dir: str | None = None
+    tracker: Tracker | None = None
+    bar: Any = None
+    final: dict = dataclasses.field(default_factory=dict)
+    diverged: bool = False
+
+    @classmethod
+    def start(cls, model: nnx.Module, data, config: TrainConfig, input_shape) -> "_Run":
+        """Splits `model` into graph, `nnx.Param`s and the rest, and compiles its steps."""
+        task_kind = data.task.kind
+        model.eval()
+        graphdef_eval = nnx.graphdef(model)
+        model.train()
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        dtype = next((l.dtype for l in jax.tree_util.tree_leaves(params)
+                      if jnp.issubdtype(l.dtype, jnp.floating)), jnp.float32)
+        tx = make_optimizer(config, params)
+        # one compiled call for every step's rate, not one per step
+        lrs = np.asarray(jax.jit(jax.vmap(learning_rate_schedule(config.lr, config)))(
+            jnp.arange(config.steps)))
+        return cls(config, data, task_kind, graphdef_eval,
+                   functools.partial(prepare_inputs, input_shape=input_shape, dtype=dtype),
+                   make_train_step(graphdef, tx), make_eval_step(graphdef_eval), lrs,
+                   (params, rest, tx.init(params)))
+
+    def open_run_dir(self, run_dir: str, resume: bool, info: dict, model: nnx.Module, *,
+                     probes: int, track_every: int, log_every: int, method: str,
+                     calibrate_batchnorm: bool) -> None:
+        """Checks `run_dir`, resumes from its checkpoint, starts the tracker, writes config.json."""
+        resuming = check_run_dir(run_dir, info, resume)  # checks only: writes nothing
+        self.step, self.state = restore(run_dir, self.config, self.state, resuming)
+        apply_fn, x0 = None, None
+        if probes:
+            calib = (self.prepare(self.data.train_batch(self.config.seed, 0, self.config.batch_size)[0])
+                     if calibrate_batchnorm else None)
+            apply_fn, x0 = _spectrum_target(model, self.graphdef_eval,
+                                            self.prepare(self.data.probe_inputs(probes)), calib)
+        self.tracker = Tracker(run_dir, apply_fn=apply_fn, probes=x0, every=track_every,
+                               log_every=log_every, method=method,
+                               resume_step=self.step if resuming else None)
+        self.run_dir = run_dir
+        try:  # every check passed: now the run's settings (new, or with changed intervals/steps)
+            write_config(run_dir, info)
+        except BaseException:
+            self.tracker.close()
+            raise
+
+    def loop(self, progress: bool | None) -> None:
+        """Steps to `config.steps` (or divergence), with a progress bar; Ctrl-C checkpoints."""
+        show = sys.stderr.isatty() if progress is None else progress
+        self.bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step",
+                        disable=not show, file=sys.stderr, dynamic_ncols=True)
+        try:
+            with _interruptible() as stopped:
+                t = self.tracker
+                if t is not None and (t.last_step is None or t.last_step < self.step):
+                    self.final = self._record(self.step, force=True, spectrum=True,
+                                              **self._evaluate()) or {}
+                while self.step < self.config.steps and not self.diverged:
+                    if stopped():  # Ctrl-C: the records of steps <= step are on disk
+                        self._checkpoint()
+                        raise TrainingInterrupted(self.step, self.run_dir)
+                    self._advance()
+        finally:
+            self.bar.close()
+            if self.tracker is not None:
+                self.tracker.close()
+        if not self.final and self.run_dir is not None:  # resumed a finished run: its last record
+            self.final = last_record(self.run_dir)
+
+    def _advance(self) -> None:
+        """One optimizer step, then its evaluation, record and checkpoint when due."""
+        c = self.config
+        x, y = self.data.train_batch(c.seed, self.step, c.batch_size)
+        *state, metrics = self.step_fn(*self.state, self.prepare(x), y)
+        self.state = tuple(state)
+        self.step += 1
+        self.bar.update(1)
+        last = self.step == c.steps
+        evaluated = self._evaluate() if last or (c.eval_every and self.step % c.eval_every == 0) else {}
+        rec = self._record(self.step, metrics, force=last or bool(evaluated),
+                           spectrum=last or None, **evaluated)
+        if rec is not None:
+            self.final = rec
+            self.diverged = self.diverged or not math.isfinite(rec.get("loss", 0.0))
+        elif self.tracker is None and (last or self.step % 100 == 0):
+            loss = float(metrics["loss"])
+            self.final = {"step": self.step, "loss": loss, **evaluated}
+            self.diverged = not math.isfinite(loss)
+        if last or self.diverged or self.step % c.checkpoint_every == 0:
+            self._checkpoint()
+        if self.diverged:
+            print(f"isometry train: the loss became non-finite at step {self.step}; stopping",
+                  file=sys.stderr)
+
+    def _evaluate(self) -> dict:
+        params, rest, _ = self.state
+        return evaluate(self.eval_fn, params, rest, self.data, self.config.batch_size,
+                        self.config.eval_batches, self.prepare, self.task_kind)
+
+    def _record(self, step: int, metrics=None, force=False, spectrum=None, **more) -> dict | None:
+        """The tracker's record of `step` (None: none due, or no run directory)."""
+        if self.tracker is None or not (force or self.tracker.due(step)):
+            return None
+        m = {k: float(v) for k, v in jax.device_get(metrics or {}).items()}
+        params, rest, _ = self.state
+        rec = self.tracker.update(step, nnx.merge_state(params, rest), force=force,
+                                  spectrum=spectrum, lr=float(self.lrs[max(step - 1, 0)]),
+                                  **m, **more)
+        if rec and "loss" in rec:
+            self.bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
+        return rec
+
+    def _checkpoint(self) -> None:
+        if self.run_dir is not None:
+            save_checkpoint(os.path.join(self.run_dir, CHECKPOINT_FILE), self.step, self.state)
+
+
+def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None = None,
+          resume: bool = False, run_info: dict | None = None, input_shape: tuple | None = None,
+          probes: int = 8, track_every: int = 100, log_every: int = 10,
+          method: str = "auto", progress: bool | None = None,
+          calibrate_batchnorm: bool = False) -> TrainResult:
+    """Trains `model` on `data`, tracking spectra, α's and losses into `run_dir`.
+
+    Args:
+      model: an `nnx.Module` mapping a batch of inputs to logits (updated in place at the end).
+      data: an `isometry.data` data set (`task`, `train_batch`, `eval_batches`, `probe_inputs`).
+      config: the `TrainConfig`.
+      run_dir: where metrics, spectra, config and checkpoints go (None: nothing is written,
+        no spectra are tracked).
+      resume: continue the run in `run_dir` from its checkpoint (same settings required).
+      run_info: more settings stored in config.json and compared on resume (model, data, ...).
+      input_shape: reshape each example to this shape before the model (e.g. (3072,) for a
+        fully connected net on images).
+      probes: number of fixed probe inputs for the spectra (0: no spectra).
+      track_every, log_every: spectrum and record intervals (`isometry.Tracker`).
+      method: spectrum method ("auto", "dense", "lanczos").
+      progress: show a tqdm bar (default: when stderr is a terminal).
+      calibrate_batchnorm: take every tracked spectrum with BatchNorm statistics of the first
+        training batch (one train-mode pass, `isometry.calibrate`) instead of the running
+        averages, which start at (0, 1) and describe no data early in training.
+
+    Returns:
+      `TrainResult` with the final params/rest, the last step, the final record, and whether
+      the loss became non-finite (training stops there).
+
+    Raises:
+      TrainingInterrupted: on Ctrl-C (SIGINT), after the current step finished and a
+        checkpoint of it was written (`resume=True` continues from there).
+      RunConfigError: `resume` with other settings, or missing or corrupt run files; nothing
+        in `run_dir` is changed then.
+    """
+    if probes < 0 or track_every < 1 or log_every < 1:
+        raise ValueError(f"probes must be >= 0 and track_every, log_every >= 1; got probes={probes}, "
+                         f"track_every={track_every}, log_every={log_every}")
+    run = _Run.start(model, data, config, input_shape)
+    if run_dir is not None:
+        tracking = {"probes": probes, "track_every": track_every, "log_every": log_every,
+                    "method": method}
+        info = run_settings({"param_layout": PARAM_LAYOUT, "train": dataclasses.asdict(config),
+                             **tracking, "input_shape": input_shape,
+                             "calibrate_batchnorm": calibrate_batchnorm, **(run_info or {})})
+        run.open_run_dir(run_dir, resume, info, model, **tracking,
+                         calibrate_batchnorm=calibrate_batchnorm)
+    run.loop(progress)
+    params, rest, _ = run.state
+    nnx.update(model, params, rest)
+    return TrainResult(params, rest, run.step, run.final, run.diverged)
