@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         n_spectra = sum(1 for _ in os.listdir(os.path.join(run_dir, "spectra")))
         merged = nnx.merge_state(state[0], state[1])
         spectrum_seconds = median_time(
-            lambda: tracker._sfn(merged, x0).singular_values.block_until_ready(), args.repeats)
+            lambda: tracker.spectrum_fn(merged, x0).singular_values.block_until_ready(), args.repeats)
         tracker.close()
 
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -39,6 +39,8 @@ _NAMES = {
     "Spectrum": "isometry._spectrum",
     "jacobian_spectrum": "isometry._spectrum",
     "spectrum_fn": "isometry._spectrum",
+    "SpectrumFunction": "isometry._spectrum",
+    "SpectrumResult": "isometry._spectra",
     "LanczosSpectrum": "isometry._lanczos",
     "TopSingularValues": "isometry._lanczos",
     "hutchinson_chi": "isometry._lanczos",

@@ -22,6 +22,7 @@ from jax.flatten_util import ravel_pytree
 
 __all__ = [
     "JacobianTooLargeError",
+    "batch_size",
     "dense_jacobian",
     "jacobian_operator",
     "JacobianOperator",
@@ -73,6 +74,24 @@ def check_nonempty(n_in: int, n_out: int) -> None:
         which = "input" if n_in == 0 else "output"
         raise ValueError(f"the {which} is empty (n_in = {n_in}, n_out = {n_out}): a Jacobian "
                          f"needs at least one input and one output value")
+
+
+def batch_size(x: Any) -> int:
+    """The leading batch axis shared by every leaf of x; ValueError if they differ or it is 0.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> batch_size({"a": jnp.ones((3, 2)), "b": jnp.ones(3)})
+      3
+    """
+    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree_util.tree_leaves(x)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"batched=True needs the same leading batch axis on every input leaf; "
+                         f"got leading sizes {sorted(map(str, sizes))}")
+    (batch,) = sizes
+    if batch == 0:
+        raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
+    return batch
 
 
 def flat_sizes(fn: Callable, x: Any) -> tuple[int, int, jnp.dtype]:

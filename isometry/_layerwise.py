@@ -30,11 +30,12 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from isometry._jacobian import JacobianTooLargeError, check_floating, dense_jacobian, flat_sizes
-from isometry._spectrum import (DEFAULT_MEMORY_BUDGET, Spectrum, _raise_if_nonfinite,
-                                check_dense_fits, svd_spectrum)
+from isometry._numerics import log10_sigma, tiny
+from isometry._spectra import raise_if_nonfinite
+from isometry._spectrum import DEFAULT_MEMORY_BUDGET, Spectrum, check_dense_fits, svd_spectrum
 from isometry._stack import LayerStack
 
-__all__ = ["from_stack", "layerwise_chi_fn", "layerwise_spectrum_fn", "depth_profile"]
+__all__ = ["from_stack", "layerwise_chi_fn", "layerwise_spectrum_fn", "depth_profile", "state_runs"]
 
 
 def from_stack(module: nnx.Module) -> tuple[Callable, Callable, Any]:
@@ -45,10 +46,12 @@ def from_stack(module: nnx.Module) -> tuple[Callable, Callable, Any]:
     `embed_fn(params, x) = module.embed(x)` gives x_0 from an input.
 
     Example:
+      >>> import jax, models, isometry as iso
+      >>> from flax import nnx
       >>> net = models.FullyConnected(8, 64, rngs=nnx.Rngs(0))
       >>> embed_fn, states_fn, params = iso.from_stack(net)
       >>> x = jax.random.normal(jax.random.key(1), (64,))
-      >>> states_fn(params, embed_fn(params, x)).shape   # x_0 … x_8
+      >>> states_fn(params, embed_fn(params, x)).shape   # x_0 ... x_8
       (9, 64)
     """
     if not isinstance(module, LayerStack):
@@ -72,7 +75,7 @@ def _vmapped(fn: Callable, batched: bool, n_args: int) -> Callable:
     return jax.vmap(fn, in_axes=(None,) + (0,) * (n_args - 1))
 
 
-def _runs(states) -> tuple:
+def state_runs(states) -> tuple:
     """The depth-stacked runs of a `states` result, as a tuple (one array: a 1-tuple)."""
     return tuple(states) if isinstance(states, (tuple, list)) else (states,)
 
@@ -107,7 +110,7 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
         n_in, _, _ = flat_sizes(fn, x0)
         jt = dense_jacobian(fn, x0, mode="fwd", chunk_size=chunk_size, transposed_ok=True)
         spectra, start = [], 0
-        for run in _runs(jax.eval_shape(fn, x0)):
+        for run in state_runs(jax.eval_shape(fn, x0)):
             depth, n_out = run.shape[0], math.prod(run.shape[1:])
             block = jt[:, start:start + depth * n_out].reshape(n_in, depth, n_out)
             spectra.append(jax.vmap(lambda j: svd_spectrum(j, n_in, n_out), in_axes=1)(block))
@@ -127,8 +130,8 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
                 f"layer-by-layer: all {n_total} state entries x {n_in} inputs: {err}; or use "
                 f"layerwise_chi_fn (chi_l from a few JVPs)") from None
         spectra = jitted(params, x0)
-        for spec in _runs(spectra):
-            _raise_if_nonfinite(spec)
+        for spec in state_runs(spectra):
+            raise_if_nonfinite(spec)
         return spectra
 
     return lfn
@@ -159,7 +162,7 @@ def layerwise_chi_fn(states_fn: Callable, *, num_probes: int = 16,
         x_flat, unravel = ravel_pytree(x0)
         probes = jax.random.rademacher(key, (num_probes, x_flat.size), dtype=x_flat.dtype)
         push = lambda r: jax.jvp(lambda x: states_fn(params, x), (x0,), (unravel(r),))[1]  # noqa: E731
-        runs = _runs(jax.vmap(push)(probes))
+        runs = state_runs(jax.vmap(push)(probes))
         # ‖J_l r_p‖² for every probe p and depth l: shape (num_probes, L+1)
         sq = jnp.concatenate([jnp.sum(jnp.square(t.reshape(*t.shape[:2], -1)), axis=-1)
                               for t in runs], axis=1)
@@ -198,12 +201,12 @@ def depth_profile(profile, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> di
         chi = np.asarray(profile, np.float64)
         return {"chi": chi.reshape(-1, chi.shape[-1]).mean(axis=0)}
     chis, qs = [], []
-    for spec in _runs(profile):
+    for spec in state_runs(profile):
         s = np.asarray(spec.singular_values, np.float64)
         depth = s.shape[-2]
         chis.append(np.asarray(spec.chi, np.float64).reshape(-1, depth).mean(axis=0))
         pooled = np.moveaxis(s, -2, 0).reshape(depth, -1)
-        log10 = np.log10(np.clip(pooled, np.finfo(np.asarray(spec.singular_values).dtype).tiny,
-                                 None))
+        # σ = 0 at the smallest normal number of σ's own dtype (float64 only for the log)
+        log10 = log10_sigma(np.maximum(pooled, tiny(np.asarray(spec.singular_values))))
         qs.append(np.quantile(log10, quantiles, axis=1))
     return {"chi": np.concatenate(chis), "log10_sigma_quantiles": np.concatenate(qs, axis=1)}

@@ -48,7 +48,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from isometry._jacobian import JacobianTooLargeError, check_floating
-from isometry._spectrum import _raise_if_nonfinite, _raise_if_nonfinite_values, spectrum_fn
+from isometry._spectra import raise_if_nonfinite, raise_if_nonfinite_values
+from isometry._spectrum import spectrum_fn
 
 __all__ = ["DATA_AXIS", "MODEL_AXIS", "batch_mesh", "collective_counts", "device_mesh",
            "parse_mesh", "sharded_spectrum_fn", "simulate_devices", "to_host"]
@@ -197,8 +198,8 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
 
     def local(params, x, keys):  # one device's slice of the batch: loops of its own
         if device_batch is None:
-            return jax.vmap(single.jitted, in_axes=(None, 0, 0))(params, x, keys)
-        return jax.lax.map(lambda a: single.jitted(params, *a), (x, keys),
+            return jax.vmap(single.program, in_axes=(None, 0, 0))(params, x, keys)
+        return jax.lax.map(lambda a: single.program(params, *a), (x, keys),
                            batch_size=device_batch)
 
     def program(params, x, key_data, batch: int, impl):
@@ -260,10 +261,10 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
     def sfn(params, x, key=None):
         args, static = arguments(params, x, key)
         spec, bad, counts = jitted(*args, **static)
-        _raise_if_nonfinite_values(jax.tree_util.tree_map(
+        raise_if_nonfinite_values(jax.tree_util.tree_map(
             lambda a: np.asarray(a.addressable_data(0)), counts))
         if int(np.asarray(bad.addressable_data(0))):
-            _raise_if_nonfinite(jax.tree_util.tree_map(np.asarray, to_host(spec)))
+            raise_if_nonfinite(jax.tree_util.tree_map(np.asarray, to_host(spec)))
         return spec
 
     sfn.mesh = mesh

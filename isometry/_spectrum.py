@@ -1,12 +1,9 @@
-"""The `Spectrum` result: singular values of an input-output Jacobian and their statistics.
+"""Spectra of input-output Jacobians: the dense engine and the dispatcher of both engines.
 
-For J = ∂y/∂x with n_in inputs and n_out outputs, `Spectrum` holds the k = min(n_in, n_out)
-singular values σ_1 ≥ … ≥ σ_k of J and
-
-    chi = ||J||_F² / n_in = (1/n_in) Σ_i σ_i²,
-
-the mean squared singular value (m₁ in THEORY.md when J is square). Leading batch axes (one
-spectrum per input of a batch) are kept on every field and every statistic.
+`spectrum_fn` builds a `SpectrumFunction`: a pure, jitted `(params, x[, key])` that returns a
+dense `Spectrum` (the Jacobian and its SVD) or, matrix-free, a `LanczosSpectrum`
+(`isometry._lanczos`); both implement `isometry.SpectrumResult`. `jacobian_spectrum` does the
+same for a plain function `x -> y`.
 
 Precision: a deep network's small singular values sit far below float32 resolution
 (σ_min/σ_max < 1e-7 is common at depth ≥ 32). Enable `jax_enable_x64` and pass float64 inputs
@@ -15,7 +12,6 @@ when the bottom of the spectrum matters; σ is computed from J by an SVD, never 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import warnings
@@ -25,177 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isometry._jacobian import (DEFAULT_MEMORY_BUDGET, JacobianTooLargeError, check_floating,
-                                dense_jacobian, flat_sizes, resolve_mode)
+from isometry._jacobian import (DEFAULT_MEMORY_BUDGET, JacobianTooLargeError, batch_size,
+                                check_floating, dense_jacobian, flat_sizes, resolve_mode)
+from isometry._lanczos import lanczos_spectrum
+from isometry._spectra import (ISOMETRY_BAND, PRECISION_STATISTICS, SUMMARY_STATISTICS,
+                               raise_if_nonfinite, raise_if_nonfinite_values, summarize)
+from isometry._spectrum_result import Spectrum
 
-__all__ = ["Spectrum", "ISOMETRY_BAND", "spectrum_fn", "jacobian_spectrum", "METHODS"]
-
-#: The band of singular values counted as "near isometry" by `Spectrum.isometry_share`.
-ISOMETRY_BAND = (0.5, 2.0)
+__all__ = ["Spectrum", "ISOMETRY_BAND", "spectrum_fn", "SpectrumFunction", "jacobian_spectrum",
+           "METHODS", "SUMMARY_STATISTICS", "PRECISION_STATISTICS", "summarize"]
 
 Array = Any
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Spectrum:
-    """Singular values of a Jacobian J (n_out × n_in), descending, with summary statistics.
-
-    A frozen pytree dataclass: it passes through `jax.jit` and `jax.vmap`.
-
-    Attributes:
-      singular_values: σ, shape (..., k), k = min(n_in, n_out), descending.
-      chi: ||J||_F² / n_in, shape (...).
-      n_nonfinite: number of NaN/Inf entries found in J (0 for a valid spectrum), shape (...).
-      n_in: number of inputs (static).
-      n_out: number of outputs (static).
-
-    Example:
-      >>> spec = iso.jacobian_spectrum(lambda x: 2.0 * x, jnp.ones(3))
-      >>> spec.singular_values            # [2., 2., 2.]
-      >>> spec.chi                        # 4.0
-    """
-
-    singular_values: Array
-    chi: Array
-    n_nonfinite: Array
-    n_in: int = dataclasses.field(metadata=dict(static=True))
-    n_out: int = dataclasses.field(metadata=dict(static=True))
-
-    @classmethod
-    def from_singular_values(cls, s: Array, n_in: int, n_out: int, n_nonfinite: Array | None = None):
-        """Builds a Spectrum from descending singular values `s` of shape (..., k)."""
-        chi = jnp.sum(jnp.square(s), axis=-1) / n_in
-        if n_nonfinite is None:
-            n_nonfinite = jnp.zeros(s.shape[:-1], jnp.int32)
-        return cls(s, chi, n_nonfinite, n_in, n_out)
-
-    # --- statistics (all reduce over the last axis, keep batch axes) ---------------------
-    @property
-    def log_singular_values(self) -> Array:
-        """Natural log of σ (−inf where σ = 0)."""
-        return jnp.log(self.singular_values)
-
-    def _nonzero_log(self) -> tuple[Array, Array, Array]:
-        """(ln σ with zeros masked to 0, the mask σ > 0, the number of σ > 0)."""
-        s = self.singular_values
-        positive = s > 0
-        log = jnp.where(positive, jnp.log(jnp.where(positive, s, 1)), 0)
-        return log, positive, jnp.sum(positive, axis=-1)
-
-    @property
-    def mean_log(self) -> Array:
-        """Mean of ln σ over the σ > 0: the log of their geometric mean.
-
-        Exact zeros (a dead ReLU unit, a zero-initialized branch) have no logarithm: they are
-        left out and counted by `zero_share`; −inf when every σ is 0.
-        """
-        log, _, count = self._nonzero_log()
-        mean = jnp.sum(log, axis=-1) / jnp.maximum(count, 1)
-        return jnp.where(count > 0, mean, -jnp.inf).astype(log.dtype)
-
-    @property
-    def std_log(self) -> Array:
-        """Standard deviation of ln σ over the σ > 0 (NaN when every σ is 0)."""
-        log, positive, count = self._nonzero_log()
-        mean = jnp.sum(log, axis=-1, keepdims=True) / jnp.maximum(count, 1)[..., None]
-        var = jnp.sum(jnp.where(positive, jnp.square(log - mean), 0), axis=-1) / jnp.maximum(count, 1)
-        return jnp.where(count > 0, jnp.sqrt(var), jnp.nan).astype(log.dtype)
-
-    @property
-    def zero_share(self) -> Array:
-        """Share of σ that are exactly 0 (left out of `mean_log`, `std_log` and histograms)."""
-        s = self.singular_values
-        return jnp.mean(s == 0, axis=-1, dtype=s.dtype)
-
-    @property
-    def resolution(self) -> Array:
-        """σ_max · ε · max(n_in, n_out): σ below it are round-off of the SVD in this dtype."""
-        s = self.singular_values
-        return self.sigma_max * jnp.finfo(s.dtype).eps * max(self.n_in, self.n_out)
-
-    @property
-    def below_resolution(self) -> Array:
-        """Share of σ below `resolution` (zeros included): noise, not the network's spectrum.
-
-        When it matters, compute in float64 (`jax_enable_x64`, float64 parameters and inputs).
-        """
-        s = self.singular_values
-        return jnp.mean((s < self.resolution[..., None]) | (s == 0), axis=-1, dtype=s.dtype)
-
-    @property
-    def sigma_max(self) -> Array:
-        """Largest singular value (the operator norm of J)."""
-        return self.singular_values[..., 0]
-
-    @property
-    def sigma_min(self) -> Array:
-        """Smallest of the k = min(n_in, n_out) singular values."""
-        return self.singular_values[..., -1]
-
-    @property
-    def condition_number(self) -> Array:
-        """σ_max / σ_min (inf when σ_min = 0)."""
-        return self.sigma_max / self.sigma_min
-
-    @property
-    def isometry_share(self) -> Array:
-        """Share of σ inside `ISOMETRY_BAND` = [0.5, 2]: 1 for a perfectly isometric J."""
-        lo, hi = ISOMETRY_BAND
-        s = self.singular_values
-        return jnp.mean((s >= lo) & (s <= hi), axis=-1, dtype=s.dtype)
-
-    def histogram(self, bins: int | np.ndarray = 50, range: tuple[float, float] | None = None,
-                  density: bool = True):
-        """Histogram of log10 σ over all spectra in the batch (host-side, numpy).
-
-        Exact zeros have no logarithm: they are left out (`zero_share` counts them), and the
-        default range is that of the σ > 0. With `density`, the area is the share of non-zero σ
-        inside the range (1 when there are no zeros), so spectra with and without zeros can
-        share an axis; counts are 0 everywhere when every σ is 0.
-
-        Args:
-          bins: number of bins or bin edges.
-          range: (lo, hi) in log10 σ; defaults to the range of the non-zero σ.
-          density: normalize to a probability density in log10 σ (over all σ, zeros included).
-
-        Returns:
-          (counts, edges) as numpy arrays.
-        """
-        s = np.asarray(self.singular_values, dtype=np.float64).ravel()
-        log10 = np.log10(s[s > 0])
-        if range is None and np.ndim(bins) == 0:
-            range = (float(log10.min()), float(log10.max())) if log10.size else (-1.0, 1.0)
-            if range[1] - range[0] < 1e-12:
-                range = (range[0] - 0.5, range[1] + 0.5)
-        counts, edges = np.histogram(log10, bins=bins, range=range)
-        if density:
-            return counts / (max(s.size, 1) * np.diff(edges)), edges
-        return counts, edges
-
-    def summary(self) -> dict[str, Any]:
-        """The statistics as plain Python floats (lists for a batch) for tables and JSON."""
-        return summarize(self)
-
-
-#: The statistics `summary()` reports, shared by `Spectrum` and the matrix-free result.
-SUMMARY_STATISTICS = ("chi", "mean_log", "std_log", "sigma_max", "sigma_min",
-                      "condition_number", "isometry_share")
-#: More statistics, reported by results that have them (the dense `Spectrum` does).
-PRECISION_STATISTICS = ("zero_share", "below_resolution")
-
-
-def summarize(spec) -> dict[str, Any]:
-    """`SUMMARY_STATISTICS` and `PRECISION_STATISTICS` of a spectrum result as plain Python
-    floats (lists for a batch); NaN for a statistic the result cannot give (the matrix-free
-    result has no zero share)."""
-    out = {}
-    for name in SUMMARY_STATISTICS + PRECISION_STATISTICS:
-        value = getattr(spec, name, None)
-        if value is None:
-            value = np.full(np.shape(spec.chi), np.nan)
-        out[name] = np.asarray(value, dtype=np.float64).tolist()
-    return out
 
 
 # --- computing spectra ----------------------------------------------------------------------
@@ -259,21 +95,6 @@ def _count_nonfinite(tree) -> Array:
                jnp.zeros((), jnp.int32))
 
 
-def _raise_if_nonfinite_values(counts: dict) -> None:
-    """FloatingPointError naming the input or the output when either holds NaN/Inf."""
-    if any(isinstance(v, jax.core.Tracer) for v in counts.values()):
-        return
-    for what, hint in (("input", "check the data (e.g. jnp.isfinite(x).all())"),
-                       ("output", "the parameters or the function are not finite there (NaN/Inf "
-                                  "weights, log of a negative number, an overflow); a ReLU's "
-                                  "derivative at NaN is 0, so J alone would look finite")):
-        n = int(np.sum(np.asarray(counts[what])))
-        if n:
-            raise FloatingPointError(
-                f"the model's {what} has {n} non-finite values (NaN/Inf): {hint}; no spectrum "
-                f"is computed from it")
-
-
 def _as_key(key):
     """A PRNG key from a key, a raw uint32 key, or an int seed (None stays None)."""
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
@@ -284,24 +105,10 @@ def _as_key(key):
     return key
 
 
-def _raise_if_nonfinite(spec) -> None:
-    bad = spec.n_nonfinite
-    if isinstance(bad, jax.core.Tracer):
-        return
-    total = int(np.sum(np.asarray(bad)))
-    if total:
-        entries = spec.n_in * spec.n_out * max(1, int(np.prod(np.shape(bad))))
-        raise FloatingPointError(
-            f"the Jacobian has {total} non-finite entries (NaN/Inf) out of {entries}: the model's "
-            f"output or its derivative is not finite at these parameters and inputs; check the "
-            f"forward pass (e.g. with jax.config.update('jax_debug_nans', True)), the inputs' "
-            f"scale, or use float64")
-
-
 def spectrum_fn(apply_fn: Callable, method: str = "auto", *, batched: bool = False,
                 mode: str = "auto", chunk_size: int | None = None,
                 memory_budget: float = DEFAULT_MEMORY_BUDGET,
-                auto_dense_max_dim: int = AUTO_DENSE_MAX_DIM, **lanczos_options) -> Callable:
+                auto_dense_max_dim: int = AUTO_DENSE_MAX_DIM, **lanczos_options) -> "SpectrumFunction":
     """A pure, jitted `(params, x[, key]) -> Spectrum` for the Jacobian J = ∂apply_fn(params, x)/∂x.
 
     The returned function is compiled once per input shape and dtype: new parameter values of
@@ -322,69 +129,97 @@ def spectrum_fn(apply_fn: Callable, method: str = "auto", *, batched: bool = Fal
       **lanczos_options: passed to the matrix-free engine (see `isometry.lanczos_spectrum`).
 
     Returns:
-      `sfn(params, x, key=None) -> Spectrum` (or the matrix-free result for "lanczos").
-      Outside of a trace it raises FloatingPointError when the input, the output or J has
-      NaN/Inf entries (the message says which). `sfn.jitted(params, x, key)` is the compiled
-      core: it returns `(spectrum, {"input": count, "output": count})` of non-finite values.
+      A `SpectrumFunction` `sfn(params, x, key=None) -> Spectrum` (or the matrix-free
+      `LanczosSpectrum` for "lanczos"). Outside of a trace it raises FloatingPointError when
+      the input, the output or J has NaN/Inf entries (the message says which).
+      `sfn.program(params, x, key)` is the compiled core: it returns
+      `(spectrum, {"input": count, "output": count})` of non-finite values, and
+      `sfn.trace_count` says how often it was traced (compiled).
 
     Example:
-      >>> apply_fn, params = iso.from_nnx(models.FullyConnected(depth=8, width=64, rngs=nnx.Rngs(0)))
+      >>> import jax, models, isometry as iso
+      >>> from flax import nnx
+      >>> apply_fn, params = iso.from_nnx(models.FullyConnected(depth=2, width=8, rngs=nnx.Rngs(0)))
       >>> sfn = iso.spectrum_fn(apply_fn)
-      >>> spec = sfn(params, jax.random.normal(jax.random.key(1), (64,)))
+      >>> spec = sfn(params, jax.random.normal(jax.random.key(1), (8,)))
+      >>> spec.singular_values.shape, sfn.trace_count
+      ((8,), 1)
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-    resolve_mode(mode, 1, 1)  # validates `mode`
+    return SpectrumFunction(apply_fn, method, batched=batched, mode=mode, chunk_size=chunk_size,
+                            memory_budget=memory_budget, auto_dense_max_dim=auto_dense_max_dim,
+                            **lanczos_options)
 
-    def dense_bytes(params, x):
-        """Bytes of one dense Jacobian with its SVD (checked against the budget), None if matrix-free."""
-        n_in, n_out, dtype = flat_sizes(lambda xx: apply_fn(params, xx), x)
-        if method == "lanczos" or (method == "auto" and max(n_in, n_out) > auto_dense_max_dim):
-            return None
-        return check_dense_fits(n_in, n_out, dtype, memory_budget)  # at trace time: before allocating
 
-    def one(params, x, key):
-        fn = lambda xx: apply_fn(params, xx)  # noqa: E731
-        # the forward output (XLA shares it with the Jacobian's own forward pass): NaN/Inf
-        # there can leave J finite (ReLU' = 0 at NaN), so it is checked on its own
-        dense = dense_bytes(params, x) is not None  # sizes first: an empty input fails here
-        counts = {"input": _count_nonfinite(x), "output": _count_nonfinite(fn(x))}
-        if dense:
-            return _dense_spectrum(fn, x, mode, chunk_size, memory_budget), counts
-        from isometry import _lanczos  # the matrix-free engine
-        if key is None:
-            key = jax.random.key(0)
-        return _lanczos.lanczos_spectrum(fn, x, key, **lanczos_options), counts
+class SpectrumFunction:
+    """The callable `spectrum_fn` returns: `sfn(params, x, key=None)` -> a spectrum result.
 
-    def core(params, x, key):
-        if not batched:
-            return one(params, x, key)
-        sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree_util.tree_leaves(x)}
-        if len(sizes) != 1 or None in sizes:
-            raise ValueError(f"batched=True needs the same leading batch axis on every input leaf; "
-                             f"got leading sizes {sorted(map(str, sizes))}")
-        (batch,) = sizes
-        if batch == 0:
-            raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
-        x0 = jax.tree_util.tree_map(lambda leaf: leaf[0], x)
-        keys = None if key is None else jax.random.split(key, batch)
-        per_sample = dense_bytes(params, x0)
-        if per_sample is not None and per_sample * batch > memory_budget:
-            size = max(1, int(memory_budget // per_sample))
-            return jax.lax.map(lambda a: one(params, *a), (x, keys), batch_size=size)
-        return jax.vmap(one, in_axes=(None, 0, 0 if keys is not None else None))(params, x, keys)
+    Attributes:
+      program: the jitted core `(params, x, key) -> (spectrum, {"input": n, "output": n})`
+        (NaN/Inf counts of the input and the output; nothing raised): to compose it in
+        larger programs (`jax.vmap`, `jax.lax.map`) or lower it (`sfn.program.lower(...)`).
+      trace_count: how many times `program` was traced, i.e. compiled: once per input shape
+        and dtype (new parameter values of the same shapes never add one).
+      method, batched: as passed to `spectrum_fn`.
+    """
 
-    jitted = jax.jit(core)
+    def __init__(self, apply_fn: Callable, method: str = "auto", *, batched: bool = False,
+                 mode: str = "auto", chunk_size: int | None = None,
+                 memory_budget: float = DEFAULT_MEMORY_BUDGET,
+                 auto_dense_max_dim: int = AUTO_DENSE_MAX_DIM, **lanczos_options):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+        resolve_mode(mode, 1, 1)  # validates `mode`
+        self.apply_fn, self.method, self.batched = apply_fn, method, batched
+        self.mode, self.chunk_size, self.memory_budget = mode, chunk_size, memory_budget
+        self.auto_dense_max_dim, self.lanczos_options = auto_dense_max_dim, lanczos_options
+        self.trace_count = 0
+        self.program = jax.jit(self._core)
 
-    def sfn(params, x, key=None):
+    @property
+    def jitted(self):
+        """The same as `program` (the name used before it was a documented attribute)."""
+        return self.program
+
+    def __call__(self, params, x, key=None):
         check_floating(x)
-        spec, counts = jitted(params, x, _as_key(key))  # size checks run once per shape, while tracing
-        _raise_if_nonfinite_values(counts)
-        _raise_if_nonfinite(spec)
+        spec, counts = self.program(params, x, _as_key(key))  # size checks run while tracing
+        raise_if_nonfinite_values(counts)
+        raise_if_nonfinite(spec)
         return spec
 
-    sfn.jitted = jitted  # exposed for tests of compilation caching
-    return sfn
+    def _dense_bytes(self, params, x):
+        """Bytes of one dense Jacobian with its SVD (checked against the budget), None if matrix-free."""
+        n_in, n_out, dtype = flat_sizes(lambda xx: self.apply_fn(params, xx), x)
+        if self.method == "lanczos" or (self.method == "auto"
+                                        and max(n_in, n_out) > self.auto_dense_max_dim):
+            return None
+        return check_dense_fits(n_in, n_out, dtype, self.memory_budget)  # at trace time
+
+    def _one(self, params, x, key):
+        fn = lambda xx: self.apply_fn(params, xx)  # noqa: E731
+        # the forward output (XLA shares it with the Jacobian's own forward pass): NaN/Inf
+        # there can leave J finite (ReLU' = 0 at NaN), so it is checked on its own
+        dense = self._dense_bytes(params, x) is not None  # sizes first: an empty input fails here
+        counts = {"input": _count_nonfinite(x), "output": _count_nonfinite(fn(x))}
+        if dense:
+            return _dense_spectrum(fn, x, self.mode, self.chunk_size, self.memory_budget), counts
+        if key is None:
+            key = jax.random.key(0)
+        return lanczos_spectrum(fn, x, key, **self.lanczos_options), counts
+
+    def _core(self, params, x, key):
+        self.trace_count += 1  # runs once per trace: the compile counter
+        if not self.batched:
+            return self._one(params, x, key)
+        batch = batch_size(x)
+        x0 = jax.tree_util.tree_map(lambda leaf: leaf[0], x)
+        keys = None if key is None else jax.random.split(key, batch)
+        per_sample = self._dense_bytes(params, x0)
+        if per_sample is not None and per_sample * batch > self.memory_budget:
+            size = max(1, int(self.memory_budget // per_sample))
+            return jax.lax.map(lambda a: self._one(params, *a), (x, keys), batch_size=size)
+        return jax.vmap(self._one, in_axes=(None, 0, 0 if keys is not None else None))(
+            params, x, keys)
 
 
 @functools.lru_cache(maxsize=64)
@@ -444,10 +279,12 @@ def jacobian_spectrum(fn: Callable, x: Any, *, method: str = "dense", batched: b
       `Spectrum` with σ descending (leading batch axis kept when batched).
 
     Example:
+      >>> import jax, jax.numpy as jnp, isometry as iso
       >>> q1, q2 = (jax.random.orthogonal(k, 4) for k in jax.random.split(jax.random.key(0)))
       >>> s = jnp.array([3.0, 2.0, 1.0, 0.5])
-      >>> iso.jacobian_spectrum(lambda x: q2 @ (s * (q1 @ x)), jnp.ones(4)).singular_values
-      Array([3. , 2. , 1. , 0.5], dtype=float32)
+      >>> spec = iso.jacobian_spectrum(lambda x: q2 @ (s * (q1 @ x)), jnp.ones(4))
+      >>> [round(float(v), 3) for v in spec.singular_values]
+      [3.0, 2.0, 1.0, 0.5]
 
     `fn` is traced at every call, so arrays it closes over are read at their current values
     (never frozen at a first call); calls whose traced program is the same reuse the compiled
@@ -456,12 +293,7 @@ def jacobian_spectrum(fn: Callable, x: Any, *, method: str = "dense", batched: b
     """
     check_floating(x)
     if batched:
-        sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree_util.tree_leaves(x)}
-        if len(sizes) != 1 or None in sizes:
-            raise ValueError(f"batched=True needs the same leading batch axis on every input leaf; "
-                             f"got leading sizes {sorted(map(str, sizes))}")
-        if sizes == {0}:
-            raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
+        batch_size(x)  # one leading batch axis, not empty
     example = jax.tree_util.tree_map(
         lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf)[1:] if batched else jnp.shape(leaf),
                                           jnp.result_type(leaf)), x)

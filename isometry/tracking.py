@@ -19,11 +19,20 @@ Run directory layout:
                           ({path: value}), and on spectrum steps "spectrum" (statistics averaged
                           over probes), "histogram" ({"range", "counts"} of log10 σ over all
                           probes; values outside the range counted in the end bins, exact zeros left
-                          out and reported as the summary's "zero_share") and "spectrum_file".
+                          out and reported as the summary's "zero_share"; expected counts
+                          from the SLQ density for the matrix-free engine), "figure" (mean σ²,
+                          median log10 σ, vanished share: `SpectrumResult.statistics`) and
+                          "spectrum_file" (dense) or "density_file" (matrix-free).
                           Strict JSON: a NaN/Inf value is null with "KEY_nonfinite" beside it.
-  spectra/STEP.npy        σ at that step, shape (probes, k), descending (np.load).
+  spectra/STEP.npy        dense engine: σ at that step, shape (probes, k), descending (np.load).
+  spectra/STEP.npz        matrix-free engine: the `LanczosSpectrum`'s arrays (its SLQ nodes and
+                          weights, chi, the top-k Ritz values as top_singular_values, …).
   config.json             written by the training loop (`isometry.train`).
   checkpoint.npz          written by the training loop.
+
+The spectrum is summarized through `isometry.SpectrumResult`, whichever engine ran: the
+matrix-free engine's statistics and histogram come from its density, never from its top k.
+`load_spectrum` reads either file back as its result object.
 
 A record is written after its spectrum file, so a crash leaves no record pointing at a missing
 file. A torn last line (a crash mid-write) is detected on reading and cut off on resuming.
@@ -41,9 +50,14 @@ import jax
 import numpy as np
 
 from isometry._io import atomic_write, json_text, to_python
+from isometry._lanczos_result import LanczosSpectrum
+from isometry._params import alpha_values
+from isometry._spectrum import spectrum_fn
+from isometry._spectrum_result import Spectrum
 
-__all__ = ["Tracker", "RunDirError", "read_metrics", "read_spectrum", "METRICS_FILE",
-           "SPECTRA_DIR"]
+__all__ = ["Tracker", "RunDirError", "read_metrics", "read_spectrum", "load_spectrum",
+           "spectrum_arrays", "spectrum_from_arrays",
+           "MATRIX_FREE_ESTIMATES", "METRICS_FILE", "SPECTRA_DIR"]
 
 METRICS_FILE = "metrics.jsonl"
 SPECTRA_DIR = "spectra"
@@ -91,8 +105,63 @@ def read_metrics(run_dir: str) -> list[dict]:
 
 
 def read_spectrum(run_dir: str, record: dict) -> np.ndarray:
-    """σ (probes, k) saved for a record that has a "spectrum_file"."""
+    """σ (probes, k) saved for a record that has a "spectrum_file" (the dense engine).
+
+    A matrix-free record has a "density_file" instead (its σ are unknown): read it with
+    `load_spectrum`.
+    """
+    if "spectrum_file" not in record and "density_file" in record:
+        raise KeyError(f"step {record.get('step')} was computed matrix-free: it has a density, "
+                       f"not every σ; use load_spectrum(run_dir, record)")
     return np.load(os.path.join(run_dir, record["spectrum_file"]))
+
+
+#: The array fields of a `LanczosSpectrum` saved in a density file (the rest are sizes).
+_DENSITY_FIELDS = ("top_singular_values", "residual_bounds", "sigma_min_estimate",
+                   "sigma_min_residual", "chi", "chi_stderr", "nodes", "weights", "n_nonfinite")
+
+
+def spectrum_arrays(spec: Spectrum | LanczosSpectrum) -> dict[str, np.ndarray]:
+    """A spectrum result as plain numpy arrays (what the run directory and JSON records keep):
+    σ for the dense result; density, chi and the top k (as top_singular_values) for the
+    matrix-free one. `spectrum_from_arrays` turns them back into the result."""
+    sizes = np.asarray([spec.n_in, spec.n_out])
+    if spec.exact:
+        return {"singular_values": np.asarray(spec.singular_values), "sizes": sizes}
+    return {"sizes": sizes, "bandwidth": np.float64(spec.bandwidth),
+            **{name: np.asarray(getattr(spec, name)) for name in _DENSITY_FIELDS}}
+
+
+def spectrum_from_arrays(arrays: dict) -> Spectrum | LanczosSpectrum:
+    """The result `spectrum_arrays` describes (lists are fine: JSON records)."""
+    n_in, n_out = (int(v) for v in np.ravel(arrays["sizes"]))
+    if "singular_values" in arrays:
+        s = np.asarray(arrays["singular_values"])  # numpy kept: float64 stays float64
+        return Spectrum(s, np.sum(np.square(s, dtype=np.float64), axis=-1) / n_in,
+                        np.zeros(s.shape[:-1], np.int32), n_in, n_out)
+    fields = {name: np.asarray(arrays[name]) for name in _DENSITY_FIELDS}
+    return LanczosSpectrum(**fields, n_in=n_in, n_out=n_out, bandwidth=float(arrays["bandwidth"]))
+
+
+def load_spectrum(run_dir: str, record: dict) -> Spectrum | LanczosSpectrum:
+    """The spectrum result saved for a record: a `Spectrum` (dense) or a `LanczosSpectrum`.
+
+    Either is summarized through the same `isometry.SpectrumResult` interface
+    (`statistics()`, `histogram()`, …).
+    """
+    if "density_file" in record:
+        with np.load(os.path.join(run_dir, record["density_file"])) as f:
+            return spectrum_from_arrays({name: f[name] for name in f.files})
+    s = read_spectrum(run_dir, record)
+    sizes = record.get("figure", {})  # older records: a square J
+    return spectrum_from_arrays({"singular_values": s, "sizes": [
+        sizes.get("n_in", s.shape[-1]), sizes.get("n_out", s.shape[-1])]})
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
 class Tracker:
@@ -119,8 +188,6 @@ class Tracker:
                  every: int = 100, log_every: int = 1, method: str = "auto", bins: int = 360,
                  hist_range: tuple[float, float] = HIST_RANGE, resume_step: int | None = None,
                  **spectrum_options):
-        from isometry._spectrum import spectrum_fn
-
         if every < 1 or log_every < 1:
             raise ValueError(f"every and log_every must be >= 1, got {every} and {log_every}")
         if (apply_fn is None) != (probes is None):
@@ -129,7 +196,9 @@ class Tracker:
         self.every, self.log_every = every, log_every
         self.bins, self.hist_range = bins, tuple(hist_range)
         self.probes = probes
-        self._sfn = spectrum_fn(apply_fn, method, batched=True, **spectrum_options) if apply_fn else None
+        #: The `SpectrumFunction` of the tracked spectra (None without apply_fn).
+        self.spectrum_fn = (spectrum_fn(apply_fn, method, batched=True, **spectrum_options)
+                            if apply_fn else None)
         self.path = os.path.join(run_dir, METRICS_FILE)
         self.last_step = self._prepare(resume_step)  # checks before it changes anything
         os.makedirs(os.path.join(run_dir, SPECTRA_DIR), exist_ok=True)
@@ -201,7 +270,7 @@ class Tracker:
         """
         if spectrum is None:
             spectrum = step % self.every == 0
-        spectrum_due = self._sfn is not None and spectrum
+        spectrum_due = self.spectrum_fn is not None and spectrum
         if not (force or spectrum_due or step % self.log_every == 0):
             return None
         if self.last_step is not None and step <= self.last_step:
@@ -211,7 +280,6 @@ class Tracker:
         scalars = {"loss": loss, **scalars}
         alphas = {}
         if params is not None:
-            from isometry._params import alpha_values
             alphas = alpha_values(params)
         # one transfer for every scalar and α (not one device-to-host copy each)
         scalars, alphas = jax.device_get(({k: v for k, v in scalars.items() if v is not None}, alphas))
@@ -225,27 +293,28 @@ class Tracker:
 
     def _spectrum(self, step: int, params) -> dict:
         try:
-            spec = self._sfn(params, self.probes)
+            spec = self.spectrum_fn(params, self.probes)
         except FloatingPointError as err:  # a diverged model: say so, keep training's record
             return {"spectrum_error": str(err).split(";")[0]}
+        spec = jax.device_get(spec)
         summary = {k: float(np.mean(v)) for k, v in spec.summary().items()}
-        s = np.asarray(jax.device_get(spec.singular_values))
-        from isometry._spectrum import Spectrum
-        summary["engine"] = "dense" if isinstance(spec, Spectrum) else "lanczos"
-        if summary["engine"] == "lanczos":  # estimates and bounds, not exact values
-            summary["estimates"] = _MATRIX_FREE_ESTIMATES
+        summary["engine"] = spec.engine
+        if not spec.exact:  # estimates and bounds, not exact values
+            summary["estimates"] = MATRIX_FREE_ESTIMATES
             for name in ("zero_share", "below_resolution"):  # the engine cannot tell
                 summary.pop(name, None)
-        out: dict[str, Any] = {"spectrum": summary}
-        lo, hi = self.hist_range
-        positive = s[s > 0]  # exact zeros have no log10: counted by the summary's zero_share
-        log10 = np.log10(positive.astype(np.float64))
-        counts, _ = np.histogram(np.clip(log10, lo, hi), bins=self.bins, range=(lo, hi))
-        out["histogram"] = {"range": [lo, hi], "counts": counts.tolist()}
-        name = os.path.join(SPECTRA_DIR, f"{int(step):09d}.npy")
-        buf = _npy_bytes(s)
-        atomic_write(os.path.join(self.run_dir, name), buf)
-        out["spectrum_file"] = name
+        counts = spec.binned_counts(self.bins, self.hist_range)
+        figure = {**spec.statistics(), "n_in": spec.n_in, "n_out": spec.n_out}
+        out: dict[str, Any] = {"spectrum": summary, "figure": figure,
+                               "histogram": {"range": list(self.hist_range),
+                                             "counts": counts.tolist()}}
+        if spec.exact:
+            name, data, key = f"{int(step):09d}.npy", _npy_bytes(np.asarray(spec.singular_values)), \
+                "spectrum_file"
+        else:
+            name, data, key = f"{int(step):09d}.npz", _npz_bytes(spectrum_arrays(spec)), "density_file"
+        atomic_write(os.path.join(self.run_dir, SPECTRA_DIR, name), data)
+        out[key] = os.path.join(SPECTRA_DIR, name)
         return out
 
     def _write(self, record: dict) -> None:
@@ -257,11 +326,13 @@ class Tracker:
 
 
 #: What the matrix-free engine's statistics are (records say so beside them).
-_MATRIX_FREE_ESTIMATES = {
+MATRIX_FREE_ESTIMATES = {
     "chi": "Hutchinson estimate", "mean_log": "SLQ estimate", "std_log": "SLQ estimate",
     "isometry_share": "SLQ estimate", "sigma_max": "Ritz value (lower bound, converged)",
     "sigma_min": "upper bound (smallest Gauss node)",
-    "condition_number": "lower bound", "singular_values": "top-k Ritz values"}
+    "condition_number": "lower bound", "top_singular_values": "top-k Ritz values",
+    "histogram": "expected counts from the SLQ density",
+    "figure": "mean σ² from chi; median and vanished share from the SLQ density"}
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

@@ -210,7 +210,7 @@ def test_two_processes_equal_one_process(tmp_path):
     single = iso.spectrum_fn(lambda p, x: jnp.tanh(p @ x), "lanczos", batched=True, **opts)
     for batch in (11, 8):
         want = single(w, xs[:batch], jax.random.key(2))
-        for name in ("singular_values", "residual_bounds", "chi", "nodes", "weights"):
+        for name in ("top_singular_values", "residual_bounds", "chi", "nodes", "weights"):
             np.testing.assert_allclose(got[f"{name}_{batch}"], np.asarray(getattr(want, name)),
                                        rtol=1e-10, atol=1e-12)
 

@@ -102,7 +102,7 @@ def test_spectrum_fn_does_not_recompile_for_new_parameter_values():
     traces_after_first = apply_fn.traces
     s2 = sfn(p2, x)
     assert apply_fn.traces == traces_after_first  # no retrace for new values of the same shapes
-    assert sfn.jitted._cache_size() == 1
+    assert sfn.trace_count == 1
     assert not np.allclose(s1.singular_values, s2.singular_values)
 
 
@@ -133,3 +133,32 @@ def test_batched_needs_a_common_batch_axis():
     with pytest.raises(ValueError, match="same leading batch axis"):
         iso.jacobian_spectrum(lambda t: t["a"].sum() * t["b"], {"a": jnp.ones(3), "b": jnp.ones((2, 2))},
                               batched=True)
+
+
+def test_spectrum_function_program_is_the_public_compiled_core():
+    sfn = iso.spectrum_fn(lambda p, x: p * x)
+    assert isinstance(sfn, iso.SpectrumFunction) and sfn.trace_count == 0
+    spec, counts = sfn.program(jnp.asarray(2.0), jnp.ones(3), None)
+    assert set(counts) == {"input", "output"} and int(counts["output"]) == 0
+    np.testing.assert_allclose(spec.singular_values, 2.0)
+    assert sfn.trace_count == 1 and sfn.jitted is sfn.program
+    sfn(jnp.asarray(3.0), jnp.ones(3))
+    assert sfn.trace_count == 1
+    sfn(jnp.asarray(3.0), jnp.ones(4))  # a new shape compiles anew
+    assert sfn.trace_count == 2
+
+
+def test_shared_statistics_of_a_dense_spectrum_equal_the_direct_computation():
+    # float64: the protocol's statistics against numpy on σ (the computation fig4 did before)
+    with jax.enable_x64(True):
+        s = jnp.array([[3.0, 1.0, 1e-7, 0.0], [2.0, 0.5, 0.25, 1e-9]], jnp.float64)
+        spec = iso.Spectrum.from_singular_values(s, 4, 4)
+        stats = spec.statistics(1e-6)
+        a = np.asarray(s).ravel()
+        log10 = np.log10(np.clip(a, np.finfo(np.float64).tiny, None))
+        assert stats["mean_sigma2"] == pytest.approx(np.mean(a**2), rel=1e-14)
+        assert stats["median_log10"] == pytest.approx(np.median(log10), rel=1e-14)
+        assert stats["vanished_share"] == pytest.approx(np.mean(a < 1e-6), rel=1e-14)
+        counts = spec.binned_counts(9, (-6.0, 3.0))
+        want, _ = np.histogram(np.clip(np.log10(a[a > 0]), -6, 3), bins=9, range=(-6, 3))
+        np.testing.assert_array_equal(counts, want)

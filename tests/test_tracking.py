@@ -31,7 +31,7 @@ def test_records_spectra_alpha_and_no_recompile(tmp_path):
     t = Tracker(str(tmp_path), apply_fn=apply_fn, probes=probes(), every=2, log_every=1)
     for step in range(5):
         t.update(step, make_params(1.0 + step), loss=jnp.asarray(1.0 / (step + 1)), lr=0.1)
-    assert t._sfn.jitted._cache_size() == 1  # new params reuse the compiled spectrum
+    assert t.spectrum_fn.trace_count == 1  # new params reuse the compiled spectrum
     t.close()
     records = read_metrics(str(tmp_path))
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
@@ -93,3 +93,64 @@ def test_nonfinite_model_records_the_error(tmp_path):
     assert "spectrum" not in rec and "non-finite" in rec["spectrum_error"]
     written = json.loads((tmp_path / "metrics.jsonl").read_text())  # strict JSON: null + reason
     assert written["loss"] is None and written["loss_nonfinite"] == "nan"
+
+
+# --- issue 15 item 3: a spectrum is never summarized from its top k -------------------------
+def _small_resnet_like(dtype):
+    """x ↦ tanh(W2 tanh(W1 x)) · 3: a spread spectrum over several decades (float64)."""
+    import jax
+
+    k1, k2 = jax.random.split(jax.random.key(3))
+    w1 = jax.random.normal(k1, (48, 48), dtype) / jnp.sqrt(48.0).astype(dtype)
+    w2 = jnp.diag(jnp.logspace(-8, 1, 48, dtype=dtype)) @ jax.random.orthogonal(k2, 48, dtype=dtype)
+    return lambda p, x: jnp.tanh(w2 @ jnp.tanh(p * (w1 @ x)))
+
+
+def test_figure4_statistics_agree_between_engines_within_the_stated_error():
+    import jax
+
+    import isometry as iso
+
+    with jax.enable_x64(True):
+        apply_fn = _small_resnet_like(jnp.float64)
+        x = jax.random.normal(jax.random.key(1), (2, 48), jnp.float64)
+        dense = iso.spectrum_fn(apply_fn, "dense", batched=True)(jnp.float64(1.0), x)
+        free = iso.spectrum_fn(apply_fn, "lanczos", batched=True, k=10, num_steps=48,
+                               num_probes=16)(jnp.float64(1.0), x, jax.random.key(0))
+        assert isinstance(dense, iso.SpectrumResult) and isinstance(free, iso.SpectrumResult)
+        want, got, err = dense.statistics(), free.statistics(), free.statistic_errors()
+        for name in ("mean_sigma2", "median_log10", "vanished_share"):
+            assert abs(got[name] - want[name]) <= err[name], (name, got[name], want[name], err[name])
+        assert got["count"] == want["count"] == 2 * 48
+        # the top 10 alone would say otherwise: that is what a top-k summary got wrong
+        top = np.asarray(free.top_singular_values)
+        assert float(np.mean(top**2)) > 3 * want["mean_sigma2"]
+        with pytest.raises(AttributeError, match="top_singular_values"):
+            free.singular_values
+
+
+def test_tracker_summarizes_either_engine_from_the_whole_spectrum(tmp_path):
+    import jax
+
+    from isometry.tracking import load_spectrum
+
+    with jax.enable_x64(True):
+        apply_fn = _small_resnet_like(jnp.float64)
+        x = jax.random.normal(jax.random.key(1), (2, 48), jnp.float64)
+        records = {}
+        for method, opts in (("dense", {}), ("lanczos", dict(k=10, num_steps=48, num_probes=16))):
+            with Tracker(str(tmp_path / method), apply_fn=apply_fn, probes=x, every=1,
+                         method=method, bins=40, **opts) as t:
+                records[method] = t.update(1, jnp.float64(1.0), loss=1.0)
+        d, f = records["dense"], records["lanczos"]
+        assert d["spectrum"]["engine"] == "dense" and f["spectrum"]["engine"] == "lanczos"
+        assert "spectrum_file" in d and "density_file" in f and "spectrum_file" not in f
+        spec = load_spectrum(str(tmp_path / "lanczos"), f)
+        err = spec.statistic_errors()
+        for name in ("mean_sigma2", "median_log10", "vanished_share"):
+            assert abs(f["figure"][name] - d["figure"][name]) <= err[name]
+        # both histograms count all 2 x 48 σ (the density's expected counts, not 10 Ritz values)
+        assert sum(d["histogram"]["counts"]) == 96
+        np.testing.assert_allclose(sum(f["histogram"]["counts"]), 96, rtol=1e-9)
+        with pytest.raises(KeyError, match="load_spectrum"):
+            read_spectrum(str(tmp_path / "lanczos"), f)

@@ -1,7 +1,12 @@
 """`isometry spectrum`: Jacobian spectra of models at initialization, as a table, JSON and PNG.
 
 With no arguments: the six fully connected variants of Table 1 at depth 32, width 256 (the
-nets of the paper's Figure 5), on 4 Gaussian inputs each.
+nets of the paper's Figure 5), on 4 Gaussian inputs each. Both engines' results are reported
+through `isometry.SpectrumResult` (`engine`, `exact`, `statistics()`); the matrix-free one's
+top k go out as "top_singular_values", never as the spectrum.
+
+JAX, the models and plotting are imported inside the functions that use them: `isometry
+--help` and argument errors must answer without loading them.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ def compute(args):
     from tqdm import tqdm
 
     import isometry as iso
+    from isometry._jacobian import flat_sizes
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
@@ -94,7 +100,7 @@ def compute(args):
                 module = _zoo.build_model(kind, args, variant, depth, args.seed)
         module.eval()
         apply_fn, params = iso.from_nnx(module)
-        n_in, n_out, _ = iso._jacobian.flat_sizes(lambda xx: apply_fn(params, xx), x[0])
+        n_in, n_out, _ = flat_sizes(lambda xx: apply_fn(params, xx), x[0])
         options = _lanczos_options(args, min(n_in, n_out))
         try:
             if mesh is None:
@@ -105,11 +111,11 @@ def compute(args):
         except (iso.JacobianTooLargeError, FloatingPointError, ValueError) as err:
             raise UsageError(f"{args.model} {variant} depth {depth}: {err}") from None
         record = dict(model=args.model, variant=variant, depth=depth, method=args.method,
-                      engine="dense" if isinstance(spec, iso.Spectrum) else "lanczos",
+                      engine=spec.engine,
                       samples=args.samples, seed=args.seed, dtype=str(x.dtype),
                       alpha_init=args.alpha_init, **_model_settings(args))
         record.update(_mean_summary(spec))
-        if isinstance(spec, iso.Spectrum):
+        if spec.exact:
             record["singular_values"] = jax.device_get(spec.singular_values).tolist()
         else:
             for name in ("zero_share", "below_resolution"):  # the engine cannot tell
@@ -141,14 +147,14 @@ def _matrix_free_fields(spec) -> dict:
     """What the matrix-free engine knows, per probe input, with what each number is."""
     import numpy as np
 
-    from isometry.tracking import _MATRIX_FREE_ESTIMATES
+    from isometry.tracking import MATRIX_FREE_ESTIMATES
 
-    return dict(top_singular_values=np.asarray(spec.singular_values).tolist(),
+    return dict(top_singular_values=np.asarray(spec.top_singular_values).tolist(),
                 residual_bounds=np.asarray(spec.residual_bounds).tolist(),
                 converged=np.asarray(spec.converged()).tolist(),
                 chi_stderr=np.asarray(spec.chi_stderr).tolist(),
                 sigma_min_residual=np.asarray(spec.sigma_min_residual).tolist(),
-                estimates=_MATRIX_FREE_ESTIMATES)
+                figure=spec.statistics(), estimates=MATRIX_FREE_ESTIMATES)
 
 
 def _mesh(args):

@@ -22,15 +22,23 @@ import dataclasses
 import math
 import os
 
+import jax
 import numpy as np
+from flax import nnx
 
+import models
+from isometry import plot
+from isometry._adapters import from_nnx
+from isometry._spectra import VANISHED
+from isometry._spectrum import spectrum_fn
 from isometry.experiments._report import fmt, markdown_table
 from isometry.experiments._runs import image_data, language_data, train_run
+from isometry.tracking import load_spectrum, spectrum_arrays, spectrum_from_arrays
+from isometry.train import TrainConfig
 
 PAPER = {"a": "shallow encoders peak near σ = 1; deep ones have many σ vanishing to machine precision",
          "b": "stays near dynamical isometry during training (all σ = 1 at α = 0)",
          "notebook_mean_sigma2_postnorm": {"12": 0.810, "128": 0.0}}
-VANISHED = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,20 +74,29 @@ SETTINGS = {
 }
 
 
-def _stats(sigma: np.ndarray) -> dict:
-    s = np.asarray(sigma, dtype=np.float64).ravel()
-    log10 = np.log10(np.clip(s, np.finfo(np.float64).tiny, None))
-    return {"mean_sigma2": float(np.mean(s**2)), "median_log10": float(np.median(log10)),
-            "vanished_share": float(np.mean(s < VANISHED)), "count": int(s.size)}
+def _entry(spec) -> dict:
+    """One histogram of the record: the result's arrays (σ, or the matrix-free density, chi
+    and top k) and Figure 4's statistics from the one spectrum interface (never a top-k list)."""
+    arrays = {k: np.asarray(v).tolist() for k, v in spectrum_arrays(spec).items()}
+    if "singular_values" in arrays:
+        arrays["sigma"] = arrays.pop("singular_values")
+    return {**arrays, **spec.statistics(VANISHED)}
+
+
+def _result(entry: dict):
+    """The spectrum result an entry of the record describes (records before the density was
+    stored hold only "sigma": a square J)."""
+    arrays = dict(entry)
+    if "sigma" in arrays:
+        sigma = np.asarray([np.nan if v is None else v
+                            for v in np.ravel(np.asarray(arrays.pop("sigma"), dtype=object))],
+                           dtype=np.float64)
+        arrays["singular_values"] = sigma
+        arrays.setdefault("sizes", [sigma.size, sigma.size])
+    return spectrum_from_arrays(arrays)
 
 
 def _encoders(s: Fig4Settings, seed: int) -> dict:
-    import jax
-    from flax import nnx
-
-    import isometry as iso
-    import models
-
     out = {}
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(seed), (s.inputs, s.tokens, s.d_model), jax.numpy.float64)
@@ -88,30 +105,18 @@ def _encoders(s: Fig4Settings, seed: int) -> dict:
                                        variant="postnorm", param_dtype=jax.numpy.float64,
                                        rngs=nnx.Rngs(seed))
             model.eval()
-            apply_fn, state = iso.from_nnx(model)
-            spec = iso.spectrum_fn(apply_fn, "dense", batched=True)(state, x)
-            sigma = np.asarray(spec.singular_values)
-            out[str(depth)] = {"sigma": sigma, **_stats(sigma)}
+            apply_fn, state = from_nnx(model)
+            spec = spectrum_fn(apply_fn, "dense", batched=True)(state, x)
+            out[str(depth)] = _entry(spec)
     return out
 
 
 def _tracked(run_dir: str, records: list) -> dict:
-    from isometry.tracking import read_spectrum
-
-    out = {}
-    for r in records:
-        if "spectrum_file" in r:
-            sigma = read_spectrum(run_dir, r)
-            out[str(r["step"])] = {"sigma": sigma, **_stats(sigma)}
-    return out
+    return {str(r["step"]): _entry(load_spectrum(run_dir, r)) for r in records
+            if "spectrum_file" in r or "density_file" in r}
 
 
 def _language_model(s: Fig4Settings, data_dir, seed: int, runs_dir: str) -> dict:
-    from flax import nnx
-
-    import models
-    from isometry.train import TrainConfig
-
     data = language_data(data_dir, s.lm_seq_len, 1_000_000)
     model = models.Transformer(s.lm_depth, s.d_model, heads=s.heads, ffn=s.ffn, variant="rezero",
                                vocab_size=256, causal=True, rngs=nnx.Rngs(seed))
@@ -125,11 +130,6 @@ def _language_model(s: Fig4Settings, data_dir, seed: int, runs_dir: str) -> dict
 
 
 def _resnet(s: Fig4Settings, variant: str, data_dir, seed: int, runs_dir: str) -> dict:
-    from flax import nnx
-
-    import models
-    from isometry.train import TrainConfig
-
     data = image_data(data_dir, (s.image_size, s.image_size, 3))
     model = models.ResNet(s.resnet_depth, variant=variant, rngs=nnx.Rngs(seed),
                           in_channels=data.task.input_shape[-1],
@@ -157,33 +157,23 @@ def run(s: Fig4Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict
             "paper": PAPER}
 
 
-def _spectrum(sigma):
-    from isometry import Spectrum
-
-    a = np.asarray([np.nan if v is None else v for v in np.ravel(np.asarray(sigma, dtype=object))],
-                   dtype=np.float64)
-    return Spectrum(singular_values=a, chi=np.float64(np.mean(a**2)), n_nonfinite=np.int32(0),
-                    n_in=a.size, n_out=a.size)
-
-
 def panels(record: dict) -> dict:
-    """{panel title: {curve label: Spectrum}} built from the record's σ (what the PNG shows)."""
+    """{panel title: {curve label: spectrum result}} from the record (what the PNG shows):
+    a `Spectrum` where σ were stored, a `LanczosSpectrum` (its density) where they are not."""
     s = record["settings"]
     return {
-        "(a) Post-Norm encoders at init": {f"{d} layers": _spectrum(v["sigma"])
+        "(a) Post-Norm encoders at init": {f"{d} layers": _result(v)
                                            for d, v in record["a_postnorm_encoders"].items()},
         f"(b) ReZero LM, {s['lm_depth']} layers": {
-            f"step {k}": _spectrum(v["sigma"]) for k, v in record["b_rezero_lm"]["steps"].items()},
+            f"step {k}": _result(v) for k, v in record["b_rezero_lm"]["steps"].items()},
         f"(c) ResNet-{s['resnet_depth']}": {
-            f"step {k}": _spectrum(v["sigma"]) for k, v in record["c_resnet_vanilla"]["steps"].items()},
+            f"step {k}": _result(v) for k, v in record["c_resnet_vanilla"]["steps"].items()},
         f"(d) ReZero ResNet-{s['resnet_depth']}": {
-            f"step {k}": _spectrum(v["sigma"]) for k, v in record["d_resnet_rezero"]["steps"].items()},
+            f"step {k}": _result(v) for k, v in record["d_resnet_rezero"]["steps"].items()},
     }
 
 
 def figure(record: dict):
-    from isometry import plot
-
     return plot.spectrum_histograms(panels(record), bins=40)
 
 
