@@ -96,7 +96,7 @@ def run(args) -> int:
         jax.config.update("jax_enable_x64", True)
     kind, variants = _zoo.resolve(args)
     variant = _single(variants if args.variant else [_default_variant(kind)], "--variant")
-    depth = _single(args.depth, "--depth")
+    depth = _single(_zoo.depths(args), "--depth")
     if args.probes < 0:
         raise UsageError(f"--probes must be 0 (no spectra) or more, got {args.probes}")
     for name in ("track_every", "log_every"):
@@ -131,8 +131,8 @@ def run(args) -> int:
     if task.kind not in kind.tasks:
         raise UsageError(f"--model {args.model} does not do {task.kind.replace('_', ' ')} "
                          f"(data {args.data}); it does: {', '.join(kind.tasks) or 'none yet'}")
-    args.task = task  # builders size inputs and outputs for the data (see _zoo.ModelKind)
-    model = _zoo.build_model(kind, args, variant, depth, args.seed)
+    # the model's inputs and outputs sized for the data (see _zoo.ModelKind)
+    model = _zoo.build_model(kind, args, variant, depth, args.seed, task=task)
     settings = dict(vars(args), variant=variant, depth=depth)
     run_info = {k: settings[k] for k in _RUN_KEYS if k in settings}
     try:
