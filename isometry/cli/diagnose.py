@@ -47,9 +47,10 @@ def register(sub) -> None:
 def compute(args):
     """(the Diagnosis, the JSON document) for the model the arguments describe."""
     kind, variants = _zoo.resolve(args)
-    if len(variants) != 1 or len(args.depth) != 1:
+    depths, dtype = _zoo.depths(args), _zoo.param_dtype(args)
+    if len(variants) != 1 or len(depths) != 1:
         raise UsageError("diagnose looks at one model: give one --variant and one --depth")
-    variant, depth = variants[0], args.depth[0]
+    variant, depth = variants[0], depths[0]
     rngs = nnx.Rngs(args.seed)
     mean_field = None
     if args.model == "fc":
@@ -57,7 +58,7 @@ def compute(args):
             net = models.FullyConnected(depth, args.width, variant=variant,
                                         activation=args.activation, alpha_init=args.alpha_init,
                                         sigma_w2=args.sigma_w2, sigma_b2=args.sigma_b2,
-                                        param_dtype=args.param_dtype, rngs=rngs)
+                                        param_dtype=dtype, rngs=rngs)
         except ValueError as err:
             raise UsageError(str(err)) from None
         if variant == "plain" and args.activation in theory.ACTIVATIONS:
@@ -69,7 +70,7 @@ def compute(args):
         net = kind.build(args, variant, depth, rngs)
         if hasattr(net, "eval"):
             net.eval()
-    x = kind.probe_inputs(args, jax.random.key(10_000 + args.seed), 1, args.param_dtype)[0]
+    x = kind.probe_inputs(args, jax.random.key(10_000 + args.seed), 1, dtype)[0]
     if not 0 <= args.burn_in < depth:
         raise UsageError(f"--burn-in must be in [0, depth), got {args.burn_in}")
     try:

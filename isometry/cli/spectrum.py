@@ -86,9 +86,9 @@ def compute(args):
     for name in ("k", "lanczos_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    jobs = [(d, v) for d in args.depth for v in variants]
+    jobs = [(d, v) for d in _zoo.depths(args) for v in variants]
     key = jax.random.key(args.seed)
-    x = kind.probe_inputs(args, key, args.samples, args.param_dtype)
+    x = kind.probe_inputs(args, key, args.samples, _zoo.param_dtype(args))
     results = []
     for depth, variant in tqdm(jobs, desc="spectra", unit="model", file=sys.stderr,
                                disable=len(jobs) < 3 or not sys.stderr.isatty()):
@@ -190,15 +190,15 @@ def compute_layerwise(args) -> dict:
     import isometry as iso
 
     kind, variants = _zoo.resolve(args)
-    x = kind.probe_inputs(args, jax.random.key(args.seed), args.samples, args.param_dtype)
-    profiles = {}
-    for depth in args.depth:
+    x = kind.probe_inputs(args, jax.random.key(args.seed), args.samples, _zoo.param_dtype(args))
+    profiles, depths = {}, _zoo.depths(args)
+    for depth in depths:
         for variant in variants:
             module = kind.build(args, variant, depth, nnx.Rngs(args.seed))
             module.eval()
             embed_fn, states_fn, params = iso.from_stack(module)
             x0 = jax.vmap(embed_fn, in_axes=(None, 0))(params, x)
-            label = f"{variant} L={depth}" if len(args.depth) > 1 else variant
+            label = f"{variant} L={depth}" if len(depths) > 1 else variant
             try:
                 if args.method == "lanczos":
                     raise iso.JacobianTooLargeError("matrix-free requested")

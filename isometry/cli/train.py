@@ -137,8 +137,8 @@ def _build_model(kind, args, variant: str, depth: int, task):
     if task.kind not in kind.tasks:
         raise UsageError(f"--model {args.model} does not do {task.kind.replace('_', ' ')} "
                          f"(data {args.data}); it does: {', '.join(kind.tasks) or 'none yet'}")
-    model_args = argparse.Namespace(**{**vars(args), "task": task})
-    return _zoo.build_model(kind, model_args, variant, depth, args.seed)
+    # the model's inputs and outputs sized for the data (see _zoo.ModelKind)
+    return _zoo.build_model(kind, args, variant, depth, args.seed, task=task)
 
 
 def run(args) -> int:
@@ -146,7 +146,7 @@ def run(args) -> int:
         jax.config.update("jax_enable_x64", True)
     kind, variants = _zoo.resolve(args)
     variant = _single(variants if args.variant else [_default_variant(kind)], "--variant")
-    depth = _single(args.depth, "--depth")
+    depth = _single(_zoo.depths(args), "--depth")
     _check_run_args(args)
     data = _load_data(args)
     config = _train_config(args, data)
