@@ -132,8 +132,7 @@ def _train_config(args, data) -> TrainConfig:
 
 
 def _build_model(kind, args, variant: str, depth: int, task):
-    """The model, sized for the data: `_zoo`'s builders read the task from the arguments they
-    are given, so they get a copy of `args` with it (`args` itself stays as parsed)."""
+    """The model, sized for the data's task (`args` itself stays as parsed)."""
     if task.kind not in kind.tasks:
         raise UsageError(f"--model {args.model} does not do {task.kind.replace('_', ' ')} "
                          f"(data {args.data}); it does: {', '.join(kind.tasks) or 'none yet'}")
