@@ -27,13 +27,14 @@ and `to_host` brings a result back as numpy on every process (write files from p
 On CPU, simulate devices with `jax.config.update("jax_num_cpu_devices", n)` before jax's
 backend starts (`simulate_devices`).
 
-CPU runtime (jax 0.10.2): with 8 simulated devices and 8 inputs vmapped per device, the
-Lanczos program hung for good: gdb showed every device thread inside jaxlib's LAPACK custom
-call (`CustomCallThunk` -> `jax::ParallelBatchMap` -> `BlockingCounter::Wait`, batched SVDs
-of the convergence test inside the while loop) waiting on the shared intra-op pool. 2 inputs
-per device never hung; so on a multi-device CPU mesh a device's slice goes through `lax.map`
-two inputs at a time (`device_batch`). This, not SPMD itself, is what "wedged the CPU
-runtime" before; GPUs and TPUs vmap the whole slice.
+CPU runtime: on a mesh of several CPU devices, every batched SVD/eigh of the program is
+computed one matrix at a time (`isometry._cpu_mesh.unbatch_lapack`). jaxlib's CPU LAPACK
+kernels split a batch into tasks on XLA's intra-op pool (max(#cores, #devices) threads, one
+per running device program) and block until the tasks are done; devices that leave a
+collective together and enter a batched SVD at once used all the pool's threads to wait, so
+the program hung (about 1 run in 3 with a model-sharded dense spectrum, every device thread
+in `ParallelBatchMap` -> `BlockingCounter::Wait`). A single matrix runs inline on its own
+thread: no wait, same arithmetic. GPUs and TPUs keep their batched solvers.
 """
 
 from __future__ import annotations
@@ -47,18 +48,18 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from isometry._cpu_mesh import unbatch_lapack
 from isometry._jacobian import JacobianTooLargeError, check_floating
 from isometry._spectrum import _raise_if_nonfinite, _raise_if_nonfinite_values, spectrum_fn
 
 __all__ = ["DATA_AXIS", "MODEL_AXIS", "batch_mesh", "collective_counts", "device_mesh",
-           "parse_mesh", "sharded_spectrum_fn", "simulate_devices", "to_host"]
+           "parse_mesh", "replicate", "shard_batch", "sharded_spectrum_fn", "simulate_devices",
+           "to_host"]
 
 #: The mesh axis a batch of inputs is split over.
 DATA_AXIS = "data"
 #: The mesh axis sharded models split their parameters over (`models.*(mesh=...)`).
 MODEL_AXIS = "model"
-#: Inputs vmapped at once per device on a multi-device CPU mesh (see `sharded_spectrum_fn`).
-CPU_DEVICE_BATCH = 2
 #: HLO opcodes that move data between devices.
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
 
@@ -81,7 +82,8 @@ def device_mesh(data: int | None = None, model: int | None = None, *,
     carry is a fresh constant fail on a sharded batch; these axes are Auto.
 
     Example:
-      >>> mesh = iso.device_mesh(data=2, model=4)     # 8 devices: 2 x 4
+      >>> device_mesh(data=1).axis_names           # device_mesh(data=2, model=4): 8 devices
+      ('data',)
     """
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
@@ -140,6 +142,27 @@ def _place(tree, mesh: Mesh, spec: P):
     return jax.tree_util.tree_map(place, tree)
 
 
+def replicate(tree, mesh: Mesh):
+    """Every leaf of `tree` as a global array replicated over `mesh`; leaves already on the
+    mesh (e.g. the parameters of a model built with `mesh=`) keep their sharding."""
+    return _place(tree, mesh, P())
+
+
+def shard_batch(tree, mesh: Mesh):
+    """A batch (leading axis on every leaf) split over the mesh's "data" axis, for data-parallel
+    training: each device holds batch / data rows; the jitted step averages over all of them.
+
+    Raises:
+      ValueError: when the batch size does not divide the "data" axis.
+    """
+    n = mesh.shape[DATA_AXIS]
+    sizes = {np.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(tree)}
+    if any(size % n for size in sizes):
+        raise ValueError(f"a batch of {sorted(sizes)} does not split over the {n} devices of the "
+                         f"{DATA_AXIS!r} axis: use a batch size that is a multiple of {n}")
+    return _place(tree, mesh, P(DATA_AXIS))
+
+
 def to_host(tree):
     """A (possibly multi-process, sharded) result as numpy arrays, on every process."""
     def get(leaf):
@@ -163,10 +186,9 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
       mesh: a mesh with a "data" axis (default: `device_mesh()`, all devices on "data").
         Other axes (e.g. "model") are left to XLA: parameters sharded over them stay sharded.
       device_batch: at most this many inputs of a device's slice vmapped at once (the rest
-        follow in a `lax.map`); None: the whole slice at once. Default on CPU with more than
-        one device: 2 — a workaround for a deadlock of jaxlib's CPU LAPACK kernels
-        (`ParallelBatchMap`, batched SVDs inside the Lanczos loops, 8 simulated devices, 8
-        inputs per device, jax 0.10.2: every device thread waits on the shared thread pool).
+        follow in a `lax.map`, bounding memory); None (default): the whole slice at once.
+        On a mesh of several CPU devices the SVDs run one matrix at a time whatever this is
+        (module docstring: batched LAPACK calls deadlock there).
       **options: passed to `spectrum_fn` (mode, chunk_size, memory_budget, lanczos options).
 
     Returns:
@@ -179,8 +201,9 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
       (`sfn.jitted.lower(*sfn.arguments(params, x, key))` for its HLO), `sfn.mesh` the mesh.
 
     Example:
-      >>> sfn = iso.sharded_spectrum_fn(apply_fn, mesh=iso.device_mesh())   # all devices
-      >>> spec = sfn(params, xs)                                           # xs: (batch, ...)
+      >>> sfn = sharded_spectrum_fn(lambda w, x: jnp.tanh(w @ x), "dense", mesh=device_mesh())
+      >>> sfn(jnp.eye(3), jnp.zeros((5, 3))).singular_values.shape   # 5 inputs, all devices
+      (5, 3)
     """
     mesh = device_mesh() if mesh is None else mesh
     if DATA_AXIS not in mesh.axis_names:
@@ -191,15 +214,15 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
     n_data = mesh.shape[DATA_AXIS]
     batch_spec = P(DATA_AXIS)
 
-    if device_batch is None and mesh.devices.size > 1 and all(
-            d.platform == "cpu" for d in mesh.devices.flat):
-        device_batch = CPU_DEVICE_BATCH
+    cpu_mesh = mesh.devices.size > 1 and all(d.platform == "cpu" for d in mesh.devices.flat)
 
-    def local(params, x, keys):  # one device's slice of the batch: loops of its own
+    def per_device(params, x, keys):  # one device's slice of the batch: loops of its own
         if device_batch is None:
             return jax.vmap(single.jitted, in_axes=(None, 0, 0))(params, x, keys)
         return jax.lax.map(lambda a: single.jitted(params, *a), (x, keys),
                            batch_size=device_batch)
+
+    local = unbatch_lapack(per_device) if cpu_mesh else per_device
 
     def program(params, x, key_data, batch: int, impl):
         if key_data is None:  # as spectrum_fn(batched=True): PRNGKey(0) for every input

@@ -50,6 +50,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from isometry import _sharding
 from isometry._params import alpha_mask
 from isometry._stack import LayerStack
 from isometry._io import atomic_write, json_text
@@ -522,7 +523,7 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
           resume: bool = False, run_info: dict | None = None, input_shape: tuple | None = None,
           probes: int = 8, track_every: int = 100, log_every: int = 10,
           method: str = "auto", progress: bool | None = None,
-          calibrate_batchnorm: bool = False) -> TrainResult:
+          calibrate_batchnorm: bool = False, mesh=None) -> TrainResult:
     """Trains `model` on `data`, tracking spectra, α's and losses into `run_dir`.
 
     Args:
@@ -542,6 +543,9 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
       calibrate_batchnorm: take every tracked spectrum with BatchNorm statistics of the first
         training batch (one train-mode pass, `isometry.calibrate`) instead of the running
         averages, which start at (0, 1) and describe no data early in training.
+      mesh: data-parallel training over this `jax.sharding.Mesh` (`isometry.device_mesh`):
+        every batch split over its "data" axis, parameters and optimizer state replicated (or
+        as sharded as the model was built with `mesh=`); spectra and files as without it.
 
     Returns:
       `TrainResult` with the final params/rest, the last step, the final record, and whether
@@ -609,12 +613,16 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
         # every check passed: now the run's settings (new, or with changed intervals/steps)
         atomic_write(os.path.join(run_dir, CONFIG_FILE), json_text(info, indent=1).encode())
 
+    if mesh is not None:
+        params, rest, opt_state = _sharding.replicate((params, rest, opt_state), mesh)
+
     def record(step, metrics=None, force=False, spectrum=None, **more):
         if tracker is None or not (force or tracker.due(step)):
             return None
         m = {k: float(v) for k, v in jax.device_get(metrics or {}).items()}
         lr = float(lrs[max(step - 1, 0)])
-        rec = tracker.update(step, nnx.merge_state(params, rest), force=force, spectrum=spectrum,
+        state = (params, rest) if mesh is None else _sharding.to_host((params, rest))
+        rec = tracker.update(step, nnx.merge_state(*state), force=force, spectrum=spectrum,
                              lr=lr, **m, **more)
         if bar is not None and rec and "loss" in rec:
             bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
@@ -640,7 +648,8 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
                                     (params, rest, opt_state))
                 raise TrainingInterrupted(step, run_dir)
             x, y = data.train_batch(config.seed, step, config.batch_size)
-            params, rest, opt_state, metrics = step_fn(params, rest, opt_state, prepare(x), y)
+            x, y = (prepare(x), y) if mesh is None else _sharding.shard_batch((prepare(x), y), mesh)
+            params, rest, opt_state, metrics = step_fn(params, rest, opt_state, x, y)
             step += 1
             bar.update(1)
             last = step == config.steps

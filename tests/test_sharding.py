@@ -27,6 +27,7 @@ import jax, jax.numpy as jnp, numpy as np, re
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_enable_x64", True)
 import isometry as iso
+from isometry._cpu_mesh import batched_lapack_calls
 assert jax.device_count() == 8, jax.devices()
 """
 
@@ -46,8 +47,12 @@ for method, options in (("dense", {}), ("lanczos", opts)):
                 np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
     assert sfn.jitted._cache_size() == 2, sfn.jitted._cache_size()  # one per key / no key
     args, static = sfn.arguments(w, xs, jax.random.key(2))
-    counts = iso.collective_counts(sfn.jitted.lower(*args, **static).compile().as_text())
+    hlo = sfn.jitted.lower(*args, **static).compile().as_text()
+    counts = iso.collective_counts(hlo)
     print(method, counts)
+    # several CPU devices: every SVD one matrix at a time (batched LAPACK calls deadlock)
+    assert batched_lapack_calls(hlo) == [], batched_lapack_calls(hlo)
+    assert "lapack_dgesdd_ffi" in hlo
     assert not any(counts["in_loops"].values()), counts
     if method == "lanczos":
         assert counts["while_loops"] > 0
@@ -115,6 +120,7 @@ gathered = {tuple(int(d) for d in m.split(",") if d)
 assert not gathered & split_shapes, gathered & split_shapes  # no weight matrix is gathered
 counts = iso.collective_counts(hlo)
 print(counts)
+assert batched_lapack_calls(hlo) == [], batched_lapack_calls(hlo)
 # inside the loops: only the tensor-parallel collectives over "model" (groups of 4 devices
 # that share a data index), none across "data"
 assert counts["in_loops"]["collective-permute"] == 0
@@ -280,3 +286,48 @@ def test_cli_spectrum_on_a_simulated_mesh_equals_one_device(tmp_path):
     for a, b in zip(*outs):
         np.testing.assert_allclose(a["singular_values"], b["singular_values"], rtol=1e-8,
                                    atol=1e-12)
+
+
+TRAIN_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_enable_x64", True)
+from flax import nnx
+import isometry as iso, models
+from isometry import data as D
+from isometry.tracking import read_metrics
+from isometry.train import TrainConfig, train
+data = D.load_data("synthetic:2x2x3")
+cfg = TrainConfig(steps=20, batch_size=16, lr=0.1, alpha_lr=0.1, checkpoint_every=10)
+records = {}
+for name, mesh in (("one", None), ("four", iso.device_mesh(data=4))):
+    net = models.FullyConnected(3, 8, variant="rezero", in_features=12, out_features=10,
+                                param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    run = f"{sys.argv[1]}/{name}"
+    result = train(net, data, cfg, run_dir=run, input_shape=(12,), probes=2, track_every=10,
+                   log_every=1, mesh=mesh)
+    records[name] = read_metrics(run)
+    if mesh is not None:  # the step ran on the 4 devices: its parameters live on all of them
+        leaf = jax.tree_util.tree_leaves(result.params)[0]
+        assert len(leaf.sharding.device_set) == 4, leaf.sharding
+one, four = records["one"], records["four"]
+assert [r["step"] for r in one] == [r["step"] for r in four] == list(range(21))
+for a, b in zip(one, four):
+    if "loss" in a:
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
+    np.testing.assert_allclose(list(b["alpha"].values()), list(a["alpha"].values()), rtol=1e-6,
+                               atol=1e-9)
+assert abs(list(four[-1]["alpha"].values())[0]) > 0  # alpha moved from 0: trained
+print("OK")
+"""
+
+
+def test_data_parallel_training_on_4_devices_equals_one_device(tmp_path):
+    """20 steps of `train(..., mesh=)` over 4 devices: the losses and alphas of one device."""
+    script = textwrap.dedent(TRAIN_SCRIPT)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
