@@ -8,10 +8,12 @@ for a tensor-parallel model (XLA sums partial matmuls in another order).
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,7 @@ from flax import nnx
 
 import isometry as iso
 import models
+from isometry.tracking import read_metrics
 
 HEADER = """
 import jax, jax.numpy as jnp, numpy as np, re
@@ -331,3 +334,51 @@ def test_data_parallel_training_on_4_devices_equals_one_device(tmp_path):
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
+
+
+MESH_TRAIN = ["train", "--model", "fc", "--variant", "rezero", "--depth", "3", "--width", "8",
+              "--data", "synthetic:2x2x3", "--batch-size", "8", "--lr", "0.05", "--steps", "200",
+              "--track-every", "50", "--probes", "2", "--log-every", "1",
+              "--checkpoint-every", "30", "--eval-every", "100", "--eval-batches", "2", "--x64",
+              "--no-progress", "--simulate-devices", "4", "--mesh", "data=4"]
+
+
+def _checkpoint_step(run_dir):
+    try:
+        return int(np.load(os.path.join(run_dir, "checkpoint.npz"))["step"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def test_data_parallel_cli_run_survives_kill_9_and_resumes(tmp_path):
+    """`isometry train --simulate-devices 4 --mesh data=4`: kill -9 after a checkpoint, resume,
+    and every record equals an uninterrupted run on the same mesh."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    cli = [sys.executable, "-m", "isometry", *MESH_TRAIN, "--run-dir"]
+    killed, reference = str(tmp_path / "killed"), str(tmp_path / "reference")
+    proc = subprocess.Popen(cli + [killed], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            ckpt = _checkpoint_step(killed)
+            if ckpt:  # kill after a checkpoint, with records written past it
+                with open(os.path.join(killed, "metrics.jsonl"), "rb") as f:
+                    tail = f.read().rsplit(b'"step": ', 1)[-1]
+                if int(tail.split(b",")[0]) > ckpt + 3:
+                    break
+            time.sleep(0.005)
+        assert proc.poll() is None, ("the run ended before it could be killed: "
+                                     + proc.stderr.read().decode()[-2000:])
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert 0 < _checkpoint_step(killed) < 200
+    for args in ([killed, "--resume"], [reference]):
+        out = subprocess.run(cli + args, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+    resumed, uninterrupted = read_metrics(killed), read_metrics(reference)
+    assert [r["step"] for r in resumed] == list(range(201))  # strictly increasing, none lost
+    assert resumed == uninterrupted
+    assert "spectrum" in resumed[-1]

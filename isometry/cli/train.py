@@ -18,6 +18,7 @@ import math
 import sys
 
 from isometry.cli import UsageError, _zoo, comma_list, output_dir
+from isometry.cli.spectrum import add_mesh_arguments, mesh_from_args
 
 #: Settings that define a run besides the training config (stored in config.json).
 _RUN_KEYS = ("model", "variant", "depth", "width", "alpha_init", "activation", "data", "seq_len",
@@ -72,6 +73,8 @@ def register(sub) -> None:
     g.add_argument("--run-dir", default="isometry-run", help="default: ./isometry-run")
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_mesh_arguments(p, "data-parallel training over a device mesh: each batch split over "
+                          "'data', parameters replicated; default: one device")
     p.set_defaults(func=run)
 
 
@@ -94,6 +97,10 @@ def run(args) -> int:
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
+    mesh = mesh_from_args(args)  # before anything starts jax's backend
+    if mesh is not None and args.batch_size % mesh.shape["data"]:
+        raise UsageError(f"--batch-size {args.batch_size} does not split over the "
+                         f"{mesh.shape['data']} devices of --mesh {args.mesh}: use a multiple")
     kind, variants = _zoo.resolve(args)
     variant = _single(variants if args.variant else [_default_variant(kind)], "--variant")
     depth = _single(args.depth, "--depth")
@@ -140,7 +147,7 @@ def run(args) -> int:
                        run_info=run_info, input_shape=kind.train_input_shape(task),
                        probes=args.probes,
                        track_every=args.track_every, log_every=args.log_every, method=args.method,
-                       progress=False if args.no_progress else None)
+                       progress=False if args.no_progress else None, mesh=mesh)
     except (RunConfigError, RunDirError, FileExistsError) as err:
         raise UsageError(str(err)) from None
     except MemoryError as err:  # JacobianTooLargeError: a dense spectrum that does not fit
