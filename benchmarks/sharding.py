@@ -1,4 +1,4 @@
-"""A batch of 64 Jacobian spectra as one SPMD program over 1, 2, 4 and 8 devices (issue 14).
+"""A batch of 64 Jacobian spectra, and a training step, as one SPMD program over 1-8 devices.
 
 `isometry.sharded_spectrum_fn` compiles one program per mesh: a `shard_map` over the "data"
 axis in which every device runs the vmapped per-input spectrum on its slice of the batch. The
@@ -9,7 +9,8 @@ On a CPU the devices are simulated (`jax_num_cpu_devices`, set before jax starts
 machine's cores, so the time of one program over 8 devices against one device measures the
 overhead of the SPMD program (partitioning, per-device dispatch, the final gather), not
 scaling: target at most 1.15×. On a GPU/TPU host (or with `--devices` real devices) the same
-script measures real scaling. All meshes live in one process and are timed round-robin
+script measures real scaling. The training step (`train_step`) is the data-parallel step of
+`isometry.train(..., mesh=)`: 8 examples per device, parameters replicated. All meshes live in one process and are timed round-robin
 (`interleaved_medians`), so load changes on a shared machine hit them alike.
 
 The HLO of each program is searched for collectives (all-reduce, all-gather,
@@ -88,11 +89,48 @@ def main(argv=None) -> int:
         results["methods"][method] = entry
         print(method, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()
                        if k != "collectives"}, flush=True)
+    results["train_step"] = train_step_times(counts, args)
+    print("train_step", results["train_step"], flush=True)
     results["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     results["target_overhead"] = 1.15
     write_json(args.out, results)
     print("wrote", args.out)
     return 0
+
+
+def train_step_times(counts, args) -> dict:
+    """Seconds of one data-parallel training step (`isometry.train(..., mesh=)`'s step: the
+    batch split over "data", parameters replicated) over each device count."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    import isometry as iso
+    import models
+    from _timing import interleaved_medians
+    from isometry._sharding import replicate, shard_batch
+    from isometry.train import TrainConfig, make_optimizer, make_train_step
+
+    batch = 8 * max(counts)
+    net = models.FullyConnected(args.depth, args.width, variant="rezero", in_features=args.width,
+                                out_features=10, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+    tx = make_optimizer(TrainConfig(steps=10, batch_size=batch, optimizer="adam"), params)
+    x = np.asarray(jax.random.normal(jax.random.key(3), (batch, args.width)))
+    y = np.arange(batch) % 10
+    calls = {}
+    for n in counts:
+        mesh = iso.device_mesh(devices=jax.devices()[:n])
+        step = make_train_step(graphdef, tx)
+        state = replicate((params, rest, tx.init(params)), mesh)
+        data = shard_batch((x, y), mesh)
+        jax.block_until_ready(step(*state, *data))  # compile
+        calls[str(n)] = lambda f=step, s=state, d=data: jax.block_until_ready(f(*s, *d))
+    times = interleaved_medians(calls, args.repeats)
+    out = {"batch": batch, "seconds": times}
+    if len(counts) > 1:
+        out[f"overhead_{counts[-1]}_vs_1"] = times[str(counts[-1])] / times["1"]
+    return out
 
 
 if __name__ == "__main__":

@@ -45,8 +45,11 @@ def _inner(value):
 
 
 def _needs_rewrite(jaxpr: Jaxpr) -> bool:
-    return any(_batched(eqn) or any(_needs_rewrite(j) for v in eqn.params.values()
-                                    for j in _inner(v)) for eqn in jaxpr.eqns)
+    return any(_needs_rewrite_eqn(eqn) for eqn in jaxpr.eqns)
+
+
+def _needs_rewrite_eqn(eqn) -> bool:
+    return _batched(eqn) or any(_needs_rewrite(j) for v in eqn.params.values() for j in _inner(v))
 
 
 def _sequential(primitive, params, x):
@@ -95,16 +98,13 @@ def _evaluate(jaxpr: Jaxpr, consts, *args) -> list:
             closed = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
             outs = _evaluate(closed.jaxpr, closed.consts, *invals)
         else:
-            params = {k: _rewrite_param(v) for k, v in eqn.params.items()} if rewrite else eqn.params
+            params = ({k: _rewrite_param(v) for k, v in eqn.params.items()} if rewrite
+                      else eqn.params)
             outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
         if not eqn.primitive.multiple_results:
             outs = [outs]
         env.update(zip(eqn.outvars, outs))
     return [read(v) for v in jaxpr.outvars]
-
-
-def _needs_rewrite_eqn(eqn) -> bool:
-    return _batched(eqn) or any(_needs_rewrite(j) for v in eqn.params.values() for j in _inner(v))
 
 
 def unbatch_lapack(fn: Callable) -> Callable:
@@ -131,7 +131,8 @@ def unbatch_lapack(fn: Callable) -> Callable:
     return rewritten
 
 
-_LAPACK_CALL = re.compile(r'custom_call_target="(lapack_\w+)".*?operand_layout_constraints=\{(\w+)\[([\d,]*)\]')
+_LAPACK_CALL = re.compile(r'custom_call_target="(lapack_\w+)"'
+                          r'.*?operand_layout_constraints=\{(\w+)\[([\d,]*)\]')
 
 
 def batched_lapack_calls(hlo: str) -> list[str]:

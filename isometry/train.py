@@ -614,7 +614,8 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
         atomic_write(os.path.join(run_dir, CONFIG_FILE), json_text(info, indent=1).encode())
 
     if mesh is not None:
-        params, rest, opt_state = _sharding.replicate((params, rest, opt_state), mesh)
+        state = _sharding.replicate_for_training((params, rest, opt_state), mesh)
+        params, rest, opt_state = state
 
     def record(step, metrics=None, force=False, spectrum=None, **more):
         if tracker is None or not (force or tracker.due(step)):

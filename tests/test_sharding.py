@@ -6,8 +6,10 @@ Tolerances: float64 throughout; 1e-10 for batch sharding (the same per-input ari
 for a tensor-parallel model (XLA sums partial matmuls in another order).
 """
 
+import contextlib
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -285,7 +287,8 @@ def test_cli_spectrum_on_a_simulated_mesh_equals_one_device(tmp_path):
         out = subprocess.run(common + extra + ["--out", str(tmp_path / f"out{len(extra)}")],
                              env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
-        outs.append(json.loads(out.stdout))
+        outs.append(json.loads(out.stdout)["records"])  # {"records": [...], ...}
+    assert len(outs[0]) == len(outs[1]) == 1
     for a, b in zip(*outs):
         np.testing.assert_allclose(a["singular_values"], b["singular_values"], rtol=1e-8,
                                    atol=1e-12)
@@ -350,6 +353,19 @@ def _checkpoint_step(run_dir):
         return None
 
 
+def _wait_for_records_past_a_checkpoint(proc, run_dir: str, seconds: float) -> None:
+    """Returns when run_dir holds a checkpoint and 4+ records (one per step) beyond it, or the
+    process ended, or `seconds` passed."""
+    metrics = pathlib.Path(run_dir, "metrics.jsonl")
+    end = time.monotonic() + seconds
+    while proc.poll() is None and time.monotonic() < end:
+        step = _checkpoint_step(run_dir)
+        with contextlib.suppress(OSError):
+            if step and metrics.read_bytes().count(b"\n") > step + 5:
+                return
+        time.sleep(0.005)
+
+
 def test_data_parallel_cli_run_survives_kill_9_and_resumes(tmp_path):
     """`isometry train --simulate-devices 4 --mesh data=4`: kill -9 after a checkpoint, resume,
     and every record equals an uninterrupted run on the same mesh."""
@@ -359,16 +375,8 @@ def test_data_parallel_cli_run_survives_kill_9_and_resumes(tmp_path):
     killed, reference = str(tmp_path / "killed"), str(tmp_path / "reference")
     proc = subprocess.Popen(cli + [killed], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            ckpt = _checkpoint_step(killed)
-            if ckpt:  # kill after a checkpoint, with records written past it
-                with open(os.path.join(killed, "metrics.jsonl"), "rb") as f:
-                    tail = f.read().rsplit(b'"step": ', 1)[-1]
-                if int(tail.split(b",")[0]) > ckpt + 3:
-                    break
-            time.sleep(0.005)
+        _wait_for_records_past_a_checkpoint(proc, killed, seconds=240)
         assert proc.poll() is None, ("the run ended before it could be killed: "
                                      + proc.stderr.read().decode()[-2000:])
         os.kill(proc.pid, signal.SIGKILL)
