@@ -54,7 +54,7 @@ from isometry._spectrum import _raise_if_nonfinite, _raise_if_nonfinite_values, 
 
 __all__ = ["DATA_AXIS", "MODEL_AXIS", "batch_mesh", "collective_counts", "device_mesh",
            "parse_mesh", "replicate", "replicate_for_training", "shard_batch",
-           "sharded_spectrum_fn", "simulate_devices", "to_host"]
+           "ShardedSpectrumFunction", "sharded_spectrum_fn", "simulate_devices", "to_host"]
 
 #: The mesh axis a batch of inputs is split over.
 DATA_AXIS = "data"
@@ -192,7 +192,7 @@ def to_host(tree):
 
 
 def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh | None = None,
-                        device_batch: int | None = None, **options) -> Callable:
+                        device_batch: int | None = None, **options) -> "ShardedSpectrumFunction":
     """`(params, x, key=None) -> spectra` of every input of a batch, one program over `mesh`.
 
     Args:
@@ -220,94 +220,115 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
       >>> sfn(jnp.eye(3), jnp.zeros((5, 3))).singular_values.shape   # 5 inputs, all devices
       (5, 3)
     """
-    mesh = device_mesh() if mesh is None else mesh
-    if DATA_AXIS not in mesh.axis_names:
-        raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis to split the batch over, got axes "
-                         f"{mesh.axis_names}; build it with isometry.device_mesh(data=..., "
-                         f"model=...)")
-    single = spectrum_fn(apply_fn, method, batched=False, **options)
-    n_data = mesh.shape[DATA_AXIS]
-    batch_spec = P(DATA_AXIS)
+    return ShardedSpectrumFunction(apply_fn, method, device_mesh() if mesh is None else mesh,
+                                   device_batch, options)
 
-    cpu_mesh = mesh.devices.size > 1 and all(d.platform == "cpu" for d in mesh.devices.flat)
 
-    def per_device(params, x, keys):  # one device's slice of the batch: loops of its own
-        if device_batch is None:
-            return jax.vmap(single.jitted, in_axes=(None, 0, 0))(params, x, keys)
-        return jax.lax.map(lambda a: single.jitted(params, *a), (x, keys),
-                           batch_size=device_batch)
+def _batch_size(x) -> int:
+    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
+             for leaf in jax.tree_util.tree_leaves(x)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"x needs the same leading batch axis on every leaf; got leading "
+                         f"sizes {sorted(map(str, sizes))}")
+    (batch,) = sizes
+    if batch == 0:
+        raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
+    return batch
 
-    local = unbatch_lapack(per_device) if cpu_mesh else per_device
 
-    def program(params, x, key_data, batch: int, impl):
+def _check_one_input(single: Callable, params, x) -> None:
+    """Fails fast (dense size check, a model that does not take x[0]) computing nothing."""
+    try:
+        jax.eval_shape(single, params, jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), x))
+    except (TypeError, ValueError) as err:
+        if isinstance(err, JacobianTooLargeError) or "empty" in str(err):
+            raise
+        shapes = [tuple(jnp.shape(a)) for a in jax.tree_util.tree_leaves(x)]
+        raise ValueError(
+            f"sharded_spectrum_fn takes a batch (one spectrum per entry of x's leading axis), "
+            f"and the model fails on one entry x[0] (input shapes {shapes} without their "
+            f"first axis): for a single input pass x[None]; the model said: "
+            f"{str(err).splitlines()[0]}") from None
+
+
+def _key_arguments(key, mesh: Mesh):
+    """(replicated key data, key implementation name) of a PRNG key; (None, None) for None."""
+    if key is None:
+        return None, None
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw uint32 PRNGKey
+    return _place(jax.random.key_data(key), mesh, P()), str(jax.random.key_impl(key))
+
+
+class ShardedSpectrumFunction:
+    """What `sharded_spectrum_fn` returns: `sfn(params, x, key=None) -> spectra`.
+
+    Attributes:
+      mesh: the device mesh.
+      jitted: the one compiled program, `jitted(*args, **static)` with
+        `args, static = sfn.arguments(params, x, key)` (`jitted.lower(...)` for its HLO).
+    """
+
+    def __init__(self, apply_fn: Callable, method: str, mesh: Mesh, device_batch: int | None,
+                 options: Mapping[str, Any]):
+        if DATA_AXIS not in mesh.axis_names:
+            raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis to split the batch over, got "
+                             f"axes {mesh.axis_names}; build it with isometry.device_mesh(data=..., "
+                             f"model=...)")
+        self.mesh = mesh
+        self.device_batch = device_batch
+        self.single = spectrum_fn(apply_fn, method, batched=False, **options)
+        # several CPU devices: batched LAPACK calls deadlock there (module docstring)
+        cpu = mesh.devices.size > 1 and all(d.platform == "cpu" for d in mesh.devices.flat)
+        self.local = unbatch_lapack(self._per_device) if cpu else self._per_device
+        self.jitted = jax.jit(self._program, static_argnames=("batch", "impl"), keep_unused=True)
+
+    def _per_device(self, params, x, keys):  # one device's slice of the batch: its own loops
+        if self.device_batch is None:
+            return jax.vmap(self.single.jitted, in_axes=(None, 0, 0))(params, x, keys)
+        return jax.lax.map(lambda a: self.single.jitted(params, *a), (x, keys),
+                           batch_size=self.device_batch)
+
+    def _program(self, params, x, key_data, batch: int, impl):
         if key_data is None:  # as spectrum_fn(batched=True): PRNGKey(0) for every input
             keys = jax.vmap(lambda _: jax.random.key(0))(jnp.arange(batch))
         else:
             keys = jax.random.split(jax.random.wrap_key_data(key_data, impl=impl), batch)
-        pad = -batch % n_data
+        pad = -batch % self.mesh.shape[DATA_AXIS]
         if pad:  # repeat the last input; its spectra are dropped below
             x, keys = jax.tree_util.tree_map(
                 lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), (x, keys))
-        x, keys = jax.lax.with_sharding_constraint((x, keys), NamedSharding(mesh, batch_spec))
-        spec, counts = jax.shard_map(local, mesh=mesh, in_specs=(P(), batch_spec, batch_spec),
-                                     out_specs=batch_spec, axis_names={DATA_AXIS},
+        data = P(DATA_AXIS)
+        x, keys = jax.lax.with_sharding_constraint((x, keys), NamedSharding(self.mesh, data))
+        spec, counts = jax.shard_map(self.local, mesh=self.mesh, in_specs=(P(), data, data),
+                                     out_specs=data, axis_names={DATA_AXIS},
                                      check_vma=False)(params, x, keys)
         if pad:
             spec, counts = jax.tree_util.tree_map(lambda a: a[:batch], (spec, counts))
         # replicated scalars: readable on every process
         return spec, jnp.sum(spec.n_nonfinite), jax.tree_util.tree_map(jnp.sum, counts)
 
-    jitted = jax.jit(program, static_argnames=("batch", "impl"), keep_unused=True)
-
-    def arguments(params, x, key=None):
+    def arguments(self, params, x, key=None):
         """The program's arguments (global arrays on the mesh) and static settings."""
         check_floating(x)
-        sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
-                 for leaf in jax.tree_util.tree_leaves(x)}
-        if len(sizes) != 1 or None in sizes:
-            raise ValueError(f"x needs the same leading batch axis on every leaf; got leading "
-                             f"sizes {sorted(map(str, sizes))}")
-        (batch,) = sizes
-        if batch == 0:
-            raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
-        # Fail fast (dense size check) without computing anything.
-        try:
-            jax.eval_shape(single, params, jax.tree_util.tree_map(
-                lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), x))
-        except (TypeError, ValueError) as err:
-            if isinstance(err, JacobianTooLargeError) or "empty" in str(err):
-                raise
-            shapes = [tuple(jnp.shape(a)) for a in jax.tree_util.tree_leaves(x)]
-            raise ValueError(
-                f"sharded_spectrum_fn takes a batch (one spectrum per entry of x's leading axis), "
-                f"and the model fails on one entry x[0] (input shapes {shapes} without their "
-                f"first axis): for a single input pass x[None]; the model said: "
-                f"{str(err).splitlines()[0]}") from None
-        params = _place(params, mesh, P())
-        x = _place(x, mesh, batch_spec if batch % n_data == 0 else P())
-        if key is None:
-            key_data, impl = None, None
-        else:
-            key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-            if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-                key = jax.random.wrap_key_data(key)  # a raw uint32 PRNGKey
-            impl = str(jax.random.key_impl(key))
-            key_data = _place(jax.random.key_data(key), mesh, P())
+        batch = _batch_size(x)
+        _check_one_input(self.single, params, x)
+        divides = batch % self.mesh.shape[DATA_AXIS] == 0
+        params = _place(params, self.mesh, P())
+        x = _place(x, self.mesh, P(DATA_AXIS) if divides else P())
+        key_data, impl = _key_arguments(key, self.mesh)
         return (params, x, key_data), dict(batch=batch, impl=impl)
 
-    def sfn(params, x, key=None):
-        args, static = arguments(params, x, key)
-        spec, bad, counts = jitted(*args, **static)
+    def __call__(self, params, x, key=None):
+        args, static = self.arguments(params, x, key)
+        spec, bad, counts = self.jitted(*args, **static)
         _raise_if_nonfinite_values(jax.tree_util.tree_map(
             lambda a: np.asarray(a.addressable_data(0)), counts))
         if int(np.asarray(bad.addressable_data(0))):
             _raise_if_nonfinite(jax.tree_util.tree_map(np.asarray, to_host(spec)))
         return spec
-
-    sfn.mesh = mesh
-    sfn.jitted = jitted
-    sfn.arguments = arguments
-    return sfn
 
 
 # --- counting collectives in compiled HLO ----------------------------------------------------

@@ -155,8 +155,9 @@ def add_mesh_arguments(p, mesh_help: str) -> None:
     p.add_argument("--mesh", default=None, metavar="data=D[,model=M]", help=mesh_help)
 
 
-def mesh_from_args(args):
-    """The device mesh of --mesh (after --simulate-devices), or None for one device."""
+def mesh_from_args(args, batch_size: int | None = None):
+    """The device mesh of --mesh (after --simulate-devices), or None for one device; with a
+    training `batch_size`, checks that it splits over the mesh's "data" axis."""
     import jax
 
     import isometry as iso
@@ -173,10 +174,14 @@ def mesh_from_args(args):
     if not text:
         return None
     try:
-        return iso.parse_mesh(text)
+        mesh = iso.parse_mesh(text)
     except ValueError as err:
         raise UsageError(f"--mesh {text}: {err} ({jax.device_count()} devices; on a CPU add "
                          f"--simulate-devices N)") from None
+    if batch_size is not None and batch_size % mesh.shape["data"]:
+        raise UsageError(f"--batch-size {batch_size} does not split over the "
+                         f"{mesh.shape['data']} devices of --mesh {text}: use a multiple")
+    return mesh
 
 
 def compute_layerwise(args) -> dict:

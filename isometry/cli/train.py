@@ -97,10 +97,7 @@ def run(args) -> int:
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    mesh = mesh_from_args(args)  # before anything starts jax's backend
-    if mesh is not None and args.batch_size % mesh.shape["data"]:
-        raise UsageError(f"--batch-size {args.batch_size} does not split over the "
-                         f"{mesh.shape['data']} devices of --mesh {args.mesh}: use a multiple")
+    mesh = mesh_from_args(args, batch_size=args.batch_size)  # before jax's backend starts
     kind, variants = _zoo.resolve(args)
     variant = _single(variants if args.variant else [_default_variant(kind)], "--variant")
     depth = _single(args.depth, "--depth")
