@@ -225,13 +225,14 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
 
 
 def _batch_size(x) -> int:
-    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
-             for leaf in jax.tree_util.tree_leaves(x)}
-    if len(sizes) != 1 or None in sizes:
+    """The common leading (batch) axis of x's leaves; ValueError if there is none or it is 0."""
+    leading = {jnp.shape(leaf)[:1] for leaf in jax.tree_util.tree_leaves(x)}
+    if len(leading) != 1 or () in leading:
+        shown = sorted(str(shape[0] if shape else None) for shape in leading)
         raise ValueError(f"x needs the same leading batch axis on every leaf; got leading "
-                         f"sizes {sorted(map(str, sizes))}")
-    (batch,) = sizes
-    if batch == 0:
+                         f"sizes {shown}")
+    ((batch,),) = leading
+    if not batch:
         raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
     return batch
 
