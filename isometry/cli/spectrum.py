@@ -50,12 +50,9 @@ def register(sub) -> None:
                         "chi_l only (Hutchinson)")
     p.add_argument("--json", action="store_true",
                    help="print the records as JSON on stdout (the table goes to stderr)")
-    p.add_argument("--simulate-devices", type=int, default=0, metavar="N",
-                   help="on a CPU: offer N simulated devices (jax_num_cpu_devices) to try --mesh")
-    p.add_argument("--mesh", default=None, metavar="data=D[,model=M]",
-                   help="one SPMD program over a device mesh: the probe inputs split over "
-                        "'data', the parameters of fc/transformer models over 'model' "
-                        "(tensor parallel); default: one device")
+    add_mesh_arguments(p, "one SPMD program over a device mesh: the probe inputs split over "
+                          "'data', the parameters of fc/transformer models over 'model' "
+                          "(tensor parallel); default: one device")
     p.set_defaults(func=run, seq_len=4)  # Figure 4a: Jacobians of (4, d_model) sequences
 
 
@@ -77,7 +74,7 @@ def compute(args):
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    mesh = _mesh(args)
+    mesh = mesh_from_args(args)
     kind, variants = _zoo.resolve(args)
     if args.samples < 1:
         raise UsageError(f"--samples must be at least 1, got {args.samples}")
@@ -157,8 +154,16 @@ def _matrix_free_fields(spec) -> dict:
                 figure=spec.statistics(), estimates=MATRIX_FREE_ESTIMATES)
 
 
-def _mesh(args):
-    """The device mesh of --mesh (after --simulate-devices), or None for one device."""
+def add_mesh_arguments(p, mesh_help: str) -> None:
+    """--simulate-devices N and --mesh data=D[,model=M] (read back by `mesh_from_args`)."""
+    p.add_argument("--simulate-devices", type=int, default=0, metavar="N",
+                   help="on a CPU: offer N simulated devices (jax_num_cpu_devices) to try --mesh")
+    p.add_argument("--mesh", default=None, metavar="data=D[,model=M]", help=mesh_help)
+
+
+def mesh_from_args(args, batch_size: int | None = None):
+    """The device mesh of --mesh (after --simulate-devices), or None for one device; with a
+    training `batch_size`, checks that it splits over the mesh's "data" axis."""
     import jax
 
     import isometry as iso
@@ -175,10 +180,14 @@ def _mesh(args):
     if not text:
         return None
     try:
-        return iso.parse_mesh(text)
+        mesh = iso.parse_mesh(text)
     except ValueError as err:
         raise UsageError(f"--mesh {text}: {err} ({jax.device_count()} devices; on a CPU add "
                          f"--simulate-devices N)") from None
+    if batch_size is not None and batch_size % mesh.shape["data"]:
+        raise UsageError(f"--batch-size {batch_size} does not split over the "
+                         f"{mesh.shape['data']} devices of --mesh {text}: use a multiple")
+    return mesh
 
 
 def compute_layerwise(args) -> dict:
