@@ -50,8 +50,9 @@ PAPER_DIFFERENCES = (
     "paper states no number for its 10,000-layer net. Plain and residual nets of that depth "
     "are trained beside ReZero for contrast; the paper shows ReZero only.",
     "(a) The input layer is He-normal and linear without an activation, the output layer "
-    "LeCun-normal; the notebook applies ReLU after its Kaiming input layer and keeps "
-    "PyTorch's default output initialization.",
+    "LeCun-normal (the model's defaults); the notebook applies ReLU after its Kaiming input "
+    "layer and keeps PyTorch's default output initialization (`input_activation=True, "
+    "torch_init=True` of `models.FullyConnected`, not used here).",
     "(b) 128 layers at d_model 256, 8 heads, FFN 1024 (about 101M parameters, Table 3's 101M; "
     "the width is inferred from that count), 40,000 iterations of Adam lr 1e-3, batch 16 × 512 "
     "bytes, clip 0.5, warm-up 100 (warm-up run only): the length and optimizer are our choice, "

@@ -39,8 +39,10 @@ PAPER_DIFFERENCES = (
     "ratio of mean iterations until the smoothed training loss falls to a threshold we chose "
     "(1.0 nats at paper scale).",
     "The input layer 3072 → 256 is He-normal and linear without an activation, and the output "
-    "layer 256 → 10 LeCun-normal with zero biases; the notebook applies ReLU after its "
-    "Kaiming input layer and keeps PyTorch's default bias and output-layer initialization.",
+    "layer 256 → 10 LeCun-normal with zero biases (the model's defaults); the notebook applies "
+    "ReLU after its Kaiming input layer and keeps PyTorch's default bias and output-layer "
+    "initialization (`models.FullyConnected(input_activation=True, torch_init=True)`, not used "
+    "here).",
     "FC+Norm is LayerNorm after the ReLU without a residual (the notebook's); the paper only "
     "says Norm.",
     "The loss curve is the training loss of each logged batch (every 100 iterations at paper "
