@@ -68,11 +68,12 @@ from scipy import special
 
 from isometry.theory._activations import resolve_activation
 from isometry.theory._d2 import d2_law
+from isometry.theory._density import SpectralDensity
 from isometry.theory._mean_field import q_map
 
 __all__ = ["factor_moments", "free_product_moments", "residual_moments", "residual_nvar",
            "residual_m1", "scaling_limit_moments", "scaling_time", "layer_variances",
-           "d_moments"]
+           "d_moments", "residual_log_s", "residual_density"]
 
 
 # --- power series ------------------------------------------------------------------------------
@@ -307,3 +308,81 @@ def scaling_limit_moments(t: float, k: int = 4) -> np.ndarray:
                     for j in range(n))
         out.append(math.exp(n * t) * total / n)
     return np.array(out)
+
+
+# --- the density ---------------------------------------------------------------------------------
+
+
+def _series_log(a: np.ndarray) -> np.ndarray:
+    """log a(w) as a power series to the order of `a` (a[0] > 0)."""
+    n = len(a) - 1
+    u = np.asarray(a, np.float64) / a[0]
+    u[0] = 0.0
+    out, power = np.zeros(n + 1), np.eye(1, n + 1)[0]
+    out[0] = math.log(a[0])
+    for j in range(1, n + 1):
+        power = _mul(power, u, n)
+        out += (-1) ** (j + 1) * power / j
+    return out
+
+
+def residual_log_s(activation, depth: int, alpha: float, sigma_w2: float,
+                   sigma_b2: float = 0.0, *, q0: float = 1.0, k: int = 6) -> np.ndarray:
+    """Coefficients of log S_J(w) = Σ_l log S_{M_l}(w) to w^{k−1} (from m_1..m_k per layer)."""
+    total = np.zeros(k)
+    for q in layer_variances(activation, depth, alpha, sigma_w2, sigma_b2, q0):
+        m = factor_moments(d_moments(activation, float(q), k), alpha, sigma_w2, k)
+        total += _series_log(_s_transform(np.asarray(m, np.float64)))
+    return total
+
+
+def _solve_w(log_s: np.ndarray, zeta: np.ndarray, w0: complex) -> np.ndarray:
+    """w(ζ) on the branch from w ≈ m₁/ζ: (1 + w) = ζ w S(w), S = exp(Σ c_j w^j), by Newton
+    continuation along the grid ζ (complex, descending in |ζ|)."""
+    poly, dpoly = np.polynomial.Polynomial(log_s), np.polynomial.Polynomial(log_s).deriv()
+    out, w, prev = np.empty(len(zeta), complex), complex(w0), complex(w0)
+    for i, z in enumerate(zeta):
+        guess = 2 * w - prev if i > 1 else w
+        prev = w
+        for _ in range(100):
+            sw = np.exp(poly(guess))
+            f = 1 + guess - z * guess * sw
+            step = f / (1 - z * sw * (1 + guess * dpoly(guess)))
+            guess -= step
+            if abs(step) <= 1e-13 * (1 + abs(guess)):
+                break
+        else:
+            raise FloatingPointError(f"density continuation stalled at lambda = {abs(z):.4g}")
+        out[i] = w = guess
+    return out
+
+
+def residual_density(activation, depth: int, alpha: float, sigma_w2: float,
+                     sigma_b2: float = 0.0, *, q0: float = 1.0, k: int = 6, nodes: int = 3000,
+                     eta: float = 1e-5) -> SpectralDensity:
+    """The predicted density of σ(J) of x_{l+1} = x_l + α φ(W_l x_l + b_l) (large width).
+
+    From the S-transform truncated at w^{k−1} (`residual_log_s`): λ = σ² solves
+    (1 + w) = ζ w S_J(w) at ζ = λ(1 + iη), followed by Newton continuation from far above the
+    spectrum (w ≈ m₁/ζ) down a log grid of λ; ρ per unit of log10 σ = −(2 ln 10/π) Im w.
+    docs/theory.md §6 gives the method, its accuracy (truncation O((α²σ_w² w)^k) per layer,
+    the smoothing η) and its limits (the bulk only: ReLU's outlier is not in it).
+
+    Example:
+        >>> d = residual_density("linear", 8, 0.3, 1.0)
+        >>> round(d.mass, 3), round(float(d.edge), 2)
+        (1.0, 10.75)
+    """
+    log_s = residual_log_s(activation, depth, alpha, sigma_w2, sigma_b2, q0=q0, k=k)
+    m1 = math.exp(-log_s[0])  # S(0) = 1/m₁
+    top = m1 * math.exp(4 * math.sqrt(abs(2 * log_s[1])) + 4)  # far above the edge
+    lam = np.exp(np.linspace(math.log(top), math.log(m1) - 12, nodes))
+    w = _solve_w(log_s, lam * (1 + 1j * eta), m1 / top)
+    density = np.maximum(-2 * math.log(10) / math.pi * w.imag, 0.0)[::-1]
+    density[density < 1e-5 * density.max()] = 0.0  # η's Lorentzian tails outside the support
+    log10_sigma = 0.5 * np.log10(lam)[::-1]
+    mass = float(np.trapezoid(density, log10_sigma))
+    mean_sigma = float(np.trapezoid(density * 10.0 ** log10_sigma, log10_sigma))
+    support = log10_sigma[density > 1e-3 * density.max()]
+    return SpectralDensity(log10_sigma, density, float(10 ** (2 * support[-1])), 0.0,
+                           np.zeros(0), np.zeros(0), mass, mean_sigma)
