@@ -336,24 +336,41 @@ def residual_log_s(activation, depth: int, alpha: float, sigma_w2: float,
     return total
 
 
+def _newton_w(poly, dpoly, z: complex, w: complex) -> complex | None:
+    """Newton on (1 + w) − ζ w S(w) = 0 from w (None: no convergence)."""
+    for _ in range(60):
+        sw = np.exp(poly(w))
+        step = (1 + w - z * w * sw) / (1 - z * sw * (1 + w * dpoly(w)))
+        w -= step
+        if not np.isfinite(w):
+            return None
+        if abs(step) <= 1e-13 * (1 + abs(w)):
+            return w
+    return None
+
+
 def _solve_w(log_s: np.ndarray, zeta: np.ndarray, w0: complex) -> np.ndarray:
     """w(ζ) on the branch from w ≈ m₁/ζ: (1 + w) = ζ w S(w), S = exp(Σ c_j w^j), by Newton
-    continuation along the grid ζ (complex, descending in |ζ|)."""
-    poly, dpoly = np.polynomial.Polynomial(log_s), np.polynomial.Polynomial(log_s).deriv()
-    out, w, prev = np.empty(len(zeta), complex), complex(w0), complex(w0)
-    for i, z in enumerate(zeta):
-        guess = 2 * w - prev if i > 1 else w
-        prev = w
-        for _ in range(100):
-            sw = np.exp(poly(guess))
-            f = 1 + guess - z * guess * sw
-            step = f / (1 - z * sw * (1 + guess * dpoly(guess)))
-            guess -= step
-            if abs(step) <= 1e-13 * (1 + abs(guess)):
-                break
-        else:
-            raise FloatingPointError(f"density continuation stalled at lambda = {abs(z):.4g}")
-        out[i] = w = guess
+    continuation along the grid ζ (complex, descending in |ζ|), halving a step whose root
+    lands far from the previous one (another branch) or does not converge."""
+    poly = np.polynomial.Polynomial(log_s)
+    dpoly = poly.deriv()
+    out = np.empty(len(zeta), complex)
+    z_prev, w_prev = zeta[0], _newton_w(poly, dpoly, zeta[0], complex(w0))
+    for i, target in enumerate(zeta):
+        stack = [target]
+        while stack:
+            z = stack[-1]
+            w = _newton_w(poly, dpoly, z, w_prev)
+            if w is None or abs(w - w_prev) > 0.1 * (1 + abs(w_prev)):
+                if len(stack) > 40:
+                    raise FloatingPointError(f"density continuation stalled at lambda = "
+                                             f"{abs(z):.4g}")
+                stack.append(np.sqrt(z * z_prev))
+                continue
+            stack.pop()
+            z_prev, w_prev = z, w
+        out[i] = w_prev
     return out
 
 
@@ -371,12 +388,13 @@ def residual_density(activation, depth: int, alpha: float, sigma_w2: float,
     Example:
         >>> d = residual_density("linear", 8, 0.3, 1.0)
         >>> round(d.mass, 3), round(float(d.edge), 2)
-        (1.0, 10.75)
+        (1.0, 10.79)
     """
     log_s = residual_log_s(activation, depth, alpha, sigma_w2, sigma_b2, q0=q0, k=k)
     m1 = math.exp(-log_s[0])  # S(0) = 1/m₁
-    top = m1 * math.exp(4 * math.sqrt(abs(2 * log_s[1])) + 4)  # far above the edge
-    lam = np.exp(np.linspace(math.log(top), math.log(m1) - 12, nodes))
+    c1 = abs(log_s[1])  # ≈ 2t: log λ spreads over about ±(t + a few √t)
+    top = m1 * math.exp(4 + c1 + 4 * math.sqrt(c1))  # far above the edge
+    lam = np.exp(np.linspace(math.log(top), math.log(m1) - 12 - 2 * c1, nodes))
     w = _solve_w(log_s, lam * (1 + 1j * eta), m1 / top)
     density = np.maximum(-2 * math.log(10) / math.pi * w.imag, 0.0)[::-1]
     density[density < 1e-5 * density.max()] = 0.0  # η's Lorentzian tails outside the support
