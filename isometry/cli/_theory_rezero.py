@@ -25,16 +25,6 @@ KEYS = ("m1", "m2", "m3", "m4")
 DENSITY_POINTS, BINS = 200, 60
 
 
-def density_record(config: TheoryConfig, depth: int, alpha: float, sigma_w2: float) -> dict:
-    """The predicted density of log10 σ on DENSITY_POINTS points over its support."""
-    d = theory_residual.residual_density(config.activation, depth, alpha, sigma_w2,
-                                         config.sigma_b2)
-    inside = d.log10_sigma[d.density > 0]
-    grid = np.linspace(inside[0] - 0.05, inside[-1] + 0.05, DENSITY_POINTS)
-    return dict(log10_sigma=grid, density=np.interp(grid, d.log10_sigma, d.density),
-                mass=d.mass, edge=d.edge)
-
-
 def histogram_record(sv) -> dict:
     """The measured histogram of log10 σ, normalized as the density (area 1)."""
     density, edges = np.histogram(log10_sigma(np.asarray(sv)).ravel(), bins=BINS, density=True)
@@ -56,7 +46,8 @@ def _record(config: TheoryConfig, depth: int, alpha: float, sigma_w2: float) -> 
                               zip(KEYS, theory_residual.scaling_limit_moments(t, 4))})
     rec["predicted"]["nvar"] = float(pred[1] / pred[0] ** 2 - 1)
     try:
-        rec["density"] = density_record(config, depth, alpha, sigma_w2)
+        rec["density"] = theory_residual.density_points(theory_residual.residual_density(
+            config.activation, depth, alpha, sigma_w2, config.sigma_b2), DENSITY_POINTS)
     except FloatingPointError as err:  # far from α ≪ 1/σ_w the truncated S-transform fails
         rec["density_error"] = str(err)
     if config.samples:

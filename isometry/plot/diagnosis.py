@@ -57,7 +57,12 @@ def _sigma_panel(ax, d, bins: int) -> None:
     if spec is not None:
         sv = np.asarray(spec.singular_values)
         s = sv.astype(np.float64).ravel()
-        ax.hist(log10_sigma(sv).ravel(), bins=bins, color="C0", alpha=0.8)
+        _, edges, _ = ax.hist(log10_sigma(sv).ravel(), bins=bins, color="C0", alpha=0.8)
+        density = (d.theory or {}).get("density")
+        if density:  # per unit of log10 σ: counts = density · n · bin width
+            ax.plot(density["log10_sigma"], np.asarray(density["density"]) * sv.size
+                    * (edges[1] - edges[0]), color="C1", linewidth=1.5,
+                    label="theory (residual net, bulk)")
         floor = np.log10(s.max() * max(spec.n_in, spec.n_out) * np.finfo(sv.dtype).eps)
         ax.axvline(floor, color="C3", linewidth=1, linestyle="--",
                    label=f"{d.dtype} resolution ({100 * d.resolution_share:.0f}% below)")

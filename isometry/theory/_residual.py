@@ -73,7 +73,7 @@ from isometry.theory._mean_field import q_map
 
 __all__ = ["factor_moments", "free_product_moments", "residual_moments", "residual_nvar",
            "residual_m1", "scaling_limit_moments", "scaling_time", "layer_variances",
-           "d_moments", "residual_log_s", "residual_density"]
+           "d_moments", "residual_log_s", "residual_density", "density_points"]
 
 
 # --- power series ------------------------------------------------------------------------------
@@ -404,3 +404,17 @@ def residual_density(activation, depth: int, alpha: float, sigma_w2: float,
     support = log10_sigma[density > 1e-3 * density.max()]
     return SpectralDensity(log10_sigma, density, float(10 ** (2 * support[-1])), 0.0,
                            np.zeros(0), np.zeros(0), mass, mean_sigma)
+
+
+def density_points(density: SpectralDensity, points: int = 200) -> dict:
+    """The density on `points` log10 σ over its support (±0.05), for JSON and overlays.
+
+    Example:
+        >>> d = density_points(residual_density("linear", 8, 0.3, 1.0), points=5)
+        >>> len(d["log10_sigma"]), round(d["mass"], 3)
+        (5, 1.0)
+    """
+    inside = density.log10_sigma[density.density > 0]
+    grid = np.linspace(inside[0] - 0.05, inside[-1] + 0.05, points)
+    return dict(log10_sigma=grid, density=np.interp(grid, density.log10_sigma, density.density),
+                mass=density.mass, edge=density.edge)
