@@ -132,7 +132,7 @@ def _density_panel(ax, records) -> None:
     ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
     ax.set_xlabel(r"$\log_{10}\,\sigma$")
     ax.set_ylabel(r"density of $\log_{10}\sigma$")
-    ax.set_title("(b) density of σ (bulk; S-transform, docs/theory.md §6)", fontsize=9)
+    ax.set_title("(b) density of σ (bulk; S-transform, docs/theory.md §5)", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
 
 

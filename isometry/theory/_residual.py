@@ -382,7 +382,7 @@ def residual_density(activation, depth: int, alpha: float, sigma_w2: float,
     From the S-transform truncated at w^{k−1} (`residual_log_s`): λ = σ² solves
     (1 + w) = ζ w S_J(w) at ζ = λ(1 + iη), followed by Newton continuation from far above the
     spectrum (w ≈ m₁/ζ) down a log grid of λ; ρ per unit of log10 σ = −(2 ln 10/π) Im w.
-    docs/theory.md §6 gives the method, its accuracy (truncation O((α²σ_w² w)^k) per layer,
+    docs/theory.md §5 gives the method, its accuracy (truncation O((α²σ_w² w)^k) per layer,
     the smoothing η) and its limits (the bulk only: ReLU's outlier is not in it).
 
     Example:
