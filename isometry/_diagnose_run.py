@@ -73,10 +73,14 @@ def checkpoint_files(run_dir: str) -> list[str]:
 
 def _train_config(config: dict) -> TrainConfig:
     """The run's `TrainConfig` from config.json (JSON lists back to tuples)."""
-    train = dict(config["train"])
-    train["decay_steps"] = tuple(train.get("decay_steps", ()))
-    train["lr_factors"] = tuple(tuple(p) for p in train.get("lr_factors", ()))
-    return TrainConfig(**train)
+    try:
+        train = dict(config["train"])
+        train["decay_steps"] = tuple(train.get("decay_steps", ()))
+        train["lr_factors"] = tuple(tuple(p) for p in train.get("lr_factors", ()))
+        return TrainConfig(**train)
+    except (KeyError, TypeError, ValueError) as err:
+        raise RunConfigError(f"config.json holds no valid training settings "
+                             f"({type(err).__name__}: {err})") from None
 
 
 def _dead_branches(d: Diagnosis) -> int:
