@@ -45,6 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -185,7 +186,6 @@ def to_host(tree):
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             if leaf.sharding.is_fully_replicated:
                 return np.asarray(leaf.addressable_data(0))
-            from jax.experimental import multihost_utils
             return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
         return np.asarray(leaf)
 

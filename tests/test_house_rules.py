@@ -4,7 +4,7 @@ The layers (README, "Layout"), low to high; a module imports only from its own l
 ones, and no set of modules imports itself in a circle:
 
     0 base         isometry._io, _numerics, _stack, _params, _adapters, data, augment
-    1 plots        isometry.plot, isometry._plot_diagnosis (data in, figures out)
+    1 plots        isometry.plot (data in, figures out)
     2 math         isometry.theory, isometry.toy
     3 models       models
     4 engine       isometry._jacobian, _spectra, _spectrum…, _golub_kahan, _lanczos…, _layerwise,

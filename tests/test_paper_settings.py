@@ -14,13 +14,18 @@ from flax import nnx
 
 import models
 from isometry import toy
-from isometry.experiments import depth, fig2, fig5, fig7, fig8, table2, toy_depth
+from isometry.experiments import depth, fig2, fig4, fig5, fig7, fig8, table2, toy_depth
 from isometry.experiments._report import PAPER_HEADING
 
 #: (experiment module, field of SETTINGS["paper"] (dots go into nested settings), the stated value)
 STATED = [
     # Figure 2: L = 5, x_L = 50 x_0, x_0 ∈ {1.0, …, 1.8}, five paths from α = 0
     (fig2, "depth", 5), (fig2, "target", 50.0), (fig2, "inputs", toy.FIGURE2_INPUTS),
+    # Figure 4: encoders of depth 4, 12, 64 (notebook: d_model 16, T 4, 4 heads, FFN 64, 10
+    # inputs); a 64-layer ReZero LM; ResNet-110
+    (fig4, "encoder_depths", (4, 12, 64)), (fig4, "d_model", 16), (fig4, "tokens", 4),
+    (fig4, "heads", 4), (fig4, "ffn", 64), (fig4, "inputs", 10), (fig4, "lm_depth", 64),
+    (fig4, "resnet_depth", 110),
     # Figure 5: 32 layers, width 256, Adagrad lr 0.01, 5 runs, batch 100, 300 epochs
     (fig5, "depth", 32), (fig5, "width", 256), (fig5, "lr", 0.01), (fig5, "seeds", 5),
     (fig5, "batch_size", 100), (fig5, "steps", 300 * 50_000 // 100),
@@ -41,7 +46,7 @@ STATED = [
     (depth, "lm.warmup", 100),
 ]
 
-MODULES = (fig2, toy_depth, fig5, table2, fig7, fig8, depth)
+MODULES = (fig2, toy_depth, fig4, fig5, table2, fig7, fig8, depth)
 
 
 def _field(settings, dotted: str):
@@ -100,7 +105,7 @@ def test_table2_choices_stay_in_the_differences():
 REPRODUCE = os.path.join(os.path.dirname(__file__), "..", "docs", "reproduce")
 
 
-@pytest.mark.parametrize("module", [fig2, fig5, table2, fig7, fig8, depth],
+@pytest.mark.parametrize("module", [fig2, fig4, fig5, table2, fig7, fig8, depth],
                          ids=lambda m: m.__name__.rsplit(".", 1)[1])
 def test_markdown_of_the_committed_record_has_the_section(module):
     name = module.__name__.rsplit(".", 1)[1]

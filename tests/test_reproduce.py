@@ -36,8 +36,7 @@ def test_smoke_writes_png_json_md(name, out, capsys):
     assert record["name"] == name and record["scale"] == "smoke"
     md = open(os.path.join(out, f"{name}.md")).read()
     assert "**Outcome:**" in md and "|" in md
-    if name != "fig4":  # fig4's differences are being written in another branch
-        assert PAPER_HEADING in md and "ran at scale \"smoke\"" in md
+    assert PAPER_HEADING in md and "ran at scale \"smoke\"" in md
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
 
 

@@ -63,7 +63,7 @@ for method, options in (("dense", {}), ("lanczos", opts)):
         assert counts["while_loops"] > 0
         # the batch divides 8: the result stays sharded, one slice per device
         spec = sfn(w, xs[:8], None)
-        assert len({s.device for s in spec.singular_values.addressable_shards}) == 8
+        assert len({s.device for s in spec.top_singular_values.addressable_shards}) == 8
 
 # The counter sees what shard_map avoids: jit(vmap) of the loops over a globally sharded batch
 # has a batched while predicate, i.e. an all-reduce in every iteration.
@@ -142,7 +142,7 @@ fn, params = iso.from_nnx(models.FullyConnected(**fc, rngs=nnx.Rngs(0)))
 want = iso.spectrum_fn(fn, "lanczos", batched=True, **opts)(params, xs)
 fn, params = iso.from_nnx(net)
 got = iso.sharded_spectrum_fn(fn, "lanczos", mesh=mesh, **opts)(params, xs)
-np.testing.assert_allclose(got.singular_values, want.singular_values, rtol=1e-8)
+np.testing.assert_allclose(got.top_singular_values, want.top_singular_values, rtol=1e-8)
 np.testing.assert_allclose(got.chi, want.chi, rtol=1e-8)
 print("OK")
 """
