@@ -1,4 +1,4 @@
-"""A batch of 64 Jacobian spectra as one SPMD program over 1, 2, 4 and 8 devices (issue 14).
+"""A batch of 64 Jacobian spectra, and a training step, as one SPMD program over 1-8 devices.
 
 `isometry.sharded_spectrum_fn` compiles one program per mesh: a `shard_map` over the "data"
 axis in which every device runs the vmapped per-input spectrum on its slice of the batch. The
@@ -9,7 +9,8 @@ On a CPU the devices are simulated (`jax_num_cpu_devices`, set before jax starts
 machine's cores, so the time of one program over 8 devices against one device measures the
 overhead of the SPMD program (partitioning, per-device dispatch, the final gather), not
 scaling: target at most 1.15×. On a GPU/TPU host (or with `--devices` real devices) the same
-script measures real scaling. All meshes live in one process and are timed round-robin
+script measures real scaling. The training step (`train_step`) is the data-parallel step of
+`isometry.train(..., mesh=)`: 8 examples per device, parameters replicated. All meshes live in one process and are timed round-robin
 (`interleaved_medians`), so load changes on a shared machine hit them alike.
 
 The HLO of each program is searched for collectives (all-reduce, all-gather,
@@ -43,7 +44,6 @@ def main(argv=None) -> int:
         jax.config.update("jax_num_cpu_devices", args.simulate)
     import jax.numpy as jnp
     from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     sys.path.insert(0, os.path.dirname(__file__))
@@ -77,22 +77,68 @@ def main(argv=None) -> int:
         if 1 in counts and counts[-1] > 1:
             entry[f"overhead_{counts[-1]}_vs_1"] = times[str(counts[-1])] / times["1"]
         if method == "lanczos":  # contrast: the batched while predicate of jit(vmap)
-            n = counts[-1]
-            mesh = iso.device_mesh(devices=jax.devices()[:n])
-            one = iso.spectrum_fn(apply_fn, method, **options)
-            naive = jax.jit(jax.vmap(one.jitted, in_axes=(None, 0, 0)))
-            batch = NamedSharding(mesh, P("data"))
-            entry["jit_vmap_collectives"] = iso.collective_counts(naive.lower(
-                jax.device_put(params, NamedSharding(mesh, P())), jax.device_put(xs, batch),
-                jax.device_put(jax.random.split(key, args.batch), batch)).compile().as_text())
+            entry["jit_vmap_collectives"] = jit_vmap_collectives(apply_fn, params, xs, key,
+                                                                 options, counts[-1])
         results["methods"][method] = entry
         print(method, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()
                        if k != "collectives"}, flush=True)
+    print("train_step", results.setdefault("train_step", train_step_times(counts, args)))
     results["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     results["target_overhead"] = 1.15
     write_json(args.out, results)
     print("wrote", args.out)
     return 0
+
+
+def jit_vmap_collectives(apply_fn, params, xs, key, options, n) -> dict:
+    """Collectives of `jit(vmap(spectrum))` over a batch sharded on n devices (no shard_map)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    import isometry as iso
+
+    mesh = iso.device_mesh(devices=jax.devices()[:n])
+    one = iso.spectrum_fn(apply_fn, "lanczos", **options)
+    naive = jax.jit(jax.vmap(one.jitted, in_axes=(None, 0, 0)))
+    batch = NamedSharding(mesh, P("data"))
+    return iso.collective_counts(naive.lower(
+        jax.device_put(params, NamedSharding(mesh, P())), jax.device_put(xs, batch),
+        jax.device_put(jax.random.split(key, len(xs)), batch)).compile().as_text())
+
+
+def train_step_times(counts, args) -> dict:
+    """Seconds of one data-parallel training step (`isometry.train(..., mesh=)`'s step: the
+    batch split over "data", parameters replicated) over each device count."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    import isometry as iso
+    import models
+    from _timing import interleaved_medians
+    from isometry._sharding import replicate, shard_batch
+    from isometry.train import TrainConfig, make_optimizer, make_train_step
+
+    batch = 8 * max(counts)
+    net = models.FullyConnected(args.depth, args.width, variant="rezero", in_features=args.width,
+                                out_features=10, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+    tx = make_optimizer(TrainConfig(steps=10, batch_size=batch, optimizer="adam"), params)
+    x = np.asarray(jax.random.normal(jax.random.key(3), (batch, args.width)))
+    y = np.arange(batch) % 10
+    calls = {}
+    for n in counts:
+        mesh = iso.device_mesh(devices=jax.devices()[:n])
+        step = make_train_step(graphdef, tx)
+        state = replicate((params, rest, tx.init(params)), mesh)
+        data = shard_batch((x, y), mesh)
+        jax.block_until_ready(step(*state, *data))  # compile
+        calls[str(n)] = lambda f=step, s=state, d=data: jax.block_until_ready(f(*s, *d))
+    times = interleaved_medians(calls, args.repeats)
+    out = {"batch": batch, "seconds": times}
+    if len(counts) > 1:
+        out[f"overhead_{counts[-1]}_vs_1"] = times[str(counts[-1])] / times["1"]
+    return out
 
 
 if __name__ == "__main__":

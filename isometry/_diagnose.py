@@ -106,13 +106,22 @@ def mean_field_theory(spec: dict, n_layers: int) -> dict:
                phase=phase_of(g, 0.0, n_layers) if n_layers else "")
     if spec.get("alpha") is not None:
         out.update(nvar=theory_residual.residual_nvar(activation, depth, alpha, sw2, sb2, q0=q0),
-                   critical_sigma_w2=math.nan)
+                   critical_sigma_w2=math.nan, density=_residual_density(out, depth, q0))
         return out
     try:
         out["critical_sigma_w2"] = theory.critical_sigma_w2(activation, sb2)
     except ValueError:
         out["critical_sigma_w2"] = math.nan
     return out
+
+
+def _residual_density(spec: dict, depth: int, q0: float) -> dict | None:
+    """The predicted density of log10 σ of a ReZero FC net (None where it cannot be had)."""
+    try:
+        return theory_residual.density_points(theory_residual.residual_density(
+            spec["activation"], depth, spec["alpha"], spec["sigma_w2"], spec["sigma_b2"], q0=q0))
+    except (FloatingPointError, ValueError):
+        return None
 
 
 @dataclasses.dataclass(frozen=True)

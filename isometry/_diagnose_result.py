@@ -15,7 +15,7 @@ import numpy as np
 
 from isometry._diagnose_findings import Finding
 from isometry._io import jsonable
-from isometry._plot_diagnosis import diagnosis_figure
+from isometry.plot.diagnosis import diagnosis_figure
 from isometry._spectrum import Spectrum
 
 __all__ = ["Diagnosis", "empty_diagnosis"]

@@ -27,13 +27,14 @@ and `to_host` brings a result back as numpy on every process (write files from p
 On CPU, simulate devices with `jax.config.update("jax_num_cpu_devices", n)` before jax's
 backend starts (`simulate_devices`).
 
-CPU runtime (jax 0.10.2): with 8 simulated devices and 8 inputs vmapped per device, the
-Lanczos program hung for good: gdb showed every device thread inside jaxlib's LAPACK custom
-call (`CustomCallThunk` -> `jax::ParallelBatchMap` -> `BlockingCounter::Wait`, batched SVDs
-of the convergence test inside the while loop) waiting on the shared intra-op pool. 2 inputs
-per device never hung; so on a multi-device CPU mesh a device's slice goes through `lax.map`
-two inputs at a time (`device_batch`). This, not SPMD itself, is what "wedged the CPU
-runtime" before; GPUs and TPUs vmap the whole slice.
+CPU runtime: on a mesh of several CPU devices, every batched SVD/eigh of the program is
+computed one matrix at a time (`isometry._cpu_mesh.unbatch_lapack`). jaxlib's CPU LAPACK
+kernels split a batch into tasks on XLA's intra-op pool (max(#cores, #devices) threads, one
+per running device program) and block until the tasks are done; devices that leave a
+collective together and enter a batched SVD at once used all the pool's threads to wait, so
+the program hung (about 1 run in 3 with a model-sharded dense spectrum, every device thread
+in `ParallelBatchMap` -> `BlockingCounter::Wait`). A single matrix runs inline on its own
+thread: no wait, same arithmetic. GPUs and TPUs keep their batched solvers.
 """
 
 from __future__ import annotations
@@ -44,22 +45,23 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from isometry._cpu_mesh import unbatch_lapack
 from isometry._jacobian import JacobianTooLargeError, check_floating
 from isometry._spectra import raise_if_nonfinite, raise_if_nonfinite_values
 from isometry._spectrum import spectrum_fn
 
 __all__ = ["DATA_AXIS", "MODEL_AXIS", "batch_mesh", "collective_counts", "device_mesh",
-           "parse_mesh", "sharded_spectrum_fn", "simulate_devices", "to_host"]
+           "parse_mesh", "replicate", "replicate_for_training", "shard_batch",
+           "ShardedSpectrumFunction", "sharded_spectrum_fn", "simulate_devices", "to_host"]
 
 #: The mesh axis a batch of inputs is split over.
 DATA_AXIS = "data"
 #: The mesh axis sharded models split their parameters over (`models.*(mesh=...)`).
 MODEL_AXIS = "model"
-#: Inputs vmapped at once per device on a multi-device CPU mesh (see `sharded_spectrum_fn`).
-CPU_DEVICE_BATCH = 2
 #: HLO opcodes that move data between devices.
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
 
@@ -82,7 +84,8 @@ def device_mesh(data: int | None = None, model: int | None = None, *,
     carry is a fresh constant fail on a sharded batch; these axes are Auto.
 
     Example:
-      >>> mesh = iso.device_mesh(data=2, model=4)     # 8 devices: 2 x 4
+      >>> device_mesh(data=1).axis_names           # device_mesh(data=2, model=4): 8 devices
+      ('data',)
     """
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
@@ -141,13 +144,48 @@ def _place(tree, mesh: Mesh, spec: P):
     return jax.tree_util.tree_map(place, tree)
 
 
+def replicate(tree, mesh: Mesh):
+    """Every leaf of `tree` as a global array replicated over `mesh`; leaves already on the
+    mesh (e.g. the parameters of a model built with `mesh=`) keep their sharding."""
+    return _place(tree, mesh, P())
+
+
+def replicate_for_training(tree, mesh: Mesh):
+    """`replicate` for `isometry.train(..., mesh=)`, which runs in one process: its run
+    directory, checkpoints and progress bar have no process-0-only writer yet.
+
+    Raises:
+      NotImplementedError: under `jax.distributed` with several processes.
+    """
+    if jax.process_count() > 1:
+        raise NotImplementedError(
+            f"data-parallel isometry.train runs in one process ({jax.process_count()} processes "
+            f"here): use the devices of one host (--mesh data=D), or sharded_spectrum_fn, which "
+            f"runs across processes")
+    return replicate(tree, mesh)
+
+
+def shard_batch(tree, mesh: Mesh):
+    """A batch (leading axis on every leaf) split over the mesh's "data" axis, for data-parallel
+    training: each device holds batch / data rows; the jitted step averages over all of them.
+
+    Raises:
+      ValueError: when the batch size does not divide the "data" axis.
+    """
+    n = mesh.shape[DATA_AXIS]
+    sizes = {np.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(tree)}
+    if any(size % n for size in sizes):
+        raise ValueError(f"a batch of {sorted(sizes)} does not split over the {n} devices of the "
+                         f"{DATA_AXIS!r} axis: use a batch size that is a multiple of {n}")
+    return _place(tree, mesh, P(DATA_AXIS))
+
+
 def to_host(tree):
     """A (possibly multi-process, sharded) result as numpy arrays, on every process."""
     def get(leaf):
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             if leaf.sharding.is_fully_replicated:
                 return np.asarray(leaf.addressable_data(0))
-            from jax.experimental import multihost_utils
             return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
         return np.asarray(leaf)
 
@@ -155,7 +193,7 @@ def to_host(tree):
 
 
 def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh | None = None,
-                        device_batch: int | None = None, **options) -> Callable:
+                        device_batch: int | None = None, **options) -> "ShardedSpectrumFunction":
     """`(params, x, key=None) -> spectra` of every input of a batch, one program over `mesh`.
 
     Args:
@@ -164,10 +202,9 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
       mesh: a mesh with a "data" axis (default: `device_mesh()`, all devices on "data").
         Other axes (e.g. "model") are left to XLA: parameters sharded over them stay sharded.
       device_batch: at most this many inputs of a device's slice vmapped at once (the rest
-        follow in a `lax.map`); None: the whole slice at once. Default on CPU with more than
-        one device: 2 — a workaround for a deadlock of jaxlib's CPU LAPACK kernels
-        (`ParallelBatchMap`, batched SVDs inside the Lanczos loops, 8 simulated devices, 8
-        inputs per device, jax 0.10.2: every device thread waits on the shared thread pool).
+        follow in a `lax.map`, bounding memory); None (default): the whole slice at once.
+        On a mesh of several CPU devices the SVDs run one matrix at a time whatever this is
+        (module docstring: batched LAPACK calls deadlock there).
       **options: passed to `spectrum_fn` (mode, chunk_size, memory_budget, lanczos options).
 
     Returns:
@@ -180,97 +217,120 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
       (`sfn.jitted.lower(*sfn.arguments(params, x, key))` for its HLO), `sfn.mesh` the mesh.
 
     Example:
-      >>> sfn = iso.sharded_spectrum_fn(apply_fn, mesh=iso.device_mesh())   # all devices
-      >>> spec = sfn(params, xs)                                           # xs: (batch, ...)
+      >>> sfn = sharded_spectrum_fn(lambda w, x: jnp.tanh(w @ x), "dense", mesh=device_mesh())
+      >>> sfn(jnp.eye(3), jnp.zeros((5, 3))).singular_values.shape   # 5 inputs, all devices
+      (5, 3)
     """
-    mesh = device_mesh() if mesh is None else mesh
-    if DATA_AXIS not in mesh.axis_names:
-        raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis to split the batch over, got axes "
-                         f"{mesh.axis_names}; build it with isometry.device_mesh(data=..., "
-                         f"model=...)")
-    single = spectrum_fn(apply_fn, method, batched=False, **options)
-    n_data = mesh.shape[DATA_AXIS]
-    batch_spec = P(DATA_AXIS)
+    return ShardedSpectrumFunction(apply_fn, method, device_mesh() if mesh is None else mesh,
+                                   device_batch, options)
 
-    if device_batch is None and mesh.devices.size > 1 and all(
-            d.platform == "cpu" for d in mesh.devices.flat):
-        device_batch = CPU_DEVICE_BATCH
 
-    def local(params, x, keys):  # one device's slice of the batch: loops of its own
-        if device_batch is None:
-            return jax.vmap(single.program, in_axes=(None, 0, 0))(params, x, keys)
-        return jax.lax.map(lambda a: single.program(params, *a), (x, keys),
-                           batch_size=device_batch)
+def _batch_size(x) -> int:
+    """The common leading (batch) axis of x's leaves; ValueError if there is none or it is 0."""
+    leading = {jnp.shape(leaf)[:1] for leaf in jax.tree_util.tree_leaves(x)}
+    if len(leading) != 1 or () in leading:
+        shown = sorted(str(shape[0] if shape else None) for shape in leading)
+        raise ValueError(f"x needs the same leading batch axis on every leaf; got leading "
+                         f"sizes {shown}")
+    ((batch,),) = leading
+    if not batch:
+        raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
+    return batch
 
-    def program(params, x, key_data, batch: int, impl):
+
+def _check_one_input(single: Callable, params, x) -> None:
+    """Fails fast (dense size check, a model that does not take x[0]) computing nothing."""
+    try:
+        jax.eval_shape(single, params, jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), x))
+    except (TypeError, ValueError) as err:
+        if isinstance(err, JacobianTooLargeError) or "empty" in str(err):
+            raise
+        shapes = [tuple(jnp.shape(a)) for a in jax.tree_util.tree_leaves(x)]
+        raise ValueError(
+            f"sharded_spectrum_fn takes a batch (one spectrum per entry of x's leading axis), "
+            f"and the model fails on one entry x[0] (input shapes {shapes} without their "
+            f"first axis): for a single input pass x[None]; the model said: "
+            f"{str(err).splitlines()[0]}") from None
+
+
+def _key_arguments(key, mesh: Mesh):
+    """(replicated key data, key implementation name) of a PRNG key; (None, None) for None."""
+    if key is None:
+        return None, None
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw uint32 PRNGKey
+    return _place(jax.random.key_data(key), mesh, P()), str(jax.random.key_impl(key))
+
+
+class ShardedSpectrumFunction:
+    """What `sharded_spectrum_fn` returns: `sfn(params, x, key=None) -> spectra`.
+
+    Attributes:
+      mesh: the device mesh.
+      jitted: the one compiled program, `jitted(*args, **static)` with
+        `args, static = sfn.arguments(params, x, key)` (`jitted.lower(...)` for its HLO).
+    """
+
+    def __init__(self, apply_fn: Callable, method: str, mesh: Mesh, device_batch: int | None,
+                 options: Mapping[str, Any]):
+        if DATA_AXIS not in mesh.axis_names:
+            raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis to split the batch over, got "
+                             f"axes {mesh.axis_names}; build it with isometry.device_mesh(data=..., "
+                             f"model=...)")
+        self.mesh = mesh
+        self.device_batch = device_batch
+        self.single = spectrum_fn(apply_fn, method, batched=False, **options)
+        # several CPU devices: batched LAPACK calls deadlock there (module docstring)
+        cpu = mesh.devices.size > 1 and all(d.platform == "cpu" for d in mesh.devices.flat)
+        self.local = unbatch_lapack(self._per_device) if cpu else self._per_device
+        self.jitted = jax.jit(self._program, static_argnames=("batch", "impl"), keep_unused=True)
+
+    def _per_device(self, params, x, keys):  # one device's slice of the batch: its own loops
+        if self.device_batch is None:
+            return jax.vmap(self.single.program, in_axes=(None, 0, 0))(params, x, keys)
+        return jax.lax.map(lambda a: self.single.program(params, *a), (x, keys),
+                           batch_size=self.device_batch)
+
+    def _program(self, params, x, key_data, batch: int, impl):
         if key_data is None:  # as spectrum_fn(batched=True): PRNGKey(0) for every input
             keys = jax.vmap(lambda _: jax.random.key(0))(jnp.arange(batch))
         else:
             keys = jax.random.split(jax.random.wrap_key_data(key_data, impl=impl), batch)
-        pad = -batch % n_data
+        pad = -batch % self.mesh.shape[DATA_AXIS]
         if pad:  # repeat the last input; its spectra are dropped below
             x, keys = jax.tree_util.tree_map(
                 lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), (x, keys))
-        x, keys = jax.lax.with_sharding_constraint((x, keys), NamedSharding(mesh, batch_spec))
-        spec, counts = jax.shard_map(local, mesh=mesh, in_specs=(P(), batch_spec, batch_spec),
-                                     out_specs=batch_spec, axis_names={DATA_AXIS},
+        data = P(DATA_AXIS)
+        x, keys = jax.lax.with_sharding_constraint((x, keys), NamedSharding(self.mesh, data))
+        spec, counts = jax.shard_map(self.local, mesh=self.mesh, in_specs=(P(), data, data),
+                                     out_specs=data, axis_names={DATA_AXIS},
                                      check_vma=False)(params, x, keys)
         if pad:
             spec, counts = jax.tree_util.tree_map(lambda a: a[:batch], (spec, counts))
         # replicated scalars: readable on every process
         return spec, jnp.sum(spec.n_nonfinite), jax.tree_util.tree_map(jnp.sum, counts)
 
-    jitted = jax.jit(program, static_argnames=("batch", "impl"), keep_unused=True)
-
-    def arguments(params, x, key=None):
+    def arguments(self, params, x, key=None):
         """The program's arguments (global arrays on the mesh) and static settings."""
         check_floating(x)
-        sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
-                 for leaf in jax.tree_util.tree_leaves(x)}
-        if len(sizes) != 1 or None in sizes:
-            raise ValueError(f"x needs the same leading batch axis on every leaf; got leading "
-                             f"sizes {sorted(map(str, sizes))}")
-        (batch,) = sizes
-        if batch == 0:
-            raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
-        # Fail fast (dense size check) without computing anything.
-        try:
-            jax.eval_shape(single, params, jax.tree_util.tree_map(
-                lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), x))
-        except (TypeError, ValueError) as err:
-            if isinstance(err, JacobianTooLargeError) or "empty" in str(err):
-                raise
-            shapes = [tuple(jnp.shape(a)) for a in jax.tree_util.tree_leaves(x)]
-            raise ValueError(
-                f"sharded_spectrum_fn takes a batch (one spectrum per entry of x's leading axis), "
-                f"and the model fails on one entry x[0] (input shapes {shapes} without their "
-                f"first axis): for a single input pass x[None]; the model said: "
-                f"{str(err).splitlines()[0]}") from None
-        params = _place(params, mesh, P())
-        x = _place(x, mesh, batch_spec if batch % n_data == 0 else P())
-        if key is None:
-            key_data, impl = None, None
-        else:
-            key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-            if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-                key = jax.random.wrap_key_data(key)  # a raw uint32 PRNGKey
-            impl = str(jax.random.key_impl(key))
-            key_data = _place(jax.random.key_data(key), mesh, P())
+        batch = _batch_size(x)
+        _check_one_input(self.single, params, x)
+        divides = batch % self.mesh.shape[DATA_AXIS] == 0
+        params = _place(params, self.mesh, P())
+        x = _place(x, self.mesh, P(DATA_AXIS) if divides else P())
+        key_data, impl = _key_arguments(key, self.mesh)
         return (params, x, key_data), dict(batch=batch, impl=impl)
 
-    def sfn(params, x, key=None):
-        args, static = arguments(params, x, key)
-        spec, bad, counts = jitted(*args, **static)
+    def __call__(self, params, x, key=None):
+        args, static = self.arguments(params, x, key)
+        spec, bad, counts = self.jitted(*args, **static)
         raise_if_nonfinite_values(jax.tree_util.tree_map(
             lambda a: np.asarray(a.addressable_data(0)), counts))
         if int(np.asarray(bad.addressable_data(0))):
             raise_if_nonfinite(jax.tree_util.tree_map(np.asarray, to_host(spec)))
         return spec
-
-    sfn.mesh = mesh
-    sfn.jitted = jitted
-    sfn.arguments = arguments
-    return sfn
 
 
 # --- counting collectives in compiled HLO ----------------------------------------------------

@@ -9,10 +9,11 @@ Example:
     array([1.992563])
 """
 
-from isometry.theory._residual import (d_moments, factor_moments, free_product_moments,
-                                       layer_variances, residual_m1, residual_moments,
-                                       residual_nvar, scaling_limit_moments, scaling_time)
+from isometry.theory._residual import (d_moments, density_points, factor_moments, free_product_moments,
+                                       layer_variances, residual_density, residual_log_s,
+                                       residual_m1, residual_moments, residual_nvar,
+                                       scaling_limit_moments, scaling_time)
 
 __all__ = ["factor_moments", "free_product_moments", "residual_moments", "residual_nvar",
            "residual_m1", "scaling_limit_moments", "scaling_time", "layer_variances",
-           "d_moments"]
+           "d_moments", "residual_log_s", "residual_density", "density_points"]

@@ -13,6 +13,7 @@ as at 10. `Stack.states` returns x_0 … x_L stacked from the same scan, so the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
@@ -118,7 +119,7 @@ class Partitioning:
         if self.active:
             kwargs.update(scale_init=self.init(nnx.initializers.ones_init(), "embed"),
                           bias_init=self.init(nnx.initializers.zeros_init(), "embed"))
-        return nnx.LayerNorm(features, **kwargs)
+        return LayerNorm(features, **kwargs)
 
 
 
@@ -151,6 +152,43 @@ def remat_policy(remat: bool | str):
         names = [n for n in dir(jax.checkpoint_policies) if not n.startswith("_")]
         raise ValueError(f"unknown remat policy {remat!r}; use True, False or one of {names}")
     return policy
+
+
+def uniform_init(scale: float):
+    """U(−scale, scale): PyTorch's `nn.Linear` default with scale 1/√fan_in, the authors'
+    embedding initialization with scale 0.1.
+
+    Example:
+      >>> w = uniform_init(0.5)(jax.random.key(0), (1000,))
+      >>> bool(jnp.all(jnp.abs(w) <= 0.5)), w.dtype
+      (True, dtype('float32'))
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+class StandardPromotion:
+    """Mixin: the module's call traced under standard dtype promotion.
+
+    Flax's normalization layers take statistics at `jnp.promote_types(dtype, float32)`, which
+    `jax_numpy_dtype_promotion="strict"` refuses for float64 inputs; the layers here compute
+    exactly what flax's do, with that one promotion allowed.
+    """
+
+    def __call__(self, *args, **kwargs):
+        with jax.numpy_dtype_promotion("standard"):
+            return super().__call__(*args, **kwargs)
+
+
+class LayerNorm(StandardPromotion, nnx.LayerNorm):
+    """`nnx.LayerNorm` that also takes float64 inputs under strict dtype promotion."""
+
+
+class BatchNorm(StandardPromotion, nnx.BatchNorm):
+    """`nnx.BatchNorm` that also takes float64 inputs under strict dtype promotion."""
 
 
 class Identity(nnx.Module):
@@ -273,6 +311,17 @@ class Stack(nnx.Module):
     Subclasses implement `stack_stages()` (the blocks and scanned `Layers` in order) and may override
     `embed` and `head`. Extra call arguments (a Transformer's `padding_mask`) reach every block.
     """
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        """The model a configuration dataclass describes (`model.config` gives it back).
+
+        Args:
+          config: the model's frozen configuration (e.g. `models.FullyConnectedConfig`).
+          **kwargs: `rngs=` and what is not architecture (`mesh=`, `sharding_rules=`).
+        """
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+                   **kwargs)
 
     def stack_stages(self) -> tuple:
         raise NotImplementedError

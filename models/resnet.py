@@ -36,14 +36,14 @@ to the running averages, which is how Jacobians are taken.
 
 from __future__ import annotations
 
-import functools
-from typing import Sequence
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import Identity, Layers, Stack, check_variant
+from models._stack import BatchNorm, Identity, Layers, Stack, check_variant, remat_policy
 
 VARIANTS = ("residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero", "prenorm_rezero")
 #: Pre-activation variants: BatchNorm and φ at the start of each block and once before the head.
@@ -74,6 +74,91 @@ def layout(depth: int) -> tuple[tuple[int, ...], int, str]:
                      f"{sorted(BASIC_LAYOUTS)}; pick such a depth or pass stages=(n1, n2, …)")
 
 
+@dataclasses.dataclass(frozen=True)
+class ResNetConfig:
+    """Every setting of a `ResNet` (the model's keyword arguments, one place).
+
+    Attributes:
+      depth: 6n + 2 (ResNet-20, -56, -110: three stages of n blocks, 16 channels first,
+        parameter-free shortcuts) or 18 / 34 (four stages, 64 channels first, projection
+        shortcuts: PreAct-ResNet-18 with variant="prenorm"). Ignored when `stages` is given.
+      variant: "residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero" or
+        "prenorm_rezero".
+      stages: blocks per stage, overriding the depth's layout (the depth is then
+        2·sum(stages) + 2); stage s has width·2^s channels and, after the first, stride 2.
+      width: channels of the first stage (default: 16 for 6n + 2 layouts, 64 otherwise).
+      shortcut: "identity" (option A: subsample and zero-pad where the shape changes) or
+        "projection" (1×1 convolution, with BatchNorm when the variant has it); default by depth.
+      batchnorm: keep BatchNorm (default True; FixUp never has it, zero-γ always does).
+      alpha_init: initial α of `rezero` and `gated` blocks (0: every shape-keeping block is
+        the identity).
+      num_classes: outputs of the classifier (10 for CIFAR-10).
+      in_channels: channels of the input images (3).
+      param_dtype: parameter dtype (float64 needs `jax_enable_x64`).
+      remat: rematerialize each block of the scanned stacks on the backward pass (True, or a
+        name from `jax.checkpoint_policies`).
+      unroll: blocks per scan iteration.
+
+    None means "the default of the layout"; `resolved()` spells every one out.
+
+    Example:
+      >>> r = ResNetConfig(56, variant="fixup").resolved()
+      >>> r.stages, r.width, r.shortcut, r.batchnorm
+      ((9, 9, 9), 16, 'identity', False)
+    """
+
+    depth: int = 20
+    variant: str = "rezero"
+    stages: tuple[int, ...] | None = None
+    width: int | None = None
+    shortcut: str | None = None
+    batchnorm: bool | None = None
+    alpha_init: float = 0.0
+    num_classes: int = 10
+    in_channels: int = 3
+    param_dtype: Any = jnp.float32
+    remat: bool | str = False
+    unroll: int = 1
+
+    def __post_init__(self):
+        check_variant("ResNet", self.variant, VARIANTS)
+        if self.stages is not None:
+            object.__setattr__(self, "stages", tuple(int(n) for n in self.stages))
+            if not self.stages or min(self.stages) < 1:
+                raise ValueError(f"stages must be positive block counts, got {self.stages}")
+        r = self._defaults()
+        check_variant("ResNet shortcut", r["shortcut"], SHORTCUTS)
+        if r["batchnorm"] and self.variant == "fixup":
+            raise ValueError("FixUp replaces BatchNorm: use batchnorm=False (the default) with "
+                             "variant='fixup'")
+        if not r["batchnorm"] and self.variant == "zero_gamma":
+            raise ValueError("zero_gamma initializes a BatchNorm scale to 0 and needs "
+                             "batchnorm=True")
+        if r["width"] < 1 or self.num_classes < 1 or self.in_channels < 1:
+            raise ValueError(f"width, num_classes and in_channels must be positive, got "
+                             f"{r['width']}, {self.num_classes}, {self.in_channels}")
+        remat_policy(self.remat)
+
+    def _defaults(self) -> dict:
+        if self.stages is None:
+            stages, width, shortcut = layout(self.depth)
+        else:
+            stages, width, shortcut = self.stages, 16, "identity"
+        return dict(stages=stages, depth=2 * sum(stages) + 2,
+                    width=width if self.width is None else int(self.width),
+                    shortcut=shortcut if self.shortcut is None else self.shortcut,
+                    batchnorm=self.variant != "fixup" if self.batchnorm is None else self.batchnorm)
+
+    def resolved(self) -> ResNetConfig:
+        """The same net with every default spelled out (stages, width, shortcut, batchnorm)."""
+        return dataclasses.replace(self, **self._defaults())
+
+    @property
+    def num_blocks(self) -> int:
+        """Residual blocks in all (FixUp scales its first convolutions by num_blocks^{-1/2})."""
+        return sum(self.resolved().stages)
+
+
 def _conv(cin: int, cout: int, size: int, stride: int, *, bias: bool, kernel_init, param_dtype,
           rngs: nnx.Rngs) -> nnx.Conv:
     pad = (size - 1) // 2
@@ -86,7 +171,7 @@ def _batchnorm(features: int, enabled: bool, *, zero_scale: bool = False, param_
     if not enabled:
         return Identity()
     scale_init = nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init()
-    bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, scale_init=scale_init,
+    bn = BatchNorm(features, momentum=0.9, epsilon=1e-5, scale_init=scale_init,
                        param_dtype=param_dtype, rngs=rngs)
     # flax keeps running statistics in float32; keep them in the parameters' dtype
     bn.mean = nnx.BatchStat(jnp.zeros((features,), param_dtype))
@@ -123,34 +208,43 @@ class Shortcut(nnx.Module):
 
 
 class BasicBlock(nnx.Module):
-    """One residual block x_i ↦ x_{i+1} of a ResNet (see the module docstring)."""
+    """One residual block x_i ↦ x_{i+1} of a ResNet (see the module docstring).
 
-    def __init__(self, cin: int, cout: int, stride: int, *, variant: str, batchnorm: bool,
-                 shortcut: str, alpha_init: float, num_blocks: int, param_dtype, rngs: nnx.Rngs):
+    Args:
+      cin, cout: input and output channels.
+      stride: 2 where the block halves the resolution, else 1.
+      config: the net's configuration, resolved (`ResNetConfig.resolved`).
+      rngs: `nnx.Rngs` for initialization.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, config: ResNetConfig, *,
+                 rngs: nnx.Rngs):
+        variant, batchnorm, dtype = config.variant, config.batchnorm, config.param_dtype
         self.variant = variant
         conv1_init = conv2_init = HE_NORMAL
         if variant == "fixup":
-            conv1_init = nnx.initializers.variance_scaling(2.0 / num_blocks, "fan_out", "normal")
+            conv1_init = nnx.initializers.variance_scaling(2.0 / config.num_blocks, "fan_out",
+                                                           "normal")
             conv2_init = nnx.initializers.zeros_init()
         bias = not batchnorm and variant != "fixup"
         # the pre-activation block normalizes its input (cin features) before the first conv
         bn1_features = cin if variant in PREACT_VARIANTS else cout
         self.conv1 = _conv(cin, cout, 3, stride, bias=bias, kernel_init=conv1_init,
-                           param_dtype=param_dtype, rngs=rngs)
-        self.bn1 = _batchnorm(bn1_features, batchnorm, param_dtype=param_dtype, rngs=rngs)
+                           param_dtype=dtype, rngs=rngs)
+        self.bn1 = _batchnorm(bn1_features, batchnorm, param_dtype=dtype, rngs=rngs)
         self.conv2 = _conv(cout, cout, 3, 1, bias=bias, kernel_init=conv2_init,
-                           param_dtype=param_dtype, rngs=rngs)
+                           param_dtype=dtype, rngs=rngs)
         self.bn2 = _batchnorm(cout, batchnorm, zero_scale=variant == "zero_gamma",
-                              param_dtype=param_dtype, rngs=rngs)
-        self.shortcut = Shortcut(cin, cout, stride, kind=shortcut,
+                              param_dtype=dtype, rngs=rngs)
+        self.shortcut = Shortcut(cin, cout, stride, kind=config.shortcut,
                                  batchnorm=batchnorm and variant not in PREACT_VARIANTS,
-                                 param_dtype=param_dtype, rngs=rngs)
+                                 param_dtype=dtype, rngs=rngs)
         if variant in ALPHA_VARIANTS:
-            self.alpha = _scalar(alpha_init, param_dtype)
+            self.alpha = _scalar(config.alpha_init, dtype)
         if variant == "fixup":
-            self.bias1a, self.bias1b = _scalar(0.0, param_dtype), _scalar(0.0, param_dtype)
-            self.bias2a, self.bias2b = _scalar(0.0, param_dtype), _scalar(0.0, param_dtype)
-            self.scale = _scalar(1.0, param_dtype)
+            self.bias1a, self.bias1b = _scalar(0.0, dtype), _scalar(0.0, dtype)
+            self.bias2a, self.bias2b = _scalar(0.0, dtype), _scalar(0.0, dtype)
+            self.scale = _scalar(1.0, dtype)
 
     def branch(self, x):
         """F(x) = BN(conv(φ(BN(conv(x))))) (FixUp: s·conv(φ(conv(x) + b) + c) + d)."""
@@ -185,102 +279,65 @@ class ResNet(Stack):
     """A basic-block ResNet for NHWC images: stem → residual blocks → pooled classifier.
 
     Args:
-      depth: 6n + 2 (ResNet-20, -56, -110: three stages of n blocks, 16 channels first,
-        parameter-free shortcuts) or 18 / 34 (four stages, 64 channels first, projection
-        shortcuts: PreAct-ResNet-18 with variant="prenorm"). Ignored when `stages` is given.
-      variant: "residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero" or
-        "prenorm_rezero".
-      stages: blocks per stage, overriding the depth's layout (the depth is then
-        2·sum(stages) + 2); stage s has width·2^s channels and, after the first, stride 2.
-      width: channels of the first stage (default: 16 for 6n + 2 layouts, 64 otherwise).
-      shortcut: "identity" (option A: subsample and zero-pad where the shape changes) or
-        "projection" (1×1 convolution, with BatchNorm when the variant has it); default by depth.
-      batchnorm: keep BatchNorm (default True; FixUp never has it, zero-γ always does).
-      alpha_init: initial α of `rezero` and `gated` blocks (0: every shape-keeping block is
-        the identity).
-      num_classes: outputs of the classifier (10 for CIFAR-10).
-      in_channels: channels of the input images (3).
-      param_dtype: parameter dtype (float64 needs `jax_enable_x64`).
-      remat: rematerialize each block of the scanned stacks on the backward pass (True, or a
-        name from `jax.checkpoint_policies`).
-      unroll: blocks per scan iteration.
+      depth: 6n + 2 (ResNet-20, -56, -110) or 18 / 34; ignored when `stages` is given.
       rngs: `nnx.Rngs` for initialization.
+      **options: the other fields of `ResNetConfig` (variant, stages, width, shortcut,
+        batchnorm, alpha_init, num_classes, in_channels, param_dtype, remat, unroll), with
+        its defaults. `ResNet.from_config(config, rngs=...)` builds from a config;
+        `net.config` is the config the net was built from.
 
     `net.blocks` holds, per stage, its first block (which may change the shape) and a
     `Layers` stack of the other n − 1 blocks (parameters stacked, one scan).
 
     Example:
-      >>> net = ResNet(110, variant="rezero", rngs=nnx.Rngs(0))
+      >>> net = ResNet(variant="rezero", stages=(1,), width=4, rngs=nnx.Rngs(0))
       >>> net.eval()
-      >>> net(jnp.ones((8, 32, 32, 3))).shape
-      (8, 10)
+      >>> net(jnp.ones((2, 8, 8, 3))).shape, net.depth
+      ((2, 10), 4)
+      >>> ResNetConfig(110).resolved().stages   # ResNet-110: three stages of 18 blocks
+      (18, 18, 18)
 
     Paper: ReZero, §5.2 and Table 2 (Bachlechner et al. 2020).
     """
 
-    def __init__(self, depth: int = 20, *, variant: str = "rezero",
-                 stages: Sequence[int] | None = None, width: int | None = None,
-                 shortcut: str | None = None, batchnorm: bool | None = None,
-                 alpha_init: float = 0.0, num_classes: int = 10, in_channels: int = 3,
-                 param_dtype=jnp.float32, remat: bool | str = False, unroll: int = 1,
-                 rngs: nnx.Rngs):
-        check_variant("ResNet", variant, VARIANTS)
-        if stages is None:
-            stages, default_width, default_shortcut = layout(depth)
-        else:
-            stages = tuple(int(n) for n in stages)
-            if not stages or min(stages) < 1:
-                raise ValueError(f"stages must be positive block counts, got {stages}")
-            default_width, default_shortcut = 16, "identity"
-        width = default_width if width is None else int(width)
-        shortcut = default_shortcut if shortcut is None else shortcut
-        check_variant("ResNet shortcut", shortcut, SHORTCUTS)
-        if batchnorm is None:
-            batchnorm = variant != "fixup"
-        if batchnorm and variant == "fixup":
-            raise ValueError("FixUp replaces BatchNorm: use batchnorm=False (the default) with "
-                             "variant='fixup'")
-        if not batchnorm and variant == "zero_gamma":
-            raise ValueError("zero_gamma initializes a BatchNorm scale to 0 and needs "
-                             "batchnorm=True")
-        if width < 1 or num_classes < 1 or in_channels < 1:
-            raise ValueError(f"width, num_classes and in_channels must be positive, got "
-                             f"{width}, {num_classes}, {in_channels}")
-        self.variant = variant
-        self.stages = stages
-        self.depth = 2 * sum(stages) + 2
+    def __init__(self, depth: int = 20, *, rngs: nnx.Rngs, **options):
+        config = ResNetConfig(depth, **options)
+        cfg = config.resolved()
+        self.config = config
+        variant, batchnorm, dtype = cfg.variant, cfg.batchnorm, cfg.param_dtype
+        self.variant, self.stages, self.depth = variant, cfg.stages, cfg.depth
         self.batchnorm = batchnorm
-        num_blocks = sum(stages)
-
-        self.stem = _conv(in_channels, width, 3, 1, bias=not batchnorm and variant != "fixup",
-                          kernel_init=HE_NORMAL, param_dtype=param_dtype,
-                          rngs=rngs)
+        self.stem = _conv(cfg.in_channels, cfg.width, 3, 1,
+                          bias=not batchnorm and variant != "fixup", kernel_init=HE_NORMAL,
+                          param_dtype=dtype, rngs=rngs)
         # pre-activation nets normalize at the start of each block and once before the head
-        self.stem_norm = _batchnorm(width, batchnorm and variant not in PREACT_VARIANTS,
-                                    param_dtype=param_dtype, rngs=rngs)
-        # a stage: its first block (strided and widened after stage 0), then one scanned
-        # `Layers` stack of the n − 1 blocks that keep the shape
-        block = functools.partial(BasicBlock, variant=variant, batchnorm=batchnorm,
-                                  shortcut=shortcut, alpha_init=alpha_init,
-                                  num_blocks=num_blocks, param_dtype=param_dtype)
-        parts, cin = [], width
-        for s, n in enumerate(stages):
-            cout = width * 2**s
-            parts.append(block(cin, cout, 2 if s > 0 else 1, rngs=rngs))
-            if n > 1:
-                parts.append(Layers(lambda r, c=cout: block(c, c, 1, rngs=r), n - 1, rngs=rngs,
-                                    remat=remat, unroll=unroll))
-            cin = cout
-        self.blocks = nnx.List(parts)
+        self.stem_norm = _batchnorm(cfg.width, batchnorm and variant not in PREACT_VARIANTS,
+                                    param_dtype=dtype, rngs=rngs)
+        self.blocks = nnx.List(self._stages(cfg, rngs))
+        cin = cfg.width * 2 ** (len(cfg.stages) - 1)
         self.final_norm = _batchnorm(cin, batchnorm and variant in PREACT_VARIANTS,
-                                     param_dtype=param_dtype, rngs=rngs)
+                                     param_dtype=dtype, rngs=rngs)
         zero = nnx.initializers.zeros_init()
-        self.classifier = nnx.Linear(cin, num_classes, param_dtype=param_dtype, rngs=rngs,
+        self.classifier = nnx.Linear(cin, cfg.num_classes, param_dtype=dtype, rngs=rngs,
                                      **(dict(kernel_init=zero) if variant == "fixup" else {}))
         if variant == "fixup":
-            self.stem_bias = _scalar(0.0, param_dtype)
-            self.head_bias = _scalar(0.0, param_dtype)
-        self.in_channels = in_channels
+            self.stem_bias = _scalar(0.0, dtype)
+            self.head_bias = _scalar(0.0, dtype)
+        self.in_channels = cfg.in_channels
+
+    @staticmethod
+    def _stages(cfg: ResNetConfig, rngs: nnx.Rngs) -> list:
+        """Per stage: its first block (strided and widened after stage 0), then one scanned
+        `Layers` stack of the n − 1 blocks that keep the shape."""
+        parts, cin = [], cfg.width
+        for s, n in enumerate(cfg.stages):
+            cout = cfg.width * 2**s
+            parts.append(BasicBlock(cin, cout, 2 if s > 0 else 1, cfg, rngs=rngs))
+            if n > 1:
+                parts.append(Layers(lambda r, c=cout: BasicBlock(c, c, 1, cfg, rngs=r), n - 1,
+                                    rngs=rngs, remat=cfg.remat, unroll=cfg.unroll))
+            cin = cout
+        return parts
 
     def stack_stages(self) -> tuple:
         return tuple(self.blocks)

@@ -25,13 +25,16 @@ stack on continuous inputs of shape (…, seq, d_model), the setting of the pape
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import Identity, Layers, Partitioning, Stack, activation, check_variant
+from models._stack import (Identity, Layers, Partitioning, Stack, activation, check_variant,
+                           remat_policy, uniform_init)
 
 VARIANTS = ("postnorm", "prenorm", "gpt2norm", "rezero")
 XAVIER_UNIFORM = nnx.initializers.xavier_uniform()
@@ -39,13 +42,73 @@ XAVIER_UNIFORM = nnx.initializers.xavier_uniform()
 LAYERNORM_EPS = 1e-5
 
 
-def uniform_init(scale: float):
-    """U(−scale, scale): the authors' embedding initialization (scale 0.1)."""
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Every setting of a `Transformer` (the model's keyword arguments, one place).
 
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -scale, scale)
+    Attributes:
+      depth: number of layers L (each: self-attention and feed-forward).
+      d_model: width d of the residual stream.
+      heads: attention heads (must divide d_model).
+      ffn: hidden width of the feed-forward network.
+      variant: "postnorm", "prenorm", "gpt2norm" or "rezero".
+      vocab_size: if set, token-id inputs (embedding, sinusoidal positions, output head of
+        vocab_size logits); if None, continuous inputs and outputs of shape (…, seq, d_model).
+      causal: causal self-attention mask (a decoder language model).
+      dropout: dropout rate (attention weights, feed-forward hidden units, sublayer outputs,
+        embeddings); off after `model.eval()`.
+      activation: φ of the feed-forward network ("relu" or "gelu"; any of `ACTIVATIONS`).
+      alpha_init: initial α of `rezero` layers (0: J = I exactly).
+      alpha_per_sublayer: one α per sublayer instead of one per layer (`rezero` only).
+      layernorm: `rezero` with a LayerNorm in front of each sublayer (x + α·F(Norm(x)));
+        None: LayerNorm for every variant but `rezero`.
+      param_dtype: parameter dtype (float64 needs `jax_enable_x64`).
+      remat: rematerialize each layer on the backward pass (True, or a name from
+        `jax.checkpoint_policies`).
+      unroll: layers per scan iteration.
 
-    return init
+    Example:
+      >>> cfg = TransformerConfig(2, 8, heads=2, ffn=16, variant="postnorm")
+      >>> cfg.resolved().layernorm, Transformer.from_config(cfg, rngs=nnx.Rngs(0)).config == cfg
+      (True, True)
+    """
+
+    depth: int
+    d_model: int
+    heads: int
+    ffn: int
+    variant: str = "rezero"
+    vocab_size: int | None = None
+    causal: bool = False
+    dropout: float = 0.0
+    activation: str = "relu"
+    alpha_init: float = 0.0
+    alpha_per_sublayer: bool = False
+    layernorm: bool | None = None
+    param_dtype: Any = jnp.float32
+    remat: bool | str = False
+    unroll: int = 1
+
+    def __post_init__(self):
+        check_variant("Transformer", self.variant, VARIANTS)
+        if self.depth < 1 or self.d_model < 1 or self.heads < 1 or self.ffn < 1:
+            raise ValueError(f"depth, d_model, heads and ffn must be positive, got {self.depth}, "
+                             f"{self.d_model}, {self.heads}, {self.ffn}")
+        if self.d_model % self.heads:
+            raise ValueError(f"heads={self.heads} must divide d_model={self.d_model}; pick "
+                             f"d_model a multiple of heads")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.variant != "rezero" and (self.alpha_per_sublayer or self.layernorm is False):
+            raise ValueError(f"alpha_per_sublayer and layernorm=False apply to variant='rezero' "
+                             f"only, not {self.variant!r}")
+        activation(self.activation)  # an unknown name fails here, not at the first call
+        remat_policy(self.remat)
+
+    def resolved(self) -> TransformerConfig:
+        """The same model with every default spelled out (`layernorm` by variant)."""
+        layernorm = self.variant != "rezero" if self.layernorm is None else self.layernorm
+        return dataclasses.replace(self, layernorm=layernorm)
 
 
 def sinusoidal_positions(length: int, d_model: int, dtype=jnp.float32) -> jax.Array:
@@ -76,41 +139,37 @@ def attention_mask(length: int, *, causal: bool, padding_mask=None, batch_ndim: 
     return mask
 
 
+def xavier_linear(config: TransformerConfig, n_in: int, n_out: int, axes: tuple[str, str], *,
+                  part: Partitioning, rngs: nnx.Rngs) -> nnx.Linear:
+    """W x + b, W Xavier-uniform and b = 0, on the logical axes `axes` (input, output)."""
+    return nnx.Linear(n_in, n_out, kernel_init=part.init(XAVIER_UNIFORM, *axes),
+                      bias_init=part.init(nnx.initializers.zeros_init(), axes[1]),
+                      param_dtype=config.param_dtype, rngs=rngs)
+
+
 class SelfAttention(nnx.Module):
-    """Multi-head self-attention: softmax(Q Kᵀ/√d_head + mask) V per head, then W_o."""
+    """Multi-head self-attention: softmax(Q Kᵀ/√d_head + mask) V per head, then W_o.
 
-    def __init__(self, d_model: int, heads: int, *, dropout: float, causal: bool, param_dtype,
-                 rngs: nnx.Rngs, partitioning: Partitioning | None = None):
+    Args:
+      config: the model's configuration (d_model, heads, dropout, causal, param_dtype).
+      rngs: `nnx.Rngs` for initialization (and dropout).
+      partitioning: the model's `Partitioning` (None: unsharded).
+    """
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs,
+                 partitioning: Partitioning | None = None):
         part = Partitioning() if partitioning is None else partitioning
-        zeros = nnx.initializers.zeros_init()
-        self.heads = heads
-        self.causal = causal
+        d = config.d_model
+        self.heads = config.heads
+        self.causal = config.causal
         # tensor parallel: q/k/v columns (the heads) split, the output projection's rows too
-        self.qkv = nnx.Linear(d_model, 3 * d_model,
-                              kernel_init=part.init(XAVIER_UNIFORM, "embed", "heads"),
-                              bias_init=part.init(zeros, "heads"),
-                              param_dtype=param_dtype, rngs=rngs)
-        self.out = nnx.Linear(d_model, d_model,
-                              kernel_init=part.init(XAVIER_UNIFORM, "heads", "embed"),
-                              bias_init=part.init(zeros, "embed"),
-                              param_dtype=param_dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.qkv = xavier_linear(config, d, 3 * d, ("embed", "heads"), part=part, rngs=rngs)
+        self.out = xavier_linear(config, d, d, ("heads", "embed"), part=part, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
-    def attention_weights(self, x, padding_mask=None):
-        """softmax(Q Kᵀ/√d_head + mask) before dropout: shape (…, heads, query, key)."""
-        *batch, length, d_model = x.shape
-        d_head = d_model // self.heads
-        qkv = self.qkv(x).reshape(*batch, length, 3, self.heads, d_head)
-        q, k = qkv[..., 0, :, :], qkv[..., 1, :, :]
-        logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(d_head)
-        mask = attention_mask(length, causal=self.causal, padding_mask=padding_mask,
-                              batch_ndim=len(batch))
-        if mask is not None:
-            mask = jnp.broadcast_to(mask, logits.shape)
-            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        return jax.nn.softmax(logits, axis=-1)
-
-    def __call__(self, x, padding_mask=None):
+    def weights_and_values(self, x, padding_mask=None):
+        """(softmax(Q Kᵀ/√d_head + mask) of shape (…, heads, query, key), V (…, key, heads,
+        d_head)): the attention weights before dropout and the values they average."""
         *batch, length, d_model = x.shape
         d_head = d_model // self.heads
         qkv = self.qkv(x).reshape(*batch, length, 3, self.heads, d_head)
@@ -121,57 +180,63 @@ class SelfAttention(nnx.Module):
         if mask is not None:
             mask = jnp.broadcast_to(mask, logits.shape)
             logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        weights = self.dropout(jax.nn.softmax(logits, axis=-1))
-        y = jnp.einsum("...hqk,...khd->...qhd", weights, v)
-        return self.out(y.reshape(*batch, length, d_model))
+        return jax.nn.softmax(logits, axis=-1), v
+
+    def attention_weights(self, x, padding_mask=None):
+        """softmax(Q Kᵀ/√d_head + mask) before dropout: shape (…, heads, query, key)."""
+        return self.weights_and_values(x, padding_mask)[0]
+
+    def __call__(self, x, padding_mask=None):
+        weights, v = self.weights_and_values(x, padding_mask)
+        y = jnp.einsum("...hqk,...khd->...qhd", self.dropout(weights), v)
+        return self.out(y.reshape(x.shape))
 
 
 class FeedForward(nnx.Module):
-    """F(x) = W₂ dropout(φ(W₁ x + b₁)) + b₂, position-wise."""
+    """F(x) = W₂ dropout(φ(W₁ x + b₁)) + b₂, position-wise; arguments as `SelfAttention`'s
+    (it reads d_model, ffn, activation, dropout and param_dtype of the config)."""
 
-    def __init__(self, d_model: int, ffn: int, *, activation_name: str, dropout: float,
-                 param_dtype, rngs: nnx.Rngs, partitioning: Partitioning | None = None):
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs,
+                 partitioning: Partitioning | None = None):
         part = Partitioning() if partitioning is None else partitioning
-        zeros = nnx.initializers.zeros_init()
-        self.phi = activation(activation_name)
+        d, ffn = config.d_model, config.ffn
+        self.phi = activation(config.activation)
         # tensor parallel: W₁'s columns (the hidden units) split, W₂'s rows too
-        self.linear1 = nnx.Linear(d_model, ffn, kernel_init=part.init(XAVIER_UNIFORM, "embed", "mlp"),
-                                  bias_init=part.init(zeros, "mlp"),
-                                  param_dtype=param_dtype, rngs=rngs)
-        self.linear2 = nnx.Linear(ffn, d_model, kernel_init=part.init(XAVIER_UNIFORM, "mlp", "embed"),
-                                  bias_init=part.init(zeros, "embed"),
-                                  param_dtype=param_dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.linear1 = xavier_linear(config, d, ffn, ("embed", "mlp"), part=part, rngs=rngs)
+        self.linear2 = xavier_linear(config, ffn, d, ("mlp", "embed"), part=part, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
     def __call__(self, x):
         return self.linear2(self.dropout(self.phi(self.linear1(x))))
 
 
 class TransformerLayer(nnx.Module):
-    """One layer (attention, then feed-forward) x_i ↦ x_{i+1}; see the module docstring."""
+    """One layer (attention, then feed-forward) x_i ↦ x_{i+1}; see the module docstring.
 
-    def __init__(self, d_model: int, *, heads: int, ffn: int, variant: str, dropout: float,
-                 activation_name: str, causal: bool, alpha_init: float, alpha_per_sublayer: bool,
-                 layernorm: bool, param_dtype, rngs: nnx.Rngs,
+    Args:
+      config: the model's configuration, resolved (`TransformerConfig.resolved`).
+      rngs: `nnx.Rngs` for initialization (and dropout).
+      partitioning: the model's `Partitioning` (None: unsharded).
+    """
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs,
                  partitioning: Partitioning | None = None):
         part = Partitioning() if partitioning is None else partitioning
-        self.variant = variant
-        self.attention = SelfAttention(d_model, heads, dropout=dropout, causal=causal,
-                                       param_dtype=param_dtype, rngs=rngs, partitioning=part)
-        self.feed_forward = FeedForward(d_model, ffn, activation_name=activation_name,
-                                        dropout=dropout, param_dtype=param_dtype, rngs=rngs,
-                                        partitioning=part)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        if layernorm:
-            self.norm1 = part.layernorm(d_model, epsilon=LAYERNORM_EPS, param_dtype=param_dtype,
+        d_model, dtype = config.d_model, config.param_dtype
+        self.variant = config.variant
+        self.attention = SelfAttention(config, rngs=rngs, partitioning=part)
+        self.feed_forward = FeedForward(config, rngs=rngs, partitioning=part)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        if config.layernorm:
+            self.norm1 = part.layernorm(d_model, epsilon=LAYERNORM_EPS, param_dtype=dtype,
                                         rngs=rngs)
-            self.norm2 = part.layernorm(d_model, epsilon=LAYERNORM_EPS, param_dtype=param_dtype,
+            self.norm2 = part.layernorm(d_model, epsilon=LAYERNORM_EPS, param_dtype=dtype,
                                         rngs=rngs)
         else:
             self.norm1, self.norm2 = Identity(), Identity()
-        if variant == "rezero":
-            shape = (2,) if alpha_per_sublayer else ()
-            self.alpha = nnx.Param(jnp.full(shape, alpha_init, dtype=param_dtype))
+        if config.variant == "rezero":
+            shape = (2,) if config.alpha_per_sublayer else ()
+            self.alpha = nnx.Param(jnp.full(shape, config.alpha_init, dtype=dtype))
 
     def alphas(self):
         """(α of the attention sublayer, α of the feed-forward sublayer)."""
@@ -213,22 +278,6 @@ class Transformer(Stack):
     Args:
       depth: number of layers L (each: self-attention and feed-forward).
       d_model: width d of the residual stream.
-      heads: attention heads (must divide d_model).
-      ffn: hidden width of the feed-forward network.
-      variant: "postnorm", "prenorm", "gpt2norm" or "rezero".
-      vocab_size: if set, token-id inputs (embedding, sinusoidal positions, output head of
-        vocab_size logits); if None, continuous inputs and outputs of shape (…, seq, d_model).
-      causal: causal self-attention mask (a decoder language model).
-      dropout: dropout rate (attention weights, feed-forward hidden units, sublayer outputs,
-        embeddings); off after `model.eval()`.
-      activation: φ of the feed-forward network ("relu" or "gelu"; any of `ACTIVATIONS`).
-      alpha_init: initial α of `rezero` layers (0: J = I exactly).
-      alpha_per_sublayer: one α per sublayer instead of one per layer (`rezero` only).
-      layernorm: `rezero` with a LayerNorm in front of each sublayer (x + α·F(Norm(x))).
-      param_dtype: parameter dtype (float64 needs `jax_enable_x64`).
-      remat: rematerialize each layer on the backward pass (True, or a name from
-        `jax.checkpoint_policies`).
-      unroll: layers per scan iteration.
       mesh: a `jax.sharding.Mesh` to create the parameters sharded on (None: unsharded, as
         before). With a "model" axis the model is tensor parallel: the packed q/k/v columns
         and the output projection's rows (the heads), the feed-forward hidden units and the
@@ -238,66 +287,49 @@ class Transformer(Stack):
       sharding_rules: overrides of the logical-axis rules ("heads", "mlp", "vocab", "embed",
         "layers" -> a mesh axis or None); needs `mesh`.
       rngs: `nnx.Rngs` for initialization (and dropout).
+      **options: the other fields of `TransformerConfig` (heads and ffn, required; variant,
+        vocab_size, causal, dropout, activation, alpha_init, alpha_per_sublayer, layernorm,
+        param_dtype, remat, unroll), with its defaults. `Transformer.from_config(config,
+        rngs=...)` builds from a config; `model.config` is the config it was built from.
 
     The L layers are one `Layers` stack (parameters stacked on a leading axis, one scan);
     α has shape (L,) (or (L, 2) with `alpha_per_sublayer`). The padding mask reaches every
     layer as a broadcast argument: `model(tokens, padding_mask=mask)`.
 
     Example:
-      >>> enc = Transformer(64, 16, heads=4, ffn=64, variant="postnorm", rngs=nnx.Rngs(0))
-      >>> enc(jnp.ones((4, 16))).shape          # continuous input: (seq, d_model)
-      (4, 16)
-      >>> lm = Transformer(12, 128, heads=8, ffn=256, vocab_size=256, causal=True, rngs=nnx.Rngs(0))
-      >>> lm(jnp.zeros((2, 35), jnp.int32)).shape
-      (2, 35, 256)
+      >>> enc = Transformer(4, 8, heads=2, ffn=16, variant="postnorm", rngs=nnx.Rngs(0))
+      >>> enc(jnp.ones((3, 8))).shape          # continuous input: (seq, d_model)
+      (3, 8)
+      >>> lm = Transformer(2, 8, heads=2, ffn=16, vocab_size=11, causal=True, rngs=nnx.Rngs(0))
+      >>> lm(jnp.zeros((2, 5), jnp.int32)).shape
+      (2, 5, 11)
 
     Paper: ReZero, §4 (Figure 4a, b) and §5.3 (Bachlechner et al. 2020).
     """
 
-    def __init__(self, depth: int, d_model: int, *, heads: int, ffn: int, variant: str = "rezero",
-                 vocab_size: int | None = None, causal: bool = False, dropout: float = 0.0,
-                 activation: str = "relu", alpha_init: float = 0.0,
-                 alpha_per_sublayer: bool = False, layernorm: bool | None = None,
-                 param_dtype=jnp.float32, remat: bool | str = False, unroll: int = 1,
-                 mesh=None, sharding_rules=None, rngs: nnx.Rngs):
-        check_variant("Transformer", variant, VARIANTS)
+    def __init__(self, depth: int, d_model: int, *, mesh=None, sharding_rules=None,
+                 rngs: nnx.Rngs, **options):
+        config = TransformerConfig(depth, d_model, **options)
         part = Partitioning(mesh, sharding_rules)
-        if depth < 1 or d_model < 1 or heads < 1 or ffn < 1:
-            raise ValueError(f"depth, d_model, heads and ffn must be positive, got {depth}, "
-                             f"{d_model}, {heads}, {ffn}")
-        if d_model % heads:
-            raise ValueError(f"heads={heads} must divide d_model={d_model}; pick d_model a "
-                             f"multiple of heads")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if variant != "rezero" and (alpha_per_sublayer or layernorm is False):
-            raise ValueError(f"alpha_per_sublayer and layernorm=False apply to variant='rezero' "
-                             f"only, not {variant!r}")
-        layernorm = variant != "rezero" if layernorm is None else layernorm
-        self.variant = variant
-        self.depth = depth
-        self.d_model = d_model
-        self.blocks = Layers(
-            lambda r: TransformerLayer(
-                d_model, heads=heads, ffn=ffn, variant=variant, dropout=dropout,
-                activation_name=activation, causal=causal, alpha_init=alpha_init,
-                alpha_per_sublayer=alpha_per_sublayer, layernorm=layernorm,
-                param_dtype=param_dtype, rngs=r, partitioning=part),
-            depth, rngs=rngs, remat=remat, unroll=unroll, partitioning=part)
-        self.vocab_size = vocab_size
+        cfg = config.resolved()
+        self.config = config
+        self.variant, self.depth, self.d_model = cfg.variant, cfg.depth, cfg.d_model
+        self.blocks = Layers(lambda r: TransformerLayer(cfg, rngs=r, partitioning=part),
+                             cfg.depth, rngs=rngs, remat=cfg.remat, unroll=cfg.unroll,
+                             partitioning=part)
+        self.vocab_size = vocab_size = cfg.vocab_size
         if vocab_size is not None:
+            dtype = cfg.param_dtype
             self.embedding = nnx.Embed(vocab_size, d_model,
                                        embedding_init=part.init(uniform_init(0.1), "vocab",
                                                                 "embed"),
-                                       param_dtype=param_dtype, rngs=rngs)
-            self.embedding_dropout = nnx.Dropout(dropout, rngs=rngs)
+                                       param_dtype=dtype, rngs=rngs)
+            self.embedding_dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
             self.final_norm = (part.layernorm(d_model, epsilon=LAYERNORM_EPS,
-                                              param_dtype=param_dtype, rngs=rngs)
-                               if variant in ("prenorm", "gpt2norm") else Identity())
-            self.output = nnx.Linear(d_model, vocab_size,
-                                     kernel_init=part.init(XAVIER_UNIFORM, "embed", "vocab"),
-                                     bias_init=part.init(nnx.initializers.zeros_init(), "vocab"),
-                                     param_dtype=param_dtype, rngs=rngs)
+                                              param_dtype=dtype, rngs=rngs)
+                               if cfg.variant in ("prenorm", "gpt2norm") else Identity())
+            self.output = xavier_linear(cfg, d_model, vocab_size, ("embed", "vocab"), part=part,
+                                        rngs=rngs)
 
     def embed(self, x):
         """x_0: √d·Embed(tokens) + positions for token ids; continuous inputs pass unchanged."""

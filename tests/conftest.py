@@ -1,6 +1,6 @@
 """Test configuration: float64 available everywhere, strict rank promotion, one BLAS thread.
 
-Spectral tests run in float64 (THEORY.md §0); tests of float32 behaviour ask for float32
+Spectral tests run in float64 (docs/theory.md §0); tests of float32 behaviour ask for float32
 explicitly. Strict rank promotion catches accidental broadcasting; strict dtype promotion catches
 accidental float64 <-> float32 and int -> float mixing.
 """

@@ -168,6 +168,19 @@ def test_rezero_overlay_from_residual_theory():
     assert abs(mean - m1) <= 4 * se + max(top2), (mean, se, m1)
 
 
+def test_rezero_sigma_panel_overlays_the_predicted_density():
+    """With mean_field α, diagnose carries `theory_residual`'s density and panel (b) draws it."""
+    from isometry import theory_residual
+
+    net = _fc("rezero", "relu", 2.0, alpha_init=0.3, width=64, depth=8)
+    d = iso.diagnose(net, _x(64), mean_field=dict(activation="relu", sigma_w2=2.0, alpha=0.3))
+    want = theory_residual.density_points(theory_residual.residual_density("relu", 8, 0.3, 2.0))
+    np.testing.assert_array_equal(d.theory["density"]["density"], want["density"])
+    labels = [line.get_label() for line in d.figure().axes[1].get_lines()]
+    assert "theory (residual net, bulk)" in labels
+    json.dumps(d.to_json(), allow_nan=False)
+
+
 # --- phase and depth scale against mean field ------------------------------------------------
 
 WIDTH, DEPTH, SEEDS = 256, 24, 3

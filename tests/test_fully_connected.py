@@ -121,3 +121,89 @@ def test_projections_and_bad_arguments():
         models.FullyConnected(2, 8, variant="resnet", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         models.FullyConnected(2, 8, activation="swish", rngs=nnx.Rngs(0))
+
+
+# --- the authors' notebook details (issue 15, item 7) -------------------------------------
+
+def _golden_net(**kw):
+    return models.FullyConnected(3, 8, variant="rezero", alpha_init=0.5, sigma_b2=0.01,
+                                 in_features=5, out_features=4, param_dtype=jnp.float64,
+                                 rngs=nnx.Rngs(42), **kw)
+
+
+def test_defaults_are_bit_identical_to_before_the_options():
+    """Weights and outputs of the default net, recorded before `input_activation` and
+    `torch_init` existed (jax.random is the same on every platform)."""
+    net = _golden_net()
+    x = jax.random.normal(jax.random.key(7), (5,), jnp.float64)
+    np.testing.assert_array_equal(net(x), [-1.9235255843388501, 0.8621075208190941,
+                                           -0.7162145941078985, 2.2574754716474428])
+    layers = net.blocks.layers
+    for leaf, first, last in [(layers.linear.bias, 0.04886499262698313, 0.1992498543458304),
+                              (layers.linear.kernel, 0.21186610621941815, 0.5954087422640476),
+                              (net.input_proj.kernel, 0.4430157706382837, 0.04443543288041386),
+                              (net.output_proj.kernel, 0.07104941817323958, -0.7275544145597101)]:
+        flat = np.asarray(leaf[...]).ravel()
+        assert (flat[0], flat[-1]) == (first, last)
+    assert np.all(np.asarray(net.input_proj.bias[...]) == 0)
+    assert np.all(np.asarray(net.output_proj.bias[...]) == 0)
+
+
+def test_input_activation_applies_phi_after_the_input_layer_and_changes_nothing_else():
+    plain, authors = _golden_net(), _golden_net(input_activation=True)
+    for a, b in zip(jax.tree.leaves(nnx.state(plain)), jax.tree.leaves(nnx.state(authors))):
+        np.testing.assert_array_equal(a, b)
+    x = jax.random.normal(jax.random.key(7), (3, 5), jnp.float64)
+    projected = plain.input_proj(x)
+    assert np.any(projected < 0)
+    np.testing.assert_array_equal(plain.embed(x), projected)
+    np.testing.assert_array_equal(authors.embed(x), jax.nn.relu(projected))
+    np.testing.assert_array_equal(authors(x), plain.head(plain.stack(jax.nn.relu(projected))))
+    tanh = models.FullyConnected(2, 8, activation="tanh", in_features=5, input_activation=True,
+                                 param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(tanh.embed(x), jnp.tanh(tanh.input_proj(x)))
+
+
+def _assert_uniform(values, bound):
+    """Samples of U(−bound, bound): inside the bound, filling it, variance bound²/3.
+
+    The sample variance of n uniforms has relative standard error √(0.8/n) (fourth moment
+    bound⁴/5); the largest |u| of n samples falls below (1 − t)·bound with probability
+    (1 − t)^n.
+    """
+    v = np.asarray(values).ravel()
+    n = v.size
+    assert np.all(np.abs(v) <= bound)
+    assert np.max(np.abs(v)) > (1 - 20 / n) * bound  # fails with probability e^-20
+    assert abs(v.var() / (bound**2 / 3) - 1) < 5 * np.sqrt(0.8 / n)
+    assert abs(v.mean()) < 5 * bound / np.sqrt(3 * n)
+
+
+def test_torch_init_draws_biases_and_output_weights_as_pytorch_per_fan_in():
+    depth, width, n_in, n_out = 64, 256, 48, 10
+    kw = dict(in_features=n_in, out_features=n_out, param_dtype=jnp.float64, rngs=nnx.Rngs(3))
+    net = models.FullyConnected(depth, width, variant="plain", torch_init=True, **kw)
+    default = models.FullyConnected(depth, width, variant="plain", **kw | dict(rngs=nnx.Rngs(3)))
+    _assert_uniform(net.blocks.layers.linear.bias[...], 1 / np.sqrt(width))
+    _assert_uniform(net.input_proj.bias[...], 1 / np.sqrt(n_in))
+    _assert_uniform(net.output_proj.kernel[...], 1 / np.sqrt(width))
+    out_bias = np.asarray(net.output_proj.bias[...])
+    assert np.all(np.abs(out_bias) <= 1 / np.sqrt(width)) and np.all(out_bias != 0)
+    # input weights: kaiming_normal_, N(0, 2/fan_in) untruncated (flax's He-normal stops at 2σ)
+    w_in = np.asarray(net.input_proj.kernel[...])
+    assert abs(w_in.var() * n_in / 2 - 1) < 5 * np.sqrt(2 / w_in.size)
+    # flax's He-normal is cut at 2 standard deviations of a normal widened by 1/0.8796 (to
+    # keep the variance): nothing beyond 2.274σ, where an untruncated normal puts 2.3%
+    cut = 2 / 0.87962566 * np.sqrt(2 / n_in)
+    assert np.mean(np.abs(w_in) > cut) > 0.015
+    assert np.max(np.abs(np.asarray(default.input_proj.kernel[...]))) <= cut
+    # the blocks' weights are the paper's either way: the same draws
+    np.testing.assert_array_equal(net.blocks.layers.linear.kernel[...],
+                                  default.blocks.layers.linear.kernel[...])
+
+
+def test_notebook_options_need_what_they_use():
+    with pytest.raises(ValueError, match="input_activation .* needs in_features"):
+        models.FullyConnected(2, 8, input_activation=True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="torch_init draws the biases"):
+        models.FullyConnected(2, 8, torch_init=True, sigma_b2=0.1, rngs=nnx.Rngs(0))

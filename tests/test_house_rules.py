@@ -4,11 +4,12 @@ The layers (README, "Layout"), low to high; a module imports only from its own l
 ones, and no set of modules imports itself in a circle:
 
     0 base         isometry._io, _numerics, _stack, _params, _adapters, data, augment
-    1 plots        isometry.plot, isometry._plot_diagnosis (data in, figures out)
+    1 plots        isometry.plot (data in, figures out)
     2 math         isometry.theory, isometry.toy
     3 models       models
-    4 engine       isometry._jacobian, _spectra, _spectrum, _lanczos…, _layerwise, _sharding, calibrate
-    5 analysis     isometry.diagnose, _tune, theory_residual, train, tracking
+    4 engine       isometry._jacobian, _spectra, _spectrum…, _golub_kahan, _lanczos…, _layerwise,
+                   _sharding, _cpu_mesh, calibrate
+    5 analysis     isometry._diagnose…, _tune, _sampling, theory_residual, train, tracking
     6 experiments  isometry.experiments
     7 cli          isometry.cli, isometry.__main__
 

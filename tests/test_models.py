@@ -142,3 +142,47 @@ def test_rezero_at_alpha_zero_only_alpha_gets_gradient(name):
     assert all(np.all(np.asarray(g) != 0) for g in alpha_grads), "every α must get a gradient"
     assert other_grads and all(np.all(np.asarray(g) == 0) for g in other_grads), \
         "branch weights get no gradient while α = 0"
+
+
+# --- one frozen configuration per model ---------------------------------------------------
+
+CONFIGS = {
+    "fc": (models.FullyConnectedConfig(2, 6, variant="norm", param_dtype=F64),
+           models.FullyConnected),
+    "resnet": (models.ResNetConfig(variant="fixup", stages=(2,), width=4, param_dtype=F64),
+               models.ResNet),
+    "transformer": (models.TransformerConfig(2, 8, heads=2, ffn=12, variant="rezero",
+                                             layernorm=True, param_dtype=F64),
+                    models.Transformer),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_config_builds_the_model_its_keywords_build(name):
+    config, cls = CONFIGS[name]
+    from_config = cls.from_config(config, rngs=nnx.Rngs(0))
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    from_keywords = cls(**fields, rngs=nnx.Rngs(0))
+    assert from_config.config == from_keywords.config == config
+    for a, b in zip(jax.tree.leaves(nnx.state(from_config, nnx.Param)),
+                    jax.tree.leaves(nnx.state(from_keywords, nnx.Param))):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.variant = "plain"
+    resolved = config.resolved()
+    assert resolved.resolved() == resolved
+    assert None not in [getattr(resolved, f) for f in ("sigma_w2", "stages", "width", "shortcut",
+                                                         "batchnorm", "layernorm")
+                        if hasattr(resolved, f)]
+
+
+def test_config_checks_its_settings_when_made():
+    with pytest.raises(ValueError, match="unknown FullyConnected variant"):
+        models.FullyConnectedConfig(2, 6, variant="gated")
+    with pytest.raises(ValueError, match="6n\\+2"):
+        models.ResNetConfig(21)
+    with pytest.raises(ValueError, match="must divide d_model"):
+        models.TransformerConfig(1, 10, heads=3, ffn=4)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'widht'"):
+        models.FullyConnected(2, widht=6, width=6, rngs=nnx.Rngs(0))
+

@@ -9,6 +9,7 @@ import pytest
 
 from isometry.cli import main
 from isometry.experiments import EXPERIMENTS, experiment
+from isometry.experiments._report import PAPER_HEADING
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,7 @@ def test_smoke_writes_png_json_md(name, out, capsys):
     assert record["name"] == name and record["scale"] == "smoke"
     md = open(os.path.join(out, f"{name}.md")).read()
     assert "**Outcome:**" in md and "|" in md
+    assert PAPER_HEADING in md and "ran at scale \"smoke\"" in md
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
 
 

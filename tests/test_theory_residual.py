@@ -103,3 +103,69 @@ def test_cli_theory_rezero(tmp_path, capsys):
     assert doc["records"][1]["predicted"]["m1"] == pytest.approx(1.09 ** 8, rel=1e-12)
     assert (tmp_path / "theory.png").exists()
     assert main(["theory", "--variant", "rezero", "--out", str(tmp_path)]) == 2
+
+
+def _cdf_gap(lam, density):
+    """Per net, F_measured − F_predicted of log10 σ at the predicted 10%, …, 90% quantiles."""
+    cdf = np.concatenate([[0.0], np.cumsum(np.diff(density.log10_sigma)
+                                           * (density.density[1:] + density.density[:-1]) / 2)])
+    q = np.linspace(0.1, 0.9, 9)
+    at = np.interp(q * cdf[-1], cdf, density.log10_sigma)
+    s = 0.5 * np.log10(np.sort(lam, axis=1))
+    return np.stack([np.searchsorted(row, at) / lam.shape[1] for row in s]) - q
+
+
+@pytest.mark.parametrize("activation,sigma_w2", [("linear", 1.0), ("relu", 2.0)])
+def test_density_matches_measured_spectra(activation, sigma_w2):
+    """The predicted density of σ at α = 0.3 against 4 nets of width 512, depth 16.
+
+    Statistic: the measured CDF of log10 σ at the predicted 10%, 20%, …, 90% quantiles, per
+    net. Its mean over nets must lie within 4 standard errors (from the spread over the 4
+    independent nets) plus 3/N of the predicted value: 3/N covers the O(1/N) finite-width
+    corrections to the large-N law and, for ReLU, the one outlier far above the bulk (above
+    every quantile point, so it is not counted; the free law describes N − 1 of the N values)
+    — a shift of 1/N. The S-transform's truncation (k = 6) and the smoothing η = 1e-5 move the quantiles by
+    less than 1e-3 in log10 σ (next test: k = 6 against 7, η doubled).
+    """
+    density = tr.residual_density(activation, DEPTH, ALPHA, sigma_w2)
+    assert density.mass == pytest.approx(1.0, abs=1e-3)
+    lam = _measured(activation, sigma_w2)
+    gap = _cdf_gap(lam, density)
+    mean, se = gap.mean(axis=0), gap.std(axis=0, ddof=1) / math.sqrt(len(gap))
+    assert np.all(np.abs(mean) <= 4 * se + 3 / WIDTH), (mean, se)
+    assert density.edge == pytest.approx(np.mean(lam[:, 1 if activation == "relu" else 0]),
+                                         rel=0.15)
+
+
+def _quantiles(d, q=(0.1, 0.5, 0.9)):
+    cdf = np.concatenate([[0.0], np.cumsum(np.diff(d.log10_sigma)
+                                           * (d.density[1:] + d.density[:-1]) / 2)])
+    return np.interp(q, cdf / cdf[-1], d.log10_sigma)
+
+
+def test_density_truncation_and_smoothing_are_small():
+    """k = 6 against k = 7 terms of log S: < 1e-3 in log10 σ; η doubled: < 1e-4."""
+    a = _quantiles(tr.residual_density("relu", DEPTH, ALPHA, 2.0))
+    np.testing.assert_allclose(a, _quantiles(tr.residual_density("relu", DEPTH, ALPHA, 2.0, k=7)),
+                               atol=1e-3)
+    np.testing.assert_allclose(a, _quantiles(tr.residual_density("relu", DEPTH, ALPHA, 2.0,
+                                                                 eta=2e-5, nodes=6000)),
+                               atol=1e-4)
+
+
+def test_cli_theory_rezero_overlays_the_density(tmp_path, capsys):
+    import json
+
+    from isometry.cli import main
+
+    rc = main(["theory", "--variant", "rezero", "--alpha", "0.1,0.3", "--activation", "relu",
+               "--depth", "8", "--width", "64", "--samples", "2", "--out", str(tmp_path),
+               "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    for rec in doc["records"]:
+        grid, dens = np.array(rec["density"]["log10_sigma"]), np.array(rec["density"]["density"])
+        assert np.trapezoid(dens, grid) == pytest.approx(1.0, abs=1e-2)
+        h = rec["histogram"]
+        assert np.sum(np.diff(h["edges"]) * np.array(h["density"])) == pytest.approx(1.0)
+    assert (tmp_path / "theory.png").stat().st_size > 10_000

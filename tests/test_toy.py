@@ -1,4 +1,4 @@
-"""Tests of isometry.toy against THEORY.md §4 (float64, conftest enables x64)."""
+"""Tests of isometry.toy against docs/theory.md §4 (float64, conftest enables x64)."""
 
 import math
 
@@ -9,7 +9,7 @@ import pytest
 
 from isometry import toy
 
-#: THEORY.md §4 check value: 50^{1/5} − 1.
+#: docs/theory.md §4 check value: 50^{1/5} − 1.
 SOLUTION_PRODUCT = 1.1867241478865562
 EPS = float(jnp.finfo(jnp.float64).eps)
 

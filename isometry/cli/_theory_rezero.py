@@ -2,8 +2,9 @@
 
 For every depth and α: the predicted moments m1..m4 of JJᵀ (`isometry.theory_residual`), the
 scaling time t = Σ_l α² σ_w² μ₁ and the scaling-limit moments at that t, beside the moments
-measured on `--samples` float64 nets (mean and standard error over nets); theory.json and an
-overlay PNG of log10 m_k against k (measured with error bars, predicted as lines).
+measured on `--samples` float64 nets (mean and standard error over nets); the predicted density
+of log10 σ (`theory_residual.residual_density`) with the measured histogram; theory.json and a
+PNG of (a) log10 m_k against k and (b) the densities (`isometry.plot.residual_theory_figure`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,21 @@ import math
 import numpy as np
 
 from isometry import theory, theory_residual
+from isometry._numerics import log10_sigma
 from isometry.cli import UsageError
 from isometry.cli._report import table_stream, write_report
 from isometry.cli._theory_config import TheoryConfig, sample
+from isometry.plot.theory import residual_theory_figure
 
 KEYS = ("m1", "m2", "m3", "m4")
+#: points of the predicted density in the JSON, bins of the measured histogram
+DENSITY_POINTS, BINS = 200, 60
+
+
+def histogram_record(sv) -> dict:
+    """The measured histogram of log10 σ, normalized as the density (area 1)."""
+    density, edges = np.histogram(log10_sigma(np.asarray(sv)).ravel(), bins=BINS, density=True)
+    return dict(edges=edges, density=density)
 
 
 def _record(config: TheoryConfig, depth: int, alpha: float, sigma_w2: float) -> dict:
@@ -34,9 +45,15 @@ def _record(config: TheoryConfig, depth: int, alpha: float, sigma_w2: float) -> 
                scaling_limit={k: float(v) for k, v in
                               zip(KEYS, theory_residual.scaling_limit_moments(t, 4))})
     rec["predicted"]["nvar"] = float(pred[1] / pred[0] ** 2 - 1)
+    try:
+        rec["density"] = theory_residual.density_points(theory_residual.residual_density(
+            config.activation, depth, alpha, sigma_w2, config.sigma_b2), DENSITY_POINTS)
+    except FloatingPointError as err:  # far from α ≪ 1/σ_w the truncated S-transform fails
+        rec["density_error"] = str(err)
     if config.samples:
         sv = sample(config, depth, sigma_w2, math.nan, variant="rezero", alpha=alpha)
         rec["measured"] = theory.measured_summary(sv, keys=KEYS + ("nvar",), k=4)
+        rec["histogram"] = histogram_record(sv)
     return rec
 
 
@@ -56,34 +73,6 @@ def compute(config: TheoryConfig) -> dict:
                       "ReLU nets add one outlier above the bulk, which raises high moments)")
 
 
-def figure(doc: dict):
-    """log10 m_k against k: predicted (lines), scaling limit (dotted), measured (error bars)."""
-    # matplotlib: imported when the figure is drawn, so that `isometry --help` starts fast
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    k = np.arange(1, 5)
-    for i, rec in enumerate(doc["records"]):
-        color = f"C{i % 10}"
-        label = f"L={rec['depth']}, α={rec['alpha']:g} (t={rec['t']:.3g})"
-        ax.plot(k, [math.log10(rec["predicted"][f"m{j}"]) for j in k], "-", color=color,
-                label=label)
-        ax.plot(k, [math.log10(rec["scaling_limit"][f"m{j}"]) for j in k], ":", color=color)
-        if "measured" in rec:
-            m = np.array([rec["measured"]["mean"][f"m{j}"] for j in k])
-            se = np.array([rec["measured"]["se"][f"m{j}"] for j in k])
-            ax.errorbar(k, np.log10(m), yerr=se / (m * math.log(10)), fmt="o", color=color,
-                        markersize=4, capsize=2)
-    ax.set_xticks(k)
-    ax.set_xlabel("k")
-    ax.set_ylabel(r"$\log_{10} m_k$ of $JJ^T$")
-    ax.set_title(f"ReZero {doc['activation']} nets: measured (N={doc['width']}, dots), "
-                 f"theory (lines), scaling limit (dotted)", fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    return fig
-
-
 def print_table(doc: dict, stream) -> None:
     """Predicted and measured moments, one pair of rows per (depth, α)."""
     keys = KEYS + ("nvar",)
@@ -101,5 +90,6 @@ def print_table(doc: dict, stream) -> None:
 def run(config: TheoryConfig) -> int:
     doc = compute(config)
     print_table(doc, table_stream(config.json))
-    write_report(config.out, "theory", figure(doc), doc, config.json)
+    fig = residual_theory_figure(doc["records"], doc["activation"], doc["width"])
+    write_report(config.out, "theory", fig, doc, config.json)
     return 0

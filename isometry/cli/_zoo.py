@@ -1,7 +1,9 @@
 """The models the command line can build, by name: `--model fc|resnet|transformer`.
 
-A `ModelKind` knows its variants, how to build one model from the parsed arguments and how
-to draw continuous probe inputs for its Jacobian. The CLI is the application layer: it may
+A `ModelKind` knows its variants, how to turn the parsed arguments into the model's frozen
+configuration (`models.FullyConnectedConfig`, `ResNetConfig`, `TransformerConfig`) and how to
+draw continuous probe inputs for its Jacobian. The arguments are read, never written: the
+configuration is built from them field by field. The CLI is the application layer: it may
 import `models`; the engine (`isometry/_*.py`) never does.
 """
 
@@ -10,14 +12,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 import models
+from isometry.cli import UsageError, comma_list
 from models import fully_connected, resnet, transformer
+
+
+def param_dtype(args) -> Any:
+    """The parameters' dtype the arguments ask for: float64 with --x64, else float32."""
+    return jnp.float64 if getattr(args, "x64", False) else jnp.float32
+
+
+def depths(args) -> list[int]:
+    """The depths the arguments ask for: --depth, or 2·sum + 2 of a ResNet's --blocks."""
+    blocks = getattr(args, "blocks", None)
+    return [2 * sum(blocks) + 2] if blocks else list(args.depth)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +41,10 @@ class ModelKind:
     Attributes:
       name: the `--model` name.
       variants: the variant names it accepts (all of them are the default).
-      build: (args, variant, depth, rngs) -> nnx.Module. `isometry train` sets `args.task`
-        (an `isometry.data.Task`: kind, input_shape, num_classes) before calling it; a
-        builder sizes the model's inputs and outputs for it (None or absent: as for spectra).
+      model: the model class (built with `model.from_config`).
+      configure: (args, variant, depth, task) -> the model's configuration. `task` is the
+        `isometry.data.Task` (kind, input_shape, num_classes) `isometry train` trains on, to
+        size the model's inputs and outputs for it; None: as for spectra.
       input_shape: args -> the shape of one probe input (without batch axis).
       tasks: the `Task.kind`s it trains on ("classification", "language_model").
       flat_inputs: training flattens each example to a vector (fully connected nets).
@@ -37,10 +52,28 @@ class ModelKind:
 
     name: str
     variants: tuple[str, ...]
-    build: Callable[[argparse.Namespace, str, int, nnx.Rngs], nnx.Module]
+    model: type
+    configure: Callable[[argparse.Namespace, str, int, Any], Any]
     input_shape: Callable[[argparse.Namespace], tuple[int, ...]]
     tasks: tuple[str, ...] = ()
     flat_inputs: bool = False
+
+    def config(self, args, variant: str, depth: int, task=None, **overrides):
+        """The model's configuration for these arguments, `overrides` replacing fields.
+
+        Raises:
+          UsageError: the settings do not make a model (the model's own message).
+        """
+        try:
+            return dataclasses.replace(self.configure(args, variant, depth, task), **overrides)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+    def build(self, args, variant: str, depth: int, rngs: nnx.Rngs, task=None,
+              **overrides) -> nnx.Module:
+        """The model of `config(args, variant, depth, task, **overrides)`."""
+        return self.model.from_config(self.config(args, variant, depth, task, **overrides),
+                                      rngs=rngs)
 
     def train_input_shape(self, task) -> tuple[int, ...] | None:
         """The shape training reshapes each example to (None: as the data gives it)."""
@@ -52,19 +85,16 @@ class ModelKind:
         return jax.random.normal(key, (n, *self.input_shape(args)), dtype=jnp.float32).astype(dtype)
 
 
-def build_model(kind: ModelKind, args, variant: str, depth: int, seed: int) -> nnx.Module:
-    """`kind.build` initialized in float32, then cast to `args.param_dtype`.
+def build_model(kind: ModelKind, args, variant: str, depth: int, seed: int,
+                task=None) -> nnx.Module:
+    """`kind.build` initialized in float32, then cast to the dtype of the arguments.
 
     The same `--seed` so gives the same weights with and without `--x64` (rounded to float32
     once), and the float64 run is the float32 run computed in higher precision: the two can be
     compared number by number.
     """
-    dtype = args.param_dtype
-    args.param_dtype = jnp.float32
-    try:
-        module = kind.build(args, variant, depth, nnx.Rngs(seed))
-    finally:
-        args.param_dtype = dtype
+    module = kind.build(args, variant, depth, nnx.Rngs(seed), task, param_dtype=jnp.float32)
+    dtype = param_dtype(args)
     if jnp.dtype(dtype) != jnp.float32:
         state = nnx.state(module)
         nnx.update(module, jax.tree_util.tree_map(
@@ -72,62 +102,48 @@ def build_model(kind: ModelKind, args, variant: str, depth: int, seed: int) -> n
     return module
 
 
-def _build_fc(args, variant: str, depth: int, rngs: nnx.Rngs) -> nnx.Module:
-    task = getattr(args, "task", None)  # training: project flat inputs in, logits out
-    return models.FullyConnected(depth, args.width, variant=variant, activation=args.activation,
-                                 alpha_init=args.alpha_init, param_dtype=args.param_dtype,
-                                 in_features=math.prod(task.input_shape) if task else None,
-                                 out_features=task.num_classes if task else None,
-                                 remat=args.remat, rngs=rngs)
+def _fc_config(args, variant: str, depth: int, task) -> models.FullyConnectedConfig:
+    # training: project flat inputs in, logits out
+    return models.FullyConnectedConfig(
+        depth, args.width, variant=variant, activation=args.activation,
+        alpha_init=args.alpha_init, param_dtype=param_dtype(args),
+        in_features=math.prod(task.input_shape) if task else None,
+        out_features=task.num_classes if task else None, remat=args.remat)
 
 
-def _model_error(err: ValueError):
-    from isometry.cli import UsageError
-
-    return UsageError(str(err))
-
-
-def _build_resnet(args, variant: str, depth: int, rngs: nnx.Rngs) -> nnx.Module:
-    task = getattr(args, "task", None)  # training: channels and classes of the data
-    try:
-        return models.ResNet(depth, variant=variant, stages=args.blocks, width=args.channels,
-                             alpha_init=args.alpha_init,
-                             in_channels=task.input_shape[-1] if task else 3,
-                             num_classes=task.num_classes if task else 10,
-                             param_dtype=args.param_dtype, remat=args.remat, rngs=rngs)
-    except ValueError as err:
-        raise _model_error(err) from None
+def _resnet_config(args, variant: str, depth: int, task) -> models.ResNetConfig:
+    # training: channels and classes of the data
+    return models.ResNetConfig(
+        depth, variant=variant, stages=args.blocks, width=args.channels,
+        alpha_init=args.alpha_init, in_channels=task.input_shape[-1] if task else 3,
+        num_classes=task.num_classes if task else 10, param_dtype=param_dtype(args),
+        remat=args.remat)
 
 
-def _build_transformer(args, variant: str, depth: int, rngs: nnx.Rngs) -> nnx.Module:
-    task = getattr(args, "task", None)  # training: a causal language model over the vocabulary
-    try:
-        return models.Transformer(depth, args.d_model, heads=args.heads, ffn=args.ffn,
-                                  variant=variant, activation=args.activation,
-                                  alpha_init=args.alpha_init,
-                                  vocab_size=task.num_classes if task else None,
-                                  causal=task is not None, param_dtype=args.param_dtype,
-                                  remat=args.remat, rngs=rngs)
-    except ValueError as err:
-        raise _model_error(err) from None
+def _transformer_config(args, variant: str, depth: int, task) -> models.TransformerConfig:
+    # training: a causal language model over the vocabulary
+    return models.TransformerConfig(
+        depth, args.d_model, heads=args.heads, ffn=args.ffn, variant=variant,
+        activation=args.activation, alpha_init=args.alpha_init,
+        vocab_size=task.num_classes if task else None, causal=task is not None,
+        param_dtype=param_dtype(args), remat=args.remat)
 
 
 MODEL_KINDS: dict[str, ModelKind] = {
-    "fc": ModelKind("fc", fully_connected.VARIANTS, _build_fc, lambda a: (a.width,),
-                    tasks=("classification",), flat_inputs=True),
+    "fc": ModelKind("fc", fully_connected.VARIANTS, models.FullyConnected, _fc_config,
+                    lambda a: (a.width,), tasks=("classification",), flat_inputs=True),
     # spectra: logits (10) w.r.t. the image, J is 10 × (size·size·3)
-    "resnet": ModelKind("resnet", resnet.VARIANTS, _build_resnet,
+    "resnet": ModelKind("resnet", resnet.VARIANTS, models.ResNet, _resnet_config,
                         lambda a: (a.image_size, a.image_size, 3), tasks=("classification",)),
     # spectra: the encoder stack on continuous inputs (seq, d_model), J is (T·d) × (T·d)
-    "transformer": ModelKind("transformer", transformer.VARIANTS, _build_transformer,
-                             lambda a: (a.seq_len, a.d_model), tasks=("language_model",)),
+    "transformer": ModelKind("transformer", transformer.VARIANTS, models.Transformer,
+                             _transformer_config, lambda a: (a.seq_len, a.d_model),
+                             tasks=("language_model",)),
 }
 
 
 def add_model_args(parser: argparse.ArgumentParser, depth_default: str = "32") -> None:
     """Options every command that builds models shares."""
-    from isometry.cli import comma_list
-
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="fc", choices=sorted(MODEL_KINDS),
                    help="architecture (default: fc)")
@@ -161,9 +177,11 @@ def add_model_args(parser: argparse.ArgumentParser, depth_default: str = "32") -
 
 
 def resolve(args) -> tuple[ModelKind, list[str]]:
-    """The ModelKind and the checked list of variants the arguments ask for."""
-    from isometry.cli import UsageError
+    """The ModelKind and the checked list of variants the arguments ask for.
 
+    Only checks: the depths and the dtype the arguments ask for are `depths(args)` and
+    `param_dtype(args)`.
+    """
     kind = MODEL_KINDS[args.model]
     variants = args.variant or list(kind.variants)
     unknown = [v for v in variants if v not in kind.variants]
@@ -185,6 +203,4 @@ def resolve(args) -> tuple[ModelKind, list[str]]:
             raise UsageError("--blocks sets the stages of a ResNet; use it with --model resnet")
         if not args.blocks or min(args.blocks) < 1:
             raise UsageError(f"--blocks must be positive block counts, got {args.blocks}")
-        args.depth = [2 * sum(args.blocks) + 2]
-    args.param_dtype = jnp.float64 if getattr(args, "x64", False) else jnp.float32
     return kind, variants

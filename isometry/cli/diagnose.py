@@ -7,19 +7,33 @@ diagnosis.png (χ_l profile, σ histogram, token similarity by depth, |α| and �
 
     isometry diagnose --model fc --variant plain --activation tanh --sigma-w2 1 --sigma-b2 0.05
     isometry diagnose --model transformer --variant postnorm --depth 64 --json
+
+With --run RUN_DIR it diagnoses a training run of `isometry train` instead: the model that
+RUN_DIR/config.json describes, at its initialization (step 0, rebuilt from the run's seed) and
+at every checkpoint in the directory (checkpoint.npz and kept copies checkpoint_*.npz), on the
+run's first probe input; it prints one line per step and writes diagnosis_run.json and
+diagnosis_run.png (the main numbers over training). The model options are then taken from
+config.json.
+
+    isometry diagnose --run runs/rezero
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 
 import jax
+import numpy as np
 from flax import nnx
 
 import models
+from isometry import data as datasets
 from isometry import theory
 from isometry._diagnose import diagnose
+from isometry._diagnose_run import checkpoint_files, diagnose_run, run_config
 from isometry.cli import UsageError, _zoo
+from isometry.train import RunConfigError
 from isometry.cli._report import table_stream, write_report
 
 
@@ -39,6 +53,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="isometry-diagnose",
                    help="directory for diagnosis.json and diagnosis.png (default: "
                         "./isometry-diagnose)")
+    p.add_argument("--run", default=None, metavar="RUN_DIR",
+                   help="diagnose every checkpoint of this run directory of isometry train "
+                        "(model options come from its config.json)")
     p.add_argument("--json", action="store_true",
                    help="print the JSON on stdout (the table goes to stderr)")
     p.set_defaults(func=run, seq_len=8)
@@ -47,9 +64,10 @@ def register(sub) -> None:
 def compute(args):
     """(the Diagnosis, the JSON document) for the model the arguments describe."""
     kind, variants = _zoo.resolve(args)
-    if len(variants) != 1 or len(args.depth) != 1:
+    depths, dtype = _zoo.depths(args), _zoo.param_dtype(args)
+    if len(variants) != 1 or len(depths) != 1:
         raise UsageError("diagnose looks at one model: give one --variant and one --depth")
-    variant, depth = variants[0], args.depth[0]
+    variant, depth = variants[0], depths[0]
     rngs = nnx.Rngs(args.seed)
     mean_field = None
     if args.model == "fc":
@@ -57,7 +75,7 @@ def compute(args):
             net = models.FullyConnected(depth, args.width, variant=variant,
                                         activation=args.activation, alpha_init=args.alpha_init,
                                         sigma_w2=args.sigma_w2, sigma_b2=args.sigma_b2,
-                                        param_dtype=args.param_dtype, rngs=rngs)
+                                        param_dtype=dtype, rngs=rngs)
         except ValueError as err:
             raise UsageError(str(err)) from None
         if variant == "plain" and args.activation in theory.ACTIVATIONS:
@@ -69,7 +87,7 @@ def compute(args):
         net = kind.build(args, variant, depth, rngs)
         if hasattr(net, "eval"):
             net.eval()
-    x = kind.probe_inputs(args, jax.random.key(10_000 + args.seed), 1, args.param_dtype)[0]
+    x = kind.probe_inputs(args, jax.random.key(10_000 + args.seed), 1, dtype)[0]
     if not 0 <= args.burn_in < depth:
         raise UsageError(f"--burn-in must be in [0, depth), got {args.burn_in}")
     try:
@@ -81,7 +99,60 @@ def compute(args):
     return diagnosis, doc
 
 
+#: The model settings `isometry train` stores in config.json (its `_RUN_KEYS` but data and x64).
+_MODEL_KEYS = ("model", "variant", "depth", "width", "alpha_init", "activation", "seq_len",
+               "d_model", "heads", "ffn", "blocks")
+
+
+def _run_model(args, config: dict):
+    """(model, probe input) of the run that config.json describes, built as `isometry train`
+    built it (same builder, sizes and seed)."""
+    if "model" not in config or "data" not in config:
+        raise UsageError(f"run dir {args.run!r} was not written by isometry train (its "
+                         f"config.json names no model): use iso.diagnose_run(run_dir, model, x)")
+    settings = {k: config[k] for k in _MODEL_KEYS if k in config}
+    run_args = argparse.Namespace(**{**vars(args), **settings, "x64": bool(config.get("x64")),
+                                     "variant": [settings["variant"]],
+                                     "depth": [settings["depth"]]})
+    kind, _ = _zoo.resolve(run_args)
+    data = datasets.load_data(config["data"], seq_len=config.get("seq_len") or 128)
+    run_args.task = data.task
+    model = _zoo.build_model(kind, run_args, settings["variant"], settings["depth"],
+                             int(config["train"]["seed"]))
+    x = np.asarray(data.probe_inputs(1))[0]
+    shape = kind.train_input_shape(data.task)
+    x = x.reshape(shape) if shape is not None else x
+    return model, x.astype(run_args.param_dtype) if np.issubdtype(x.dtype, np.floating) else x
+
+
+def run_diagnosis(args):
+    """(the RunDiagnosis, the JSON document) of `--run`; bad run directories are one line."""
+    try:
+        config = run_config(args.run)
+        if not checkpoint_files(args.run):
+            raise RunConfigError(f"run dir {args.run!r} holds no checkpoint: nothing to diagnose")
+        with jax.enable_x64(True) if config.get("x64") else contextlib.nullcontext():
+            model, x = _run_model(args, config)
+            result = diagnose_run(args.run, model, x, initial=True, burn_in=args.burn_in)
+    except (RunConfigError, KeyError, TypeError) as err:
+        raise UsageError(str(err) if isinstance(err, RunConfigError) else
+                         f"run dir {args.run!r}: config.json lacks or mistypes {err}") from None
+    return result, dict(run_dir=args.run, model=config["model"], variant=config["variant"],
+                        depth=config["depth"], diagnosis=result.to_json())
+
+
+def _run_report(args) -> int:
+    result, doc = run_diagnosis(args)
+    print(f"run {args.run}: {doc['model']} {doc['variant']} depth {doc['depth']}",
+          file=table_stream(args.json))
+    print(result.table(), file=table_stream(args.json))
+    write_report(args.out, "diagnosis_run", result.figure(), doc, args.json)
+    return 0
+
+
 def run(args) -> int:
+    if args.run is not None:
+        return _run_report(args)
     # --x64: float64 for this command only (scoped, the global setting is left alone)
     with jax.enable_x64(True) if args.x64 else contextlib.nullcontext():
         diagnosis, doc = compute(args)

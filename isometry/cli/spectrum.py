@@ -51,12 +51,9 @@ def register(sub) -> None:
                         "chi_l only (Hutchinson)")
     p.add_argument("--json", action="store_true",
                    help="print the records as JSON on stdout (the table goes to stderr)")
-    p.add_argument("--simulate-devices", type=int, default=0, metavar="N",
-                   help="on a CPU: offer N simulated devices (jax_num_cpu_devices) to try --mesh")
-    p.add_argument("--mesh", default=None, metavar="data=D[,model=M]",
-                   help="one SPMD program over a device mesh: the probe inputs split over "
-                        "'data', the parameters of fc/transformer models over 'model' "
-                        "(tensor parallel); default: one device")
+    add_mesh_arguments(p, "one SPMD program over a device mesh: the probe inputs split over "
+                          "'data', the parameters of fc/transformer models over 'model' "
+                          "(tensor parallel); default: one device")
     p.set_defaults(func=run, seq_len=4)  # Figure 4a: Jacobians of (4, d_model) sequences
 
 
@@ -88,14 +85,14 @@ def compute_timed(args):
                   compute_s=0.0, compilations=0)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    mesh = _mesh(args)
+    mesh = mesh_from_args(args)
     kind, variants = _zoo.resolve(args)
     _check_counts(args)
     key = jax.random.key(args.seed)
-    x = kind.probe_inputs(args, key, args.samples, args.param_dtype)
+    x = kind.probe_inputs(args, key, args.samples, _zoo.param_dtype(args))
     programs: dict = {}  # one compiled program per shape signature
     results = []
-    for depth, variant in _progress([(d, v) for d in args.depth for v in variants]):
+    for depth, variant in _progress([(d, v) for d in _zoo.depths(args) for v in variants]):
         module = _build(kind, args, variant, depth, mesh)
         try:
             spec, cost = _spectrum(args, module, x, mesh, programs)
@@ -175,7 +172,8 @@ def _spectrum(args, module, x, mesh, programs: dict):
     import isometry as iso
     from isometry._jacobian import flat_sizes
 
-    if mesh is None and args.model == "fc" and getattr(module, "input_proj", None) is None:
+    if (mesh is None and args.model == "fc" and getattr(module, "input_proj", None) is None
+            and getattr(module, "output_proj", None) is None):
         norm = getattr(module.blocks.layers, "norm", None)
         eps = FC_NORM_EPSILON if norm is None else norm.epsilon
         apply_fn, params = fc_apply_fn(args.activation, eps), fc_variant_data(module)
@@ -292,8 +290,16 @@ def _matrix_free_fields(spec) -> dict:
                 figure=spec.statistics(), estimates=MATRIX_FREE_ESTIMATES)
 
 
-def _mesh(args):
-    """The device mesh of --mesh (after --simulate-devices), or None for one device."""
+def add_mesh_arguments(p, mesh_help: str) -> None:
+    """--simulate-devices N and --mesh data=D[,model=M] (read back by `mesh_from_args`)."""
+    p.add_argument("--simulate-devices", type=int, default=0, metavar="N",
+                   help="on a CPU: offer N simulated devices (jax_num_cpu_devices) to try --mesh")
+    p.add_argument("--mesh", default=None, metavar="data=D[,model=M]", help=mesh_help)
+
+
+def mesh_from_args(args, batch_size: int | None = None):
+    """The device mesh of --mesh (after --simulate-devices), or None for one device; with a
+    training `batch_size`, checks that it splits over the mesh's "data" axis."""
     import jax
 
     import isometry as iso
@@ -310,10 +316,14 @@ def _mesh(args):
     if not text:
         return None
     try:
-        return iso.parse_mesh(text)
+        mesh = iso.parse_mesh(text)
     except ValueError as err:
         raise UsageError(f"--mesh {text}: {err} ({jax.device_count()} devices; on a CPU add "
                          f"--simulate-devices N)") from None
+    if batch_size is not None and batch_size % mesh.shape["data"]:
+        raise UsageError(f"--batch-size {batch_size} does not split over the "
+                         f"{mesh.shape['data']} devices of --mesh {text}: use a multiple")
+    return mesh
 
 
 def compute_layerwise(args) -> dict:
@@ -325,15 +335,15 @@ def compute_layerwise(args) -> dict:
     import isometry as iso
 
     kind, variants = _zoo.resolve(args)
-    x = kind.probe_inputs(args, jax.random.key(args.seed), args.samples, args.param_dtype)
-    profiles = {}
-    for depth in args.depth:
+    x = kind.probe_inputs(args, jax.random.key(args.seed), args.samples, _zoo.param_dtype(args))
+    profiles, depths = {}, _zoo.depths(args)
+    for depth in depths:
         for variant in variants:
             module = kind.build(args, variant, depth, nnx.Rngs(args.seed))
             module.eval()
             embed_fn, states_fn, params = iso.from_stack(module)
             x0 = jax.vmap(embed_fn, in_axes=(None, 0))(params, x)
-            label = f"{variant} L={depth}" if len(args.depth) > 1 else variant
+            label = f"{variant} L={depth}" if len(depths) > 1 else variant
             try:
                 if args.method == "lanczos":
                     raise iso.JacobianTooLargeError("matrix-free requested")

@@ -23,6 +23,7 @@ import jax
 
 from isometry import data as datasets
 from isometry.cli import UsageError, _zoo, comma_list, output_dir
+from isometry.cli.spectrum import add_mesh_arguments, mesh_from_args
 from isometry.tracking import RunDirError
 from isometry.train import (ADAGRAD_STYLES, OPTIMIZERS, SCHEDULES, RunConfigError, TrainConfig,
                             train)
@@ -77,6 +78,8 @@ def register(sub) -> None:
     g.add_argument("--run-dir", default="isometry-run", help="default: ./isometry-run")
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_mesh_arguments(p, "data-parallel training over a device mesh: each batch split over "
+                          "'data', parameters replicated; default: one device")
     p.set_defaults(func=run)
 
 
@@ -132,21 +135,21 @@ def _train_config(args, data) -> TrainConfig:
 
 
 def _build_model(kind, args, variant: str, depth: int, task):
-    """The model, sized for the data: `_zoo`'s builders read the task from the arguments they
-    are given, so they get a copy of `args` with it (`args` itself stays as parsed)."""
+    """The model, sized for the data's task (`args` itself stays as parsed)."""
     if task.kind not in kind.tasks:
         raise UsageError(f"--model {args.model} does not do {task.kind.replace('_', ' ')} "
                          f"(data {args.data}); it does: {', '.join(kind.tasks) or 'none yet'}")
-    model_args = argparse.Namespace(**{**vars(args), "task": task})
-    return _zoo.build_model(kind, model_args, variant, depth, args.seed)
+    # the model's inputs and outputs sized for the data (see _zoo.ModelKind)
+    return _zoo.build_model(kind, args, variant, depth, args.seed, task=task)
 
 
 def run(args) -> int:
     if args.x64:
         jax.config.update("jax_enable_x64", True)
+    mesh = mesh_from_args(args, batch_size=args.batch_size)  # before jax's backend starts
     kind, variants = _zoo.resolve(args)
     variant = _single(variants if args.variant else [_default_variant(kind)], "--variant")
-    depth = _single(args.depth, "--depth")
+    depth = _single(_zoo.depths(args), "--depth")
     _check_run_args(args)
     data = _load_data(args)
     config = _train_config(args, data)
@@ -158,7 +161,7 @@ def run(args) -> int:
                        run_info=run_info, input_shape=kind.train_input_shape(data.task),
                        probes=args.probes,
                        track_every=args.track_every, log_every=args.log_every, method=args.method,
-                       progress=False if args.no_progress else None)
+                       progress=False if args.no_progress else None, mesh=mesh)
     except (RunConfigError, RunDirError, FileExistsError) as err:
         raise UsageError(str(err)) from None
     except MemoryError as err:  # JacobianTooLargeError: a dense spectrum that does not fit

@@ -12,7 +12,10 @@ import os
 from isometry import plot
 from isometry._io import atomic_write, jsonable, write_json
 
-__all__ = ["write_report", "markdown_table", "fmt"]
+__all__ = ["write_report", "markdown_table", "fmt", "paper_differences", "PAPER_HEADING"]
+
+#: The heading of the section every experiment's NAME.md ends with.
+PAPER_HEADING = "## Paper scale against the paper"
 
 
 def write_report(out_dir: str, name: str, record: dict, figure, markdown: str) -> dict[str, str]:
@@ -41,3 +44,22 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def paper_differences(differences, scale: str | None = None) -> str:
+    """The section "## Paper scale against the paper": one bullet per sentence of an
+    experiment's `PAPER_DIFFERENCES` (how its `--scale paper` settings differ from the
+    paper's and its authors' notebooks, and the choices the paper leaves open).
+
+    >>> print(paper_differences(("Batch 100, as the paper.",), scale="cpu"), end="")
+    ## Paper scale against the paper
+    <BLANKLINE>
+    This record ran at scale "cpu"; the list compares the `--scale paper` settings with the paper.
+    <BLANKLINE>
+    - Batch 100, as the paper.
+    """
+    head = [PAPER_HEADING + "\n"]
+    if scale is not None and scale != "paper":
+        head.append(f"This record ran at scale \"{scale}\"; the list compares the `--scale paper` "
+                    f"settings with the paper.\n")
+    return "\n".join(head + ["\n".join(f"- {d}" for d in differences) + "\n"])

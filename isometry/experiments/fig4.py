@@ -31,7 +31,7 @@ from isometry import plot
 from isometry._adapters import from_nnx
 from isometry._spectra import VANISHED
 from isometry._spectrum import spectrum_fn
-from isometry.experiments._report import fmt, markdown_table
+from isometry.experiments._report import fmt, markdown_table, paper_differences
 from isometry.experiments._runs import image_data, language_data, train_run
 from isometry.tracking import load_spectrum, spectrum_arrays, spectrum_from_arrays
 from isometry.train import TrainConfig
@@ -39,6 +39,25 @@ from isometry.train import TrainConfig
 PAPER = {"a": "shallow encoders peak near σ = 1; deep ones have many σ vanishing to machine precision",
          "b": "stays near dynamical isometry during training (all σ = 1 at α = 0)",
          "notebook_mean_sigma2_postnorm": {"12": 0.810, "128": 0.0}}
+
+#: How `--scale paper` differs from the paper and the authors' notebook (SETTINGS.md).
+PAPER_DIFFERENCES = (
+    "(a) As the authors' notebook: depths 4, 12 and 64, d_model 16, T = 4 tokens, 4 heads, "
+    "FFN 64, 10 N(0, 1) inputs, Xavier-uniform weights, float64. Not reproduced: the "
+    "notebook's depth 128 and its Pre-Norm (α = 1) and ReZero (α = 0.1) encoders, whose mean "
+    "σ² it compares (12 layers 0.810 / 10.24 / 1.059).",
+    "(b) The paper trains a 64-layer ReZero decoder LM on WikiText-2; ours is a 64-layer "
+    "d_model-16 LM on enwik8 (or the local text): Adagrad lr 0.01, batch 16, sequence 8, 200 "
+    "steps, no gradient clip, no StepLR. The notebook uses batch 50, bptt 35, embedding 128, "
+    "FFN 256, 8 heads, dropout 0.1, StepLR γ 0.9 and clip 0.5.",
+    "(c, d) ResNet-110 on 32×32 images, SGD lr 0.1, momentum 0.9, batch 128, 100 steps: the "
+    "paper does not say how long its \"initial training\" is.",
+    "BatchNorm statistics are calibrated on one training batch before each Jacobian (our "
+    "choice; the paper is silent, and uncalibrated running averages start at (0, 1)).",
+    "At paper scale the (c, d) Jacobians are too large for a dense SVD: their statistics come "
+    "from the matrix-free SLQ density (with its stated error), never from the top-k Ritz values.",
+    "One seed and 2 probe inputs per tracked step.",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,4 +249,5 @@ def markdown(record: dict) -> str:
                        rows),
         f"Paper: (a) {PAPER['a']}; (b) {PAPER['b']}. Authors' notebook: mean σ² of a 12-layer "
         f"Post-Norm encoder 0.810, of a 128-layer one ≈ 0.\n",
-        " ".join(verdict) + "\n"])
+        " ".join(verdict) + "\n",
+        paper_differences(PAPER_DIFFERENCES, record.get("scale"))])

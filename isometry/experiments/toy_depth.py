@@ -26,8 +26,20 @@ from tqdm import tqdm
 
 from isometry import plot, toy
 from isometry._io import jsonable
+from isometry.experiments._report import markdown_table, paper_differences
 
-__all__ = ["DepthSweepSettings", "DepthSweep", "depth_sweep", "scaling", "record", "figure"]
+__all__ = ["DepthSweepSettings", "DepthSweep", "depth_sweep", "scaling", "record", "figure",
+           "markdown", "PAPER_DIFFERENCES"]
+
+#: How the sweep differs from the paper, and the choices the paper leaves open (written by
+#: `markdown`).
+PAPER_DIFFERENCES = (
+    "The paper derives the bound (λ ∝ L⁻¹(1 + w)^−(L−1) for α = 1 fixed, polynomial in L from "
+    "α = 0) and does not measure it; this sweep measures the largest converging learning rate "
+    "by bisection, so its depths (2–32), w₀ = 1, target 50·x_0 at every depth, budget of "
+    "200,000 steps and loss tolerance 1e-8 are all our choice.",
+    "\"Converges\" is our criterion: the loss falls to the tolerance within the budget at a "
+    "point where the learning rate is below the local stability bound.")
 
 #: What "converges" means in the sweep (written into the record).
 CONVERGES = "loss <= tol within max_steps, at a point where lr is below the local stability bound"
@@ -176,3 +188,17 @@ def record(sweep: DepthSweep) -> dict:
 def figure(rec: dict):
     """`plot.toy_depth_sweep` on the record."""
     return plot.toy_depth_sweep(rec)
+
+
+def markdown(rec: dict) -> str:
+    """lr_depth.md: the fitted scaling of each toy and how the sweep differs from the paper."""
+    rows = [[name, rec[name]["scaling"].get("better") or "—",
+             rec[name]["scaling"].get("exponential", {}).get("factor_per_layer"),
+             rec[name]["scaling"].get("power_law", {}).get("slope")]
+            for name in ("residual", "rezero")]
+    return "\n".join([
+        "# Learning rate against depth on the toy x_L = (1 + αw)^L x_0\n",
+        f"Depths {', '.join(str(d) for d in rec['depths'])}; w₀ = {rec['setup']['w0']:g}.\n",
+        markdown_table(["toy", "better fit", "exponential: factor per layer",
+                        "power law: exponent"], rows),
+        paper_differences(PAPER_DIFFERENCES, rec.get("scale"))])

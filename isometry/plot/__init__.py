@@ -5,7 +5,8 @@ computes an experiment. `save(fig, path)` writes a figure atomically.
 Modules, one concept each: `output` (backend, `save`), `spectra` (log10 σ histograms,
 Figure 4 style), `toy` (Figure 2 and learning rate versus depth), `training` (a run's records:
 Figures 4b–d, 8), `theory` (measured against predicted densities), `layerwise` (profiles over
-depth). Every figure function is importable as `isometry.plot.<name>`.
+depth), `diagnosis` (`isometry.diagnose`'s figures). Every figure function is importable as
+`isometry.plot.<name>`.
 """
 
 from isometry.plot.output import save
@@ -14,7 +15,8 @@ from isometry.plot.toy import toy_depth_sweep, toy_figure2
 from isometry.plot.training import alpha_heatmap, chi_curve, spectrum_heatmap, training_curves
 from isometry.plot.theory import theory_overlay
 from isometry.plot.layerwise import layerwise_profiles
+from isometry.plot.diagnosis import diagnosis_figure, run_diagnosis_figure
 
 __all__ = ["save", "spectrum_histograms", "toy_figure2", "toy_depth_sweep",
            "training_curves", "spectrum_heatmap", "alpha_heatmap", "chi_curve", "theory_overlay",
-           "layerwise_profiles"]
+           "layerwise_profiles", "diagnosis_figure", "run_diagnosis_figure"]

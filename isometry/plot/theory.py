@@ -3,15 +3,19 @@
 `theory_overlay` takes predictions (objects with `depth`, `weights`, `sigma_w2`, `sigma_b2`
 and a `density` with `log10_sigma`, `density`, `point_sigma`, `point_mass`, `zero_mass`, as
 `theory.SpectralPrediction` has) and arrays of measured σ; it computes no prediction.
+`residual_theory_figure` draws the records of `isometry theory --variant rezero` (moments and
+densities as computed there).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from isometry.plot.output import plt
 
-__all__ = ["theory_overlay"]
+__all__ = ["theory_overlay", "residual_theory_figure"]
 
 #: Measured σ below this fraction of σ_max count as zeros (ReLU's dead units).
 ZERO_FRACTION = 1e-10
@@ -88,5 +92,70 @@ def theory_overlay(predictions: list, measured: list | None = None, *, bins: int
     p0 = predictions[0]
     ax.set_title(title or f"{p0.weights} weights, σ_w²={p0.sigma_w2:g}, σ_b²={p0.sigma_b2:g}: "
                           f"measured vs free-probability prediction")
+    fig.tight_layout()
+    return fig
+
+
+def _moment_panel(ax, records, width) -> None:
+    """log10 m_k against k: predicted (lines), scaling limit (dotted), measured (error bars)."""
+    k = np.arange(1, 5)
+    for i, rec in enumerate(records):
+        color = f"C{i % 10}"
+        ax.plot(k, [math.log10(rec["predicted"][f"m{j}"]) for j in k], "-", color=color,
+                label=f"L={rec['depth']}, α={rec['alpha']:g} (t={rec['t']:.3g})")
+        ax.plot(k, [math.log10(rec["scaling_limit"][f"m{j}"]) for j in k], ":", color=color)
+        if "measured" in rec:
+            m = np.array([rec["measured"]["mean"][f"m{j}"] for j in k])
+            se = np.array([rec["measured"]["se"][f"m{j}"] for j in k])
+            ax.errorbar(k, np.log10(m), yerr=se / (m * math.log(10)), fmt="o", color=color,
+                        markersize=4, capsize=2)
+    ax.set_xticks(k)
+    ax.set_xlabel("k")
+    ax.set_ylabel(r"$\log_{10} m_k$ of $JJ^T$")
+    ax.set_title(f"(a) moments: measured (N={width}, dots), theory (lines), scaling limit "
+                 f"(dotted)", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+
+
+def _density_panel(ax, records) -> None:
+    """Predicted densities of log10 σ (lines) over measured histograms (shaded)."""
+    for i, rec in enumerate(records):
+        color = f"C{i % 10}"
+        label = f"L={rec['depth']}, α={rec['alpha']:g}"
+        if rec.get("histogram"):
+            h = rec["histogram"]
+            ax.stairs(h["density"], h["edges"], color=color, alpha=0.3, fill=True,
+                      label=f"{label} measured")
+        if rec.get("density"):
+            ax.plot(rec["density"]["log10_sigma"], rec["density"]["density"], color=color,
+                    linewidth=1.4, label=f"{label} theory")
+    ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
+    ax.set_xlabel(r"$\log_{10}\,\sigma$")
+    ax.set_ylabel(r"density of $\log_{10}\sigma$")
+    ax.set_title("(b) density of σ (bulk; S-transform, docs/theory.md §5)", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+
+
+def residual_theory_figure(records: list, activation: str, width: int):
+    """Two panels for residual nets x + α φ(Wx + b): (a) log10 m_k of JJᵀ against k, predicted,
+    scaling limit and measured; (b) the predicted density of log10 σ over measured histograms.
+
+    Args:
+      records: the "records" of `isometry theory --variant rezero`'s JSON: dicts with depth,
+        alpha, t, predicted/scaling_limit {"m1".."m4"}, optional measured {"mean", "se"},
+        optional density {"log10_sigma", "density"} and histogram {"edges", "density"}.
+      activation, width: for the title.
+
+    Example:
+        >>> rec = dict(depth=8, alpha=0.3, t=0.72, predicted={f"m{k}": 2.0 ** k for k in
+        ...            range(1, 5)}, scaling_limit={f"m{k}": 2.1 ** k for k in range(1, 5)},
+        ...            density=dict(log10_sigma=[-0.5, 0.0, 0.5], density=[0.0, 1.0, 0.0]))
+        >>> len(residual_theory_figure([rec], "linear", 512).axes)
+        2
+    """
+    fig, (ax_m, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
+    _moment_panel(ax_m, records, width)
+    _density_panel(ax_d, records)
+    fig.suptitle(f"ReZero {activation} nets: free-probability theory against measurement")
     fig.tight_layout()
     return fig

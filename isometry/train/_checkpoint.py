@@ -49,6 +49,9 @@ def load_checkpoint(path: str, template: Any) -> tuple[int, Any]:
         z = np.load(path)
         if "layout" not in z.files:
             raise RunConfigError(f"checkpoint {path!r} {OLD_LAYOUT}")
+        if str(z["layout"]) != PARAM_LAYOUT:  # another layout's leaves: never load them
+            raise RunConfigError(f"checkpoint {path!r} has parameter layout {str(z['layout'])!r}; "
+                                 f"this isometry reads {PARAM_LAYOUT!r} only")
         step = int(z["step"])
         out = []
         for i, t in enumerate(leaves):

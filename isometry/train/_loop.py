@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from isometry._sharding import replicate_for_training, shard_batch, to_host
 from isometry._stack import LayerStack
 from isometry.calibrate import batchnorm_calibration, has_batchnorm
 from isometry.tracking import Tracker
@@ -106,6 +107,7 @@ class _Run:
     bar: Any = None
     final: dict = dataclasses.field(default_factory=dict)
     diverged: bool = False
+    mesh: Any = None  # data-parallel: batches split over its "data" axis, state replicated
 
     @classmethod
     def start(cls, model: nnx.Module, data, config: TrainConfig, input_shape) -> "_Run":
@@ -175,7 +177,9 @@ class _Run:
         """One optimizer step, then its evaluation, record and checkpoint when due."""
         c = self.config
         x, y = self.data.train_batch(c.seed, self.step, c.batch_size)
-        *state, metrics = self.step_fn(*self.state, self.prepare(x), y)
+        x, y = (self.prepare(x), y) if self.mesh is None else shard_batch((self.prepare(x), y),
+                                                                          self.mesh)
+        *state, metrics = self.step_fn(*self.state, x, y)
         self.state = tuple(state)
         self.step += 1
         self.bar.update(1)
@@ -206,7 +210,7 @@ class _Run:
         if self.tracker is None or not (force or self.tracker.due(step)):
             return None
         m = {k: float(v) for k, v in jax.device_get(metrics or {}).items()}
-        params, rest, _ = self.state
+        params, rest, _ = self.state if self.mesh is None else to_host(self.state)
         rec = self.tracker.update(step, nnx.merge_state(params, rest), force=force,
                                   spectrum=spectrum, lr=float(self.lrs[max(step - 1, 0)]),
                                   **m, **more)
@@ -223,7 +227,7 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
           resume: bool = False, run_info: dict | None = None, input_shape: tuple | None = None,
           probes: int = 8, track_every: int = 100, log_every: int = 10,
           method: str = "auto", progress: bool | None = None,
-          calibrate_batchnorm: bool = False) -> TrainResult:
+          calibrate_batchnorm: bool = False, mesh=None) -> TrainResult:
     """Trains `model` on `data`, tracking spectra, α's and losses into `run_dir`.
 
     Args:
@@ -243,6 +247,9 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
       calibrate_batchnorm: take every tracked spectrum with BatchNorm statistics of the first
         training batch (one train-mode pass, `isometry.calibrate`) instead of the running
         averages, which start at (0, 1) and describe no data early in training.
+      mesh: data-parallel training over this `jax.sharding.Mesh` (`isometry.device_mesh`):
+        every batch split over its "data" axis, parameters and optimizer state replicated (or
+        as sharded as the model was built with `mesh=`); spectra and files as without it.
 
     Returns:
       `TrainResult` with the final params/rest, the last step, the final record, and whether
@@ -266,6 +273,8 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
                              "calibrate_batchnorm": calibrate_batchnorm, **(run_info or {})})
         run.open_run_dir(run_dir, resume, info, model, **tracking,
                          calibrate_batchnorm=calibrate_batchnorm)
+    if mesh is not None:  # after a resume restored the state from its checkpoint
+        run.mesh, run.state = mesh, replicate_for_training(run.state, mesh)
     run.loop(progress)
     params, rest, _ = run.state
     nnx.update(model, params, rest)

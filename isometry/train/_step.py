@@ -16,6 +16,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from isometry.train._optimizer import with_standard_promotion
+
 __all__ = ["make_train_step", "make_eval_step", "evaluate", "prepare_inputs"]
 
 def _losses(logits, y):
@@ -38,6 +40,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *,
     10,000-layer net needs; the arrays passed in are invalid after the call.
     """
 
+    optimizer = with_standard_promotion(tx)  # any optax transformation, strict promotion or not
+
     def loss_fn(model, x, y):
         ce, hit = _losses(model(x), y)
         return jnp.mean(ce), jnp.mean(hit)
@@ -49,7 +53,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *,
         # counts the forward pass updates stay in `model`
         (loss, acc), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, y)
         rest = nnx.state(model, nnx.Not(nnx.Param))
-        updates, opt_state = tx.update(grads, opt_state, params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, rest, opt_state, {"loss": loss, "accuracy": acc,
                                          "grad_norm": optax.tree.norm(grads)}

@@ -1,5 +1,7 @@
-"""The four-panel figure of a `Diagnosis` (`Diagnosis.figure()`, `iso.diagnosis_figure`): χ_l
-profile, σ histogram, token similarity by depth, |α| and |∂L/∂α| by layer.
+"""Figures of `isometry.diagnose`: the four-panel figure of a `Diagnosis`
+(`Diagnosis.figure()`, `iso.diagnosis_figure`: χ_l profile, σ histogram, token similarity by
+depth, |α| and |∂L/∂α| by layer) and the main numbers over training (`run_diagnosis_figure`,
+`RunDiagnosis.figure()`).
 
 Data in, figure out: the panels draw what the diagnosis holds and compute nothing else.
 
@@ -21,8 +23,9 @@ import math
 import numpy as np
 
 from isometry._numerics import log10_sigma
+from isometry.plot.output import plt
 
-__all__ = ["diagnosis_figure"]
+__all__ = ["diagnosis_figure", "run_diagnosis_figure"]
 
 
 def _chi_panel(ax, d) -> None:
@@ -54,7 +57,12 @@ def _sigma_panel(ax, d, bins: int) -> None:
     if spec is not None:
         sv = np.asarray(spec.singular_values)
         s = sv.astype(np.float64).ravel()
-        ax.hist(log10_sigma(sv).ravel(), bins=bins, color="C0", alpha=0.8)
+        _, edges, _ = ax.hist(log10_sigma(sv).ravel(), bins=bins, color="C0", alpha=0.8)
+        density = (d.theory or {}).get("density")
+        if density:  # per unit of log10 σ: counts = density · n · bin width
+            ax.plot(density["log10_sigma"], np.asarray(density["density"]) * sv.size
+                    * (edges[1] - edges[0]), color="C1", linewidth=1.5,
+                    label="theory (residual net, bulk)")
         floor = np.log10(s.max() * max(spec.n_in, spec.n_out) * np.finfo(sv.dtype).eps)
         ax.axvline(floor, color="C3", linewidth=1, linestyle="--",
                    label=f"{d.dtype} resolution ({100 * d.resolution_share:.0f}% below)")
@@ -128,11 +136,6 @@ def diagnosis_figure(diagnosis, title: str | None = None, *, bins: int = 50):
     Returns:
       A `matplotlib.figure.Figure` (`isometry.plot.save(fig, path)` writes it).
     """
-    # matplotlib is heavy: imported when a figure is drawn so that `import isometry` stays fast
-    # (isometry.plot first: it selects the Agg backend unless MPLBACKEND is set)
-    import isometry.plot  # noqa: F401
-    import matplotlib.pyplot as plt
-
     d = diagnosis
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     ax_chi, ax_hist, ax_tok, ax_alpha = axes.ravel()
@@ -144,5 +147,58 @@ def diagnosis_figure(diagnosis, title: str | None = None, *, bins: int = 50):
         codes = ", ".join(d.codes) or "no findings"
         title = f"diagnosis: {d.phase or 'no layer stack'}; {codes}"
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _step_panel(ax, steps, rows, keys, ylabel: str, log: bool = False) -> None:
+    """One panel of `run_diagnosis_figure`: the columns `keys` of the rows against step."""
+    for key, label in keys:
+        y = np.array([float(r[key]) for r in rows])
+        ax.plot(steps, np.where(y > 0, y, np.nan) if log else y, "o-", markersize=3, label=label)
+    if log and any(np.isfinite(line.get_ydata()).any() for line in ax.get_lines()):
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, frameon=False)
+
+
+def run_diagnosis_figure(rows, title: str | None = None):
+    """The main numbers of a diagnosis at each checkpoint of a run, against the step.
+
+    (a) χ of J; (b) mean and std of ln σ and the share of σ in [0.5, 2]; (c) the growth rate
+    ln χ per layer (0: critical); (d) min and max α and the number of dead branches.
+
+    Args:
+      rows: one dict per step with the keys of `isometry.RunDiagnosis.rows()` ("step",
+        "chi", "mean_log", "std_log", "isometry_share", "growth_rate", "alpha_min",
+        "alpha_max", "dead_branches").
+      title: figure title.
+
+    Returns:
+      A `matplotlib.figure.Figure`.
+
+    Example:
+        >>> rows = [dict(step=s, chi=1.0 + s, mean_log=0.0, std_log=0.1 * s, isometry_share=1.0,
+        ...              growth_rate=0.01 * s, alpha_min=0.0, alpha_max=0.1 * s,
+        ...              dead_branches=0) for s in (0, 10)]
+        >>> [ax.get_title() for ax in run_diagnosis_figure(rows).axes][0]
+        '(a) χ of J'
+    """
+    steps = np.array([r["step"] for r in rows], np.float64)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    a, b, c, d = axes.ravel()
+    _step_panel(a, steps, rows, [("chi", "χ = ‖J‖²_F / n")], "χ", log=True)
+    a.set_title("(a) χ of J", fontsize=10)
+    _step_panel(b, steps, rows, [("mean_log", "mean ln σ"), ("std_log", "std ln σ"),
+                                 ("isometry_share", "share of σ in [0.5, 2]")], "")
+    b.set_title("(b) singular values of J", fontsize=10)
+    _step_panel(c, steps, rows, [("growth_rate", "ln χ per layer")], "g")
+    c.axhline(0.0, color="0.6", linewidth=0.8, linestyle=":")
+    c.set_title("(c) per-layer growth rate (0: critical)", fontsize=10)
+    _step_panel(d, steps, rows, [("alpha_min", "min α"), ("alpha_max", "max α"),
+                                 ("dead_branches", "dead branches")], "")
+    d.set_title("(d) residual weights and dead branches", fontsize=10)
+    fig.suptitle(title or "diagnosis over training")
     fig.tight_layout()
     return fig
