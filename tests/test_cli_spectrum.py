@@ -70,3 +70,43 @@ def test_console_script_is_declared():
 
     (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "isometry"]
     assert ep.value == "isometry.cli:main"
+
+
+def test_fc_variants_share_one_compiled_program_and_json_reports_timing(tmp_path, capsys):
+    code = main(["spectrum", "--variant", "plain,residual,norm,prenorm,postnorm,rezero",
+                 "--depth", "3", "--width", "8", "--samples", "2", "--x64", "--out",
+                 str(tmp_path), "--json"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    timing = doc["timing"]
+    assert timing["compilations"] == 1  # six variants of one shape: one program
+    assert set(timing) == {"import_s", "compile_s", "compute_s", "compilations"}
+    assert all(timing[k] >= 0 for k in ("import_s", "compile_s", "compute_s"))
+    compiled = [r["timing"]["compiled"] for r in doc["records"]]
+    assert compiled == [1, 0, 0, 0, 0, 0]
+    assert doc["records"][1]["timing"]["compile_s"] == 0.0
+    assert all(r["timing"]["compute_s"] > 0 for r in doc["records"])
+
+
+def test_a_new_depth_compiles_a_new_program(tmp_path, capsys):
+    assert main(["spectrum", "--variant", "plain,rezero", "--depth", "2,3", "--width", "6",
+                 "--samples", "1", "--out", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["timing"]["compilations"] == 2
+
+
+@pytest.mark.parametrize("variant", ["plain", "residual", "norm", "prenorm", "postnorm", "rezero"])
+def test_fc_variants_as_data_equal_the_models(variant):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import models
+    from isometry.cli.spectrum import fc_apply_fn, fc_variant_data
+
+    net = models.FullyConnected(4, 16, variant=variant, alpha_init=0.3, rngs=nnx.Rngs(0))
+    state = nnx.state(net)  # generic norm parameters (not 1 and 0)
+    nnx.update(net, jax.tree_util.tree_map(
+        lambda a: a + 0.1 * jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape), state))
+    x = jax.random.normal(jax.random.key(1), (3, 16), jnp.float32)
+    y = jax.vmap(lambda z: fc_apply_fn("relu")(fc_variant_data(net), z))(x)
+    np.testing.assert_allclose(y, net(x), rtol=1e-5, atol=1e-6)

@@ -148,6 +148,19 @@ def test_spectrum_function_program_is_the_public_compiled_core():
     assert sfn.trace_count == 2
 
 
+def test_spectrum_function_compile_runs_ahead_of_time_with_the_same_checks():
+    sfn = iso.spectrum_fn(lambda p, x: p * x, method="lanczos", k=2, num_steps=3, num_probes=2,
+                          chi_probes=2)
+    run = sfn.compile(jnp.asarray(2.0), jnp.ones(4))
+    assert sfn.trace_count == 1
+    for p in (2.0, 3.0):  # new parameter values: no new trace
+        np.testing.assert_allclose(run(jnp.asarray(p), jnp.ones(4)).top_singular_values, p,
+                                   rtol=1e-5)
+    assert sfn.trace_count == 1
+    with pytest.raises(FloatingPointError, match="input"):
+        run(jnp.asarray(2.0), jnp.full(4, jnp.nan))
+
+
 def test_shared_statistics_of_a_dense_spectrum_equal_the_direct_computation():
     # float64: the protocol's statistics against numpy on σ (the computation fig4 did before)
     with jax.enable_x64(True):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from isometry._io import json_text, write_json
 from isometry.cli import UsageError, _zoo, output_dir
@@ -66,47 +67,40 @@ def _fmt(x: float) -> str:
 
 def compute(args):
     """[(record, Spectrum)] for every (depth, variant) the arguments ask for."""
+    return compute_timed(args)[0]
+
+
+def compute_timed(args):
+    """`compute`'s results and the run's timing: {"import_s", "compile_s", "compute_s",
+    "compilations"}: seconds from the process start to the computation (interpreter, imports
+    of JAX, the models and the engine, argument parsing; Linux only, else the imports done
+    here), compiling the spectrum programs, running them; and how many were compiled."""
+    start = time.perf_counter()
     import jax
-    from tqdm import tqdm
 
     import isometry as iso
-    from isometry._jacobian import flat_sizes
-
+    import models  # noqa: F401  (imported before the clock stops: part of import_s)
+    age = _process_age()
+    timing = dict(import_s=time.perf_counter() - start if age is None else age, compile_s=0.0,
+                  compute_s=0.0, compilations=0)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     mesh = mesh_from_args(args)
     kind, variants = _zoo.resolve(args)
-    if args.samples < 1:
-        raise UsageError(f"--samples must be at least 1, got {args.samples}")
-    if args.bins < 1:
-        raise UsageError(f"--bins must be at least 1, got {args.bins}")
-    for name in ("k", "lanczos_steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    jobs = [(d, v) for d in _zoo.depths(args) for v in variants]
+    _check_counts(args)
     key = jax.random.key(args.seed)
     x = kind.probe_inputs(args, key, args.samples, _zoo.param_dtype(args))
+    programs: dict = {}  # one compiled program per shape signature
     results = []
-    for depth, variant in tqdm(jobs, desc="spectra", unit="model", file=sys.stderr,
-                               disable=len(jobs) < 3 or not sys.stderr.isatty()):
-        if mesh is None:
-            module = _zoo.build_model(kind, args, variant, depth, args.seed)
-        else:
-            import models
-            with models.sharded(mesh):  # parameters split over "model" (fc, transformer)
-                module = _zoo.build_model(kind, args, variant, depth, args.seed)
-        module.eval()
-        apply_fn, params = iso.from_nnx(module)
-        n_in, n_out, _ = flat_sizes(lambda xx: apply_fn(params, xx), x[0])
-        options = _lanczos_options(args, min(n_in, n_out))
+    for depth, variant in _progress([(d, v) for d in _zoo.depths(args) for v in variants]):
+        module = _build(kind, args, variant, depth, mesh)
         try:
-            if mesh is None:
-                spec = iso.spectrum_fn(apply_fn, args.method, batched=True, **options)(params, x)
-            else:
-                spec = iso.to_host(iso.sharded_spectrum_fn(apply_fn, args.method, mesh=mesh,
-                                                           **options)(params, x))
+            spec, cost = _spectrum(args, module, x, mesh, programs)
         except (iso.JacobianTooLargeError, FloatingPointError, ValueError) as err:
             raise UsageError(f"{args.model} {variant} depth {depth}: {err}") from None
+        for name in ("compile_s", "compute_s"):
+            timing[name] += cost[name]
+        timing["compilations"] += cost["compiled"]
         record = dict(model=args.model, variant=variant, depth=depth, method=args.method,
                       engine=spec.engine,
                       samples=args.samples, seed=args.seed, dtype=str(x.dtype),
@@ -119,8 +113,150 @@ def compute(args):
                 record.pop(name, None)
                 record["per_input"].pop(name, None)
             record.update(_matrix_free_fields(spec))
+        record["timing"] = cost
         results.append((record, spec))
-    return results
+    return results, timing
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (from /proc: Linux), None where unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _check_counts(args) -> None:
+    if args.samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {args.samples}")
+    if args.bins < 1:
+        raise UsageError(f"--bins must be at least 1, got {args.bins}")
+    for name in ("k", "lanczos_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
+def _progress(jobs):
+    from tqdm import tqdm
+
+    return tqdm(jobs, desc="spectra", unit="model", file=sys.stderr,
+                disable=len(jobs) < 3 or not sys.stderr.isatty())
+
+
+def _build(kind, args, variant, depth, mesh):
+    if mesh is None:
+        module = _zoo.build_model(kind, args, variant, depth, args.seed)
+    else:
+        import models
+        with models.sharded(mesh):  # parameters split over "model" (fc, transformer)
+            module = _zoo.build_model(kind, args, variant, depth, args.seed)
+    module.eval()
+    return module
+
+
+def _spectrum(args, module, x, mesh, programs: dict):
+    """(spectrum, {"compile_s", "compute_s", "compiled"}) of one model's Jacobians at x.
+
+    A fully connected net goes in as data (`fc_variant_data`): all its variants of one depth
+    and width share one compiled program. Other models are compiled per variant: their
+    variants differ in structure (a ResNet's or Transformer's norms and residual paths are
+    modules with their own parameter trees). On a mesh the sharded program is timed as a whole
+    (its compile and compute under compute_s).
+    """
+    import jax
+
+    import isometry as iso
+    from isometry._jacobian import flat_sizes
+
+    if (mesh is None and args.model == "fc" and getattr(module, "input_proj", None) is None
+            and getattr(module, "output_proj", None) is None):
+        norm = getattr(module.blocks.layers, "norm", None)
+        eps = FC_NORM_EPSILON if norm is None else norm.epsilon
+        apply_fn, params = fc_apply_fn(args.activation, eps), fc_variant_data(module)
+        sign = ("fc", args.activation, eps)
+    else:
+        (apply_fn, params), sign = iso.from_nnx(module), None
+    n_in, n_out, _ = flat_sizes(lambda xx: apply_fn(params, xx), x[0])
+    options = _lanczos_options(args, min(n_in, n_out))
+    if mesh is not None:
+        start = time.perf_counter()
+        spec = iso.to_host(iso.sharded_spectrum_fn(apply_fn, args.method, mesh=mesh,
+                                                   **options)(params, x))
+        return spec, dict(compile_s=0.0, compute_s=time.perf_counter() - start, compiled=0)
+    shapes = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), params)
+    sign = None if sign is None else (sign, str(jax.tree_util.tree_structure(params)),
+                                      str(shapes), tuple(sorted(options.items())))
+    compiled, compile_s = programs.get(sign), 0.0
+    if compiled is None:
+        start = time.perf_counter()
+        sfn = iso.spectrum_fn(apply_fn, args.method, batched=True, **options)
+        compiled = sfn.compile(params, x)
+        compile_s = time.perf_counter() - start
+        if sign is not None:
+            programs[sign] = compiled
+    start = time.perf_counter()
+    spec = jax.block_until_ready(compiled(params, x))
+    return spec, dict(compile_s=compile_s, compute_s=time.perf_counter() - start,
+                      compiled=int(compile_s > 0))
+
+
+#: flax's LayerNorm epsilon, for the variants without a norm (their LayerNorm is not used).
+FC_NORM_EPSILON = 1e-6
+#: Fully connected variants as data, x ↦ post(r · x + a · φ(W pre(x) + b)) per block, with
+#: pre/post a LayerNorm or the identity: (r, pre, post); a = α for rezero, else 1.
+FC_VARIANT_FLAGS = {"plain": (0, False, False), "residual": (1, False, False),
+                    "norm": (0, False, True), "prenorm": (1, True, False),
+                    "postnorm": (1, False, True), "rezero": (1, False, False)}
+
+
+def fc_variant_data(module) -> dict:
+    """The blocks of a `models.FullyConnected` as arrays with a leading depth axis: weights,
+    biases, α (1 unless rezero), LayerNorm scale and bias (1 and 0 without a norm), and the
+    variant's flags (`FC_VARIANT_FLAGS`) — the same pytree for every variant."""
+    import jax.numpy as jnp
+
+    layers = module.blocks.layers
+    kernel, bias = layers.linear.kernel[...], layers.linear.bias[...]
+    depth, dtype = kernel.shape[0], kernel.dtype
+    r, pre, post = FC_VARIANT_FLAGS[module.variant]
+    norm = getattr(layers, "norm", None)
+    return dict(kernel=kernel, bias=bias,
+                alpha=layers.alpha[...] if module.variant == "rezero" else jnp.ones(depth, dtype),
+                scale=jnp.ones_like(bias) if norm is None else norm.scale[...],
+                norm_bias=jnp.zeros_like(bias) if norm is None else norm.bias[...],
+                residual=jnp.full((depth,), r, dtype), pre=jnp.full((depth,), pre),
+                post=jnp.full((depth,), post))
+
+
+def fc_apply_fn(activation: str, eps: float = 1e-6):
+    """`(data, x) -> y` of a fully connected net from `fc_variant_data`: one scan over the
+    blocks, `eps` the LayerNorm's epsilon, the variant chosen by the flags (both LayerNorm branches are computed, `where`
+    picks one: the Jacobian of the unused one never enters)."""
+    import jax
+    import jax.numpy as jnp
+
+    import models
+
+    phi = models.ACTIVATIONS[activation]
+
+    def layer_norm(h, p):  # flax's LayerNorm (fast variance), scale and bias per feature
+        mean = jnp.mean(h, axis=-1, keepdims=True)
+        var = jnp.maximum(jnp.mean(jnp.square(h), axis=-1, keepdims=True) - jnp.square(mean), 0)
+        return (h - mean) * (jax.lax.rsqrt(var + eps) * p["scale"]) + p["norm_bias"]
+
+    def block(h, p):
+        inner = jnp.where(p["pre"], layer_norm(h, p), h)
+        y = p["residual"] * h + p["alpha"] * phi(inner @ p["kernel"] + p["bias"])
+        return jnp.where(p["post"], layer_norm(y, p), y), None
+
+    def apply(data, x):
+        return jax.lax.scan(block, x, data)[0]
+
+    return apply
 
 
 def _lanczos_options(args, n_short: int) -> dict:
@@ -283,7 +419,7 @@ def run(args) -> int:
     from isometry import plot
 
     output_dir(args.out)  # before computing: a path that cannot be written fails at once
-    results = compute(args)
+    results, timing = compute_timed(args)
     table = sys.stderr if args.json else sys.stdout
     print(_row(HEADER), file=table)
     for record, _ in results:
@@ -300,7 +436,7 @@ def run(args) -> int:
         panels.setdefault(f"{record['model']} depth {record['depth']}", {})[record["variant"]] = spec
     png = plot.save(plot.spectrum_histograms(panels, bins=args.bins), os.path.join(args.out, "spectra.png"))
     path = os.path.join(args.out, "spectra.json")
-    doc = {"records": records}
+    doc = {"records": records, "timing": timing}
     write_json(path, doc)
     print(f"wrote {png} and {path}", file=sys.stderr)
     if getattr(args, "layerwise", False):
