@@ -9,11 +9,13 @@ of the paper and, for ReZero, `alpha_init=`. Each has one frozen configuration d
 """
 
 from models._stack import ACTIVATIONS, DEFAULT_SHARDING_RULES, Partitioning, Stack
-from models.fully_connected import FullyConnected, FullyConnectedConfig
+from models.fully_connected import (FC_NORM_EPSILON, FC_VARIANT_FLAGS, FullyConnected,
+                                    FullyConnectedConfig, fc_blocks_apply_fn, fc_blocks_as_data)
 from models.resnet import ResNet, ResNetConfig
 from models.transformer import Transformer, TransformerConfig
 
 sharded = Partitioning.sharded
 
 __all__ = ["ACTIVATIONS", "DEFAULT_SHARDING_RULES", "Partitioning", "Stack", "sharded",
-           "FullyConnected", "FullyConnectedConfig", "ResNet", "ResNetConfig", "Transformer", "TransformerConfig"]
+           "FullyConnected", "FullyConnectedConfig", "FC_NORM_EPSILON", "FC_VARIANT_FLAGS",
+           "fc_blocks_apply_fn", "fc_blocks_as_data", "ResNet", "ResNetConfig", "Transformer", "TransformerConfig"]

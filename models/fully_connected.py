@@ -21,6 +21,7 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -259,3 +260,53 @@ class FullyConnected(Stack):
 
     def head(self, x):
         return x if self.output_proj is None else self.output_proj(x)
+
+
+#: flax's LayerNorm epsilon, for the variants without a norm (their LayerNorm is not used).
+FC_NORM_EPSILON = 1e-6
+#: Fully connected variants as data, x ↦ post(r · x + a · φ(W pre(x) + b)) per block, with
+#: pre/post a LayerNorm or the identity: (r, pre, post); a = α for rezero, else 1.
+FC_VARIANT_FLAGS = {"plain": (0, False, False), "residual": (1, False, False),
+                    "norm": (0, False, True), "prenorm": (1, True, False),
+                    "postnorm": (1, False, True), "rezero": (1, False, False)}
+
+
+def fc_blocks_as_data(module: "FullyConnected") -> dict:
+    """The blocks of a `models.FullyConnected` as arrays with a leading depth axis: weights,
+    biases, α (1 unless rezero), LayerNorm scale and bias (1 and 0 without a norm), and the
+    variant's flags (`FC_VARIANT_FLAGS`) — the same pytree for every variant."""
+    layers = module.blocks.layers
+    kernel, bias = layers.linear.kernel[...], layers.linear.bias[...]
+    depth, dtype = kernel.shape[0], kernel.dtype
+    r, pre, post = FC_VARIANT_FLAGS[module.variant]
+    norm = getattr(layers, "norm", None)
+    return dict(kernel=kernel, bias=bias,
+                alpha=layers.alpha[...] if module.variant == "rezero" else jnp.ones(depth, dtype),
+                scale=jnp.ones_like(bias) if norm is None else norm.scale[...],
+                norm_bias=jnp.zeros_like(bias) if norm is None else norm.bias[...],
+                residual=jnp.full((depth,), r, dtype), pre=jnp.full((depth,), pre),
+                post=jnp.full((depth,), post))
+
+
+def fc_blocks_apply_fn(activation_name: str, eps: float = 1e-6):
+    """`(data, x) -> y` of the blocks of a fully connected net from `fc_blocks_as_data`: one
+    scan over the blocks, `eps` the LayerNorm's epsilon, the variant chosen by the flags (both
+    LayerNorm branches are computed and `where` picks one: the Jacobian of the unused one
+    never enters). It mirrors `Block.__call__` (a test holds them equal for every variant), so
+    that `isometry spectrum` compiles one program for all variants of one shape."""
+    phi = activation(activation_name)
+
+    def layer_norm(h, p):  # flax's LayerNorm (fast variance), scale and bias per feature
+        mean = jnp.mean(h, axis=-1, keepdims=True)
+        var = jnp.maximum(jnp.mean(jnp.square(h), axis=-1, keepdims=True) - jnp.square(mean), 0)
+        return (h - mean) * (jax.lax.rsqrt(var + eps) * p["scale"]) + p["norm_bias"]
+
+    def block(h, p):
+        inner = jnp.where(p["pre"], layer_norm(h, p), h)
+        y = p["residual"] * h + p["alpha"] * phi(inner @ p["kernel"] + p["bias"])
+        return jnp.where(p["post"], layer_norm(y, p), y), None
+
+    def apply(data, x):
+        return jax.lax.scan(block, x, data)[0]
+
+    return apply

@@ -101,12 +101,11 @@ def test_fc_variants_as_data_equal_the_models(variant):
     from flax import nnx
 
     import models
-    from isometry.cli.spectrum import fc_apply_fn, fc_variant_data
 
     net = models.FullyConnected(4, 16, variant=variant, alpha_init=0.3, rngs=nnx.Rngs(0))
     state = nnx.state(net)  # generic norm parameters (not 1 and 0)
     nnx.update(net, jax.tree_util.tree_map(
         lambda a: a + 0.1 * jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape), state))
     x = jax.random.normal(jax.random.key(1), (3, 16), jnp.float32)
-    y = jax.vmap(lambda z: fc_apply_fn("relu")(fc_variant_data(net), z))(x)
+    y = jax.vmap(lambda z: models.fc_blocks_apply_fn("relu")(models.fc_blocks_as_data(net), z))(x)
     np.testing.assert_allclose(y, net(x), rtol=1e-5, atol=1e-6)

@@ -161,7 +161,7 @@ def _build(kind, args, variant, depth, mesh):
 def _spectrum(args, module, x, mesh, programs: dict):
     """(spectrum, {"compile_s", "compute_s", "compiled"}) of one model's Jacobians at x.
 
-    A fully connected net goes in as data (`fc_variant_data`): all its variants of one depth
+    A fully connected net goes in as data (`models.fc_blocks_as_data`): all its variants of one depth
     and width share one compiled program. Other models are compiled per variant: their
     variants differ in structure (a ResNet's or Transformer's norms and residual paths are
     modules with their own parameter trees). On a mesh the sharded program is timed as a whole
@@ -170,13 +170,15 @@ def _spectrum(args, module, x, mesh, programs: dict):
     import jax
 
     import isometry as iso
+    import models
     from isometry._jacobian import flat_sizes
 
     if (mesh is None and args.model == "fc" and getattr(module, "input_proj", None) is None
             and getattr(module, "output_proj", None) is None):
         norm = getattr(module.blocks.layers, "norm", None)
-        eps = FC_NORM_EPSILON if norm is None else norm.epsilon
-        apply_fn, params = fc_apply_fn(args.activation, eps), fc_variant_data(module)
+        eps = models.FC_NORM_EPSILON if norm is None else norm.epsilon
+        apply_fn = models.fc_blocks_apply_fn(args.activation, eps)
+        params = models.fc_blocks_as_data(module)
         sign = ("fc", args.activation, eps)
     else:
         (apply_fn, params), sign = iso.from_nnx(module), None
@@ -202,61 +204,6 @@ def _spectrum(args, module, x, mesh, programs: dict):
     spec = jax.block_until_ready(compiled(params, x))
     return spec, dict(compile_s=compile_s, compute_s=time.perf_counter() - start,
                       compiled=int(compile_s > 0))
-
-
-#: flax's LayerNorm epsilon, for the variants without a norm (their LayerNorm is not used).
-FC_NORM_EPSILON = 1e-6
-#: Fully connected variants as data, x ↦ post(r · x + a · φ(W pre(x) + b)) per block, with
-#: pre/post a LayerNorm or the identity: (r, pre, post); a = α for rezero, else 1.
-FC_VARIANT_FLAGS = {"plain": (0, False, False), "residual": (1, False, False),
-                    "norm": (0, False, True), "prenorm": (1, True, False),
-                    "postnorm": (1, False, True), "rezero": (1, False, False)}
-
-
-def fc_variant_data(module) -> dict:
-    """The blocks of a `models.FullyConnected` as arrays with a leading depth axis: weights,
-    biases, α (1 unless rezero), LayerNorm scale and bias (1 and 0 without a norm), and the
-    variant's flags (`FC_VARIANT_FLAGS`) — the same pytree for every variant."""
-    import jax.numpy as jnp
-
-    layers = module.blocks.layers
-    kernel, bias = layers.linear.kernel[...], layers.linear.bias[...]
-    depth, dtype = kernel.shape[0], kernel.dtype
-    r, pre, post = FC_VARIANT_FLAGS[module.variant]
-    norm = getattr(layers, "norm", None)
-    return dict(kernel=kernel, bias=bias,
-                alpha=layers.alpha[...] if module.variant == "rezero" else jnp.ones(depth, dtype),
-                scale=jnp.ones_like(bias) if norm is None else norm.scale[...],
-                norm_bias=jnp.zeros_like(bias) if norm is None else norm.bias[...],
-                residual=jnp.full((depth,), r, dtype), pre=jnp.full((depth,), pre),
-                post=jnp.full((depth,), post))
-
-
-def fc_apply_fn(activation: str, eps: float = 1e-6):
-    """`(data, x) -> y` of a fully connected net from `fc_variant_data`: one scan over the
-    blocks, `eps` the LayerNorm's epsilon, the variant chosen by the flags (both LayerNorm branches are computed, `where`
-    picks one: the Jacobian of the unused one never enters)."""
-    import jax
-    import jax.numpy as jnp
-
-    import models
-
-    phi = models.ACTIVATIONS[activation]
-
-    def layer_norm(h, p):  # flax's LayerNorm (fast variance), scale and bias per feature
-        mean = jnp.mean(h, axis=-1, keepdims=True)
-        var = jnp.maximum(jnp.mean(jnp.square(h), axis=-1, keepdims=True) - jnp.square(mean), 0)
-        return (h - mean) * (jax.lax.rsqrt(var + eps) * p["scale"]) + p["norm_bias"]
-
-    def block(h, p):
-        inner = jnp.where(p["pre"], layer_norm(h, p), h)
-        y = p["residual"] * h + p["alpha"] * phi(inner @ p["kernel"] + p["bias"])
-        return jnp.where(p["post"], layer_norm(y, p), y), None
-
-    def apply(data, x):
-        return jax.lax.scan(block, x, data)[0]
-
-    return apply
 
 
 def _lanczos_options(args, n_short: int) -> dict:
