@@ -161,8 +161,8 @@ def _build(kind, args, variant, depth, mesh):
 def _spectrum(args, module, x, mesh, programs: dict):
     """(spectrum, {"compile_s", "compute_s", "compiled"}) of one model's Jacobians at x.
 
-    A fully connected net goes in as data (`models.fc_blocks_as_data`): all its variants of one depth
-    and width share one compiled program. Other models are compiled per variant: their
+    A fully connected net goes in as data (`models.fc_blocks_as_data`): all its variants of
+    one depth and width share one compiled program. Other models are compiled per variant: their
     variants differ in structure (a ResNet's or Transformer's norms and residual paths are
     modules with their own parameter trees). On a mesh the sharded program is timed as a whole
     (its compile and compute under compute_s).
