@@ -80,6 +80,11 @@ class Partitioning:
         axes = set(mesh.axis_names) if mesh is not None else set()
         self.rules = {name: (axis if axis in axes else None) for name, axis in merged.items()}
 
+    @classmethod
+    def given(cls, partitioning: "Partitioning | None") -> "Partitioning":
+        """`partitioning`, or the default (the enclosing `sharded` block's, else none) for None."""
+        return cls() if partitioning is None else partitioning
+
     @property
     def active(self) -> bool:
         return self.mesh is not None

@@ -149,7 +149,7 @@ class Block(nnx.Module):
 
     def __init__(self, config: FullyConnectedConfig, *, rngs: nnx.Rngs,
                  partitioning: Partitioning | None = None):
-        part = Partitioning() if partitioning is None else partitioning
+        part = Partitioning.given(partitioning)
         width, dtype = config.width, config.param_dtype
         self.variant = config.variant
         self.phi = activation(config.activation)

@@ -158,7 +158,7 @@ class SelfAttention(nnx.Module):
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs,
                  partitioning: Partitioning | None = None):
-        part = Partitioning() if partitioning is None else partitioning
+        part = Partitioning.given(partitioning)
         d = config.d_model
         self.heads = config.heads
         self.causal = config.causal
@@ -198,7 +198,7 @@ class FeedForward(nnx.Module):
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs,
                  partitioning: Partitioning | None = None):
-        part = Partitioning() if partitioning is None else partitioning
+        part = Partitioning.given(partitioning)
         d, ffn = config.d_model, config.ffn
         self.phi = activation(config.activation)
         # tensor parallel: W₁'s columns (the hidden units) split, W₂'s rows too
@@ -221,7 +221,7 @@ class TransformerLayer(nnx.Module):
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs,
                  partitioning: Partitioning | None = None):
-        part = Partitioning() if partitioning is None else partitioning
+        part = Partitioning.given(partitioning)
         d_model, dtype = config.d_model, config.param_dtype
         self.variant = config.variant
         self.attention = SelfAttention(config, rngs=rngs, partitioning=part)
