@@ -113,28 +113,34 @@ def from_linen_with_mutable_batch_stats():
     class Net(nn.Module):
         @nn.compact
         def __call__(self, x, train=True):
-            return nn.BatchNorm(use_running_average=not train)(nn.Dense(6)(x))
+            f64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)  # the inputs' dtype
+            return nn.BatchNorm(use_running_average=not train, **f64)(nn.Dense(6, **f64)(x))
 
     module = Net()
     x = gaussian((5, 6))
-    variables = module.init(jax.random.key(0), x, train=False)
+    with jax.numpy_dtype_promotion("standard"):  # flax's BatchNorm mixes dtypes internally
+        variables = module.init(jax.random.key(0), x, train=False)
     apply_fn, params = iso.from_linen(module, variables, train=True, mutable=["batch_stats"])
-    chi = iso.spectrum_fn(apply_fn)(params, x).chi
-    jac = jax.jacfwd(lambda v: module.apply(variables, v, train=True, mutable=["batch_stats"])[0])(x)
+    with jax.numpy_dtype_promotion("standard"):  # flax's BatchNorm mixes dtypes internally
+        chi = iso.spectrum_fn(apply_fn)(params, x).chi
+        jac = jax.jacfwd(lambda v: module.apply(variables, v, train=True,
+                                                mutable=["batch_stats"])[0])(x)
     np.testing.assert_allclose(chi, np.sum(np.asarray(jac) ** 2) / x.size, rtol=1e-8)
 
 
 def nnx_batchnorm_in_train_mode():
     class Net(nnx.Module):
         def __init__(self, rngs):
-            self.linear = nnx.Linear(4, 4, rngs=rngs)
-            self.bn = nnx.BatchNorm(4, rngs=rngs)
+            f64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)  # the inputs' dtype
+            self.linear = nnx.Linear(4, 4, **f64, rngs=rngs)
+            self.bn = nnx.BatchNorm(4, **f64, rngs=rngs)
 
         def __call__(self, x):
             return self.bn(self.linear(x))
 
     apply_fn, params = iso.from_nnx(Net(nnx.Rngs(0)))  # train mode: BatchNorm updates its stats
-    iso.spectrum_fn(apply_fn, batched=True)(params, gaussian((3, 4)))
+    with jax.numpy_dtype_promotion("standard"):  # flax's BatchNorm mixes dtypes internally
+        iso.spectrum_fn(apply_fn, batched=True)(params, gaussian((3, 4)))
 
 
 def sharded_on_an_unbatched_input():

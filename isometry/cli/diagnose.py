@@ -116,13 +116,13 @@ def _run_model(args, config: dict):
                                      "depth": [settings["depth"]]})
     kind, _ = _zoo.resolve(run_args)
     data = datasets.load_data(config["data"], seq_len=config.get("seq_len") or 128)
-    run_args.task = data.task
     model = _zoo.build_model(kind, run_args, settings["variant"], settings["depth"],
-                             int(config["train"]["seed"]))
+                             int(config["train"]["seed"]), task=data.task)
     x = np.asarray(data.probe_inputs(1))[0]
     shape = kind.train_input_shape(data.task)
     x = x.reshape(shape) if shape is not None else x
-    return model, x.astype(run_args.param_dtype) if np.issubdtype(x.dtype, np.floating) else x
+    dtype = _zoo.param_dtype(run_args)
+    return model, x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x
 
 
 def run_diagnosis(args):
