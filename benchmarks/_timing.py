@@ -28,15 +28,19 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int = 1, settle: float 
 
     One round runs every function once, so a change in machine load during the measurement
     affects all of them alike and their ratios stay meaningful on a shared or noisy machine.
-    An untimed pause of `settle` seconds before each call lets worker threads of the previous
-    one (OpenMP threads spin after their work) go idle.
+    The order rotates from round to round, so no function always takes the first slot of a
+    round (which pays for caches the previous round's last call left cold). An untimed pause
+    of `settle` seconds before each call lets worker threads of the previous one (OpenMP
+    threads spin after their work) go idle.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    names = list(fns)
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             time.sleep(settle)
             start = time.perf_counter()
             fn()
