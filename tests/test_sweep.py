@@ -68,7 +68,7 @@ def test_a_grid_of_the_shared_rate_alone_reproduces_the_shared_runs(fig5_sweep, 
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["reproduce", "fig2", "--scale", "smoke", "--lr-sweep"], "--lr-sweep works with fig5, table2"),
+    (["reproduce", "fig2", "--scale", "smoke", "--lr-sweep"], "--lr-sweep works with fig5, fig7, table2, table3"),
     (["reproduce", "fig5", "--scale", "smoke", "--lr-sweep", "0,1"], "give positive factors"),
     (["reproduce", "fig5", "--scale", "smoke", "--lr-sweep", "a"], "give positive factors"),
 ])
@@ -89,3 +89,18 @@ def test_table2_sweep_reports_both_speedups(tmp_path):
     assert set(record["best_lr"]["speedups"]) == set(record["speedups"]) == {"+ ReZero vs vanilla"}
     md = open(paths["md"]).read()
     assert "each at its best lr" in md and "**Outcome at the best learning rates:**" in md
+
+
+def test_fig7_sweep_reports_the_speedup_at_the_best_rates(tmp_path):
+    paths = reproduce("fig7", "smoke", str(tmp_path), lr_sweep=(1.0, 3.0))
+    with open(paths["json"]) as f:
+        record = json.load(f)
+    shared_lr = record["settings"]["lr"]
+    for label, sweep in record["lr_sweep"].items():
+        assert sweep["grid"] == pytest.approx([shared_lr, 3 * shared_lr])
+        finite = [(x, lr) for lr, x in zip(sweep["grid"], sweep["final_loss"]) if x is not None]
+        assert sweep["best_lr"] == min(finite)[1]
+        assert record["best_lr"]["shallow"][label]["lr"] == sweep["best_lr"]
+        assert record["shallow"][label]["lr"] == shared_lr
+    md = open(paths["md"]).read()
+    assert "each variant at its own best learning rate" in md and "each at its best lr" in md

@@ -35,7 +35,7 @@ def register(sub) -> None:
                    help="also train each variant at its best learning rate of the grid "
                         "shared lr × F (default grid 0.1,0.3,1,3,10; same budget for all, "
                         "chosen by the final training loss) and report the speed-ups at both "
-                        "(fig5, table2)")
+                        "(fig5, fig7 / table3, table2)")
     p.add_argument("--runs", default=None,
                    help="folder for the training runs' run directories (default: OUT/runs)")
     p.set_defaults(func=run)

@@ -30,6 +30,7 @@ import models
 from isometry.experiments._report import fmt, markdown_table, paper_differences
 from isometry.experiments._runs import (CharLMSettings, first_crossing, language_data, smooth,
                                         train_run)
+from isometry.experiments._sweep import final_loss, sweep_lr
 from isometry.train import TrainConfig
 
 #: label → (variant, alpha_init, warm-up on?)
@@ -86,6 +87,8 @@ class Fig7Settings(CharLMSettings):
     threshold_bpb: float = 1.2
     variants: tuple[str, ...] = tuple(VARIANTS)
     deep_variants: tuple[str, ...] = DEEP_VARIANTS
+    #: `--lr-sweep`: also train each 12-layer variant at its best rate of `lr × factors`.
+    sweep_factors: tuple[float, ...] = ()
 
 
 SETTINGS = {
@@ -115,20 +118,24 @@ def deep_settings(s: Fig7Settings) -> Fig7Settings:
 
 
 def train_lm(s: Fig7Settings, data, label: str, depth: int, steps: int, seed: int,
-             runs_dir: str) -> dict:
+             runs_dir: str, lr: float | None = None) -> dict:
     """Trains the `label` variant (`VARIANTS`) at `depth` for `steps` with the sizes of `s`
-    (reused when its run directory holds the run); returns its curve and outcome."""
+    and Adam rate `lr` (default `s.lr`; reused when its run directory holds the run); returns
+    its curve and outcome."""
+    lr = s.lr if lr is None else lr
     variant, alpha_init, warm = VARIANTS[label]
     model = models.Transformer(depth, s.d_model, heads=s.heads, ffn=s.ffn, variant=variant,
                                alpha_init=alpha_init, vocab_size=256, causal=True,
                                rngs=nnx.Rngs(seed))
     warmup = min(s.warmup, steps - 1) if warm else 0
-    config = TrainConfig(steps=steps, batch_size=s.batch_size, optimizer="adam", lr=s.lr,
+    config = TrainConfig(steps=steps, batch_size=s.batch_size, optimizer="adam", lr=lr,
                          warmup=warmup, clip=s.clip, seed=seed, eval_batches=4,
                          checkpoint_every=max(steps // 4, 1))
     slug = f"L{depth}-{variant}-a{alpha_init:g}-w{warmup}"
     if depth == s.deep_depth and s.deep_d_model:  # the deep models' own width
         slug += f"-d{s.d_model}"
+    if lr != s.lr:  # a rate of the sweep
+        slug += f"-lr{lr:g}"
     records, result = train_run(model, data, config, os.path.join(runs_dir, slug),
                                 log_every=s.log_every,
                                 run_info={"experiment": "fig7", "label": label, "depth": depth,
@@ -137,7 +144,8 @@ def train_lm(s: Fig7Settings, data, label: str, depth: int, steps: int, seed: in
     steps_ = [r["step"] for r in rows]
     bpb = [r["loss"] / math.log(2) if r["loss"] is not None else math.nan for r in rows]
     smoothed = smooth(bpb, s.smooth)
-    return {"variant": variant, "alpha_init": alpha_init, "warmup": warmup, "steps": steps_,
+    return {"variant": variant, "alpha_init": alpha_init, "warmup": warmup, "lr": lr,
+            "steps": steps_,
             "bpb": bpb, "bpb_smoothed": smoothed,
             "final_bpb": float(smoothed[-1]) if len(smoothed) else None,
             "eval_bpb": result.final.get("eval_bpb"),
@@ -156,11 +164,25 @@ def run(s: Fig7Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict
         r = train_lm(deep_settings(s), data, label, s.deep_depth, s.deep_steps, seed, runs_dir)
         r["failed"] = r["nonfinite"] or not (r["final_bpb"] is not None and r["final_bpb"] < floor)
         deep[label] = r
+    record = {"name": "fig7", "data": data.name, "settings": dataclasses.asdict(s), "seed": seed,
+              "unigram_bpb": floor, "shallow": shallow, "deep": deep,
+              "rezero_speedup": _rezero_speedup(shallow), "paper": PAPER}
+    if s.sweep_factors:
+        sweeps = {label: sweep_lr(lambda lr, label=label: final_loss(train_lm(
+                      s, data, label, s.depth, s.steps, seed, runs_dir, lr=lr)["bpb"]),
+                      s.lr, s.sweep_factors) for label in s.variants}
+        best = {label: train_lm(s, data, label, s.depth, s.steps, seed, runs_dir,
+                                lr=sweeps[label].best_lr) for label in s.variants}
+        record["lr_sweep"] = {label: sw.record() for label, sw in sweeps.items()}
+        record["best_lr"] = {"shallow": best, "rezero_speedup": _rezero_speedup(best)}
+    return record
+
+
+def _rezero_speedup(shallow: dict) -> float | None:
+    """(iterations of the reference) / (ReZero α = 0's) − 1, None unless both got there."""
     ref = shallow.get(REFERENCE, {}).get("iterations_to_threshold")
     rz = shallow.get(REZERO, {}).get("iterations_to_threshold")
-    return {"name": "fig7", "data": data.name, "settings": dataclasses.asdict(s), "seed": seed,
-            "unigram_bpb": floor, "shallow": shallow, "deep": deep,
-            "rezero_speedup": (ref / rz - 1.0) if ref and rz else None, "paper": PAPER}
+    return (ref / rz - 1.0) if ref and rz else None
 
 
 def figure(record: dict):
@@ -190,12 +212,6 @@ def figure(record: dict):
 
 def markdown(record: dict) -> str:
     s, shallow, deep = record["settings"], record["shallow"], record["deep"]
-    ref = shallow.get(REFERENCE, {}).get("iterations_to_threshold")
-    rows = []
-    for label, r in shallow.items():
-        it = r["iterations_to_threshold"]
-        rows.append([label, it if it is not None else "not reached", _speed(ref, it, s["steps"]),
-                     r["final_bpb"], r["eval_bpb"], "yes" if r["nonfinite"] else "no"])
     deep_rows = [[label, "fails" if r["failed"] else "trains", r["final_bpb"], r["eval_bpb"],
                   PAPER["deep_outcome"].get(label, "—")] for label, r in deep.items()]
     data = ("enwik8" if record["data"] == "enwik8" else
@@ -208,9 +224,7 @@ def markdown(record: dict) -> str:
             f"{s['smooth']} records of every {s['log_every']} steps). Byte-frequency entropy of the "
             f"training text: {record['unigram_bpb']:.3f} bits.\n",
             f"## {s['depth']} layers, {s['steps']} iterations\n",
-            markdown_table(["variant", "iterations to threshold",
-                            f"speed vs {REFERENCE} (its iterations / these)", "final training BPB",
-                            "held-out BPB", "non-finite loss"], rows),
+            _shallow_table(shallow, s["steps"], s["lr"]),
             f"Paper: {REFERENCE} reaches {PAPER['threshold_bpb']} BPB in "
             f"{PAPER['reference_iterations']:,} iterations; ReZero α = 0 converges 56% faster "
             f"(1.56×); Post-Norm without warm-up diverges; ReZero α = 1 gives no gain.\n",
@@ -221,9 +235,45 @@ def markdown(record: dict) -> str:
                             "paper (64 layers)"], deep_rows),
             "A deep run *fails* when its loss turns non-finite or its final BPB is no better than "
             "the byte-frequency entropy.\n",
-            _verdict(record),
-            paper_differences(PAPER_DIFFERENCES, record.get("scale"))]
+            _verdict(record)]
+    if "best_lr" in record:
+        text += _sweep_markdown(record)
+    text.append(paper_differences(PAPER_DIFFERENCES, record.get("scale")))
     return "\n".join(text)
+
+
+def _shallow_table(shallow: dict, steps: int, lr: float) -> str:
+    ref = shallow.get(REFERENCE, {}).get("iterations_to_threshold")
+    rows = []
+    for label, r in shallow.items():
+        it = r["iterations_to_threshold"]
+        rows.append([label, f"{r.get('lr', lr):g}", it if it is not None else "not reached",
+                     _speed(ref, it, steps), r["final_bpb"], r["eval_bpb"],
+                     "yes" if r["nonfinite"] else "no"])
+    return markdown_table(["variant", "Adam lr", "iterations to threshold",
+                           f"speed vs {REFERENCE} (its iterations / these)", "final training BPB",
+                           "held-out BPB", "non-finite loss"], rows)
+
+
+def _sweep_markdown(record: dict) -> list[str]:
+    s, best = record["settings"], record["best_lr"]
+    rows = [[label, ", ".join(f"{lr:g}: {x:.3g}" if x is not None
+                              else f"{lr:g}: diverged" for lr, x in zip(sw["grid"], sw["final_loss"])),
+             f"{sw['best_lr']:g}"] for label, sw in record["lr_sweep"].items()]
+    speed = [_percent(record["rezero_speedup"]), _percent(best["rezero_speedup"])]
+    return [f"## {s['depth']} layers, each variant at its own best learning rate\n",
+            f"Sweep: every {s['depth']}-layer variant trained {s['steps']} iterations at Adam lr "
+            f"{s['lr']:g} × ({', '.join(f'{f:g}' for f in s['sweep_factors'])}); the rate with "
+            f"the lowest final training loss (mean of the last 3 logged losses, shown in BPB) "
+            f"wins. The deep runs keep the shared rate.\n",
+            markdown_table(["variant", "final training BPB per lr", "best lr"], rows),
+            _shallow_table(best["shallow"], s["steps"], s["lr"]),
+            markdown_table([f"ReZero α = 0 against {REFERENCE}", "at the shared lr",
+                            "each at its best lr", "paper"], [["speed-up"] + speed + ["+56%"]])]
+
+
+def _percent(x: float | None) -> str:
+    return f"{x * 100:+.0f}%" if x is not None else "—"
 
 
 def _speed(ref: int | None, it: int | None, steps: int) -> str:
