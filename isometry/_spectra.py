@@ -121,8 +121,9 @@ class SpectrumStatistics:
 
     @property
     def condition_number(self) -> Array:
-        """σ_max / σ_min (inf when σ_min = 0)."""
-        return self.sigma_max / self.sigma_min
+        """σ_max / σ_min (inf when σ_min = 0, without a divide-by-zero warning)."""
+        with np.errstate(divide="ignore"):
+            return self.sigma_max / self.sigma_min
 
     def share_below(self, threshold: float) -> float:
         """Share of σ below `threshold`, pooled over the batch (smoothed for a density)."""
