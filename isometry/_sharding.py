@@ -55,7 +55,7 @@ from isometry._spectra import raise_if_nonfinite, raise_if_nonfinite_values
 from isometry._spectrum import spectrum_fn
 
 __all__ = ["DATA_AXIS", "MODEL_AXIS", "batch_mesh", "collective_counts", "device_mesh",
-           "parse_mesh", "replicate", "replicate_for_training", "shard_batch",
+           "parse_mesh", "replicate", "shard_batch",
            "ShardedSpectrumFunction", "sharded_spectrum_fn", "simulate_devices", "to_host"]
 
 #: The mesh axis a batch of inputs is split over.
@@ -148,21 +148,6 @@ def replicate(tree, mesh: Mesh):
     """Every leaf of `tree` as a global array replicated over `mesh`; leaves already on the
     mesh (e.g. the parameters of a model built with `mesh=`) keep their sharding."""
     return _place(tree, mesh, P())
-
-
-def replicate_for_training(tree, mesh: Mesh):
-    """`replicate` for `isometry.train(..., mesh=)`, which runs in one process: its run
-    directory, checkpoints and progress bar have no process-0-only writer yet.
-
-    Raises:
-      NotImplementedError: under `jax.distributed` with several processes.
-    """
-    if jax.process_count() > 1:
-        raise NotImplementedError(
-            f"data-parallel isometry.train runs in one process ({jax.process_count()} processes "
-            f"here): use the devices of one host (--mesh data=D), or sharded_spectrum_fn, which "
-            f"runs across processes")
-    return replicate(tree, mesh)
 
 
 def shard_batch(tree, mesh: Mesh):

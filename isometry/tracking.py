@@ -30,6 +30,11 @@ Run directory layout:
   config.json             written by the training loop (`isometry.train`).
   checkpoint.npz          written by the training loop.
 
+Several processes (`jax.distributed`): every process calls `update` at the same steps (with
+`mesh=`, the spectra are one program over the mesh, which needs all of them); only the writer
+(process 0 by default) touches the run directory, which every process must be able to read
+(a shared filesystem) for the checks of a resume to agree.
+
 The spectrum is summarized through `isometry.SpectrumResult`, whichever engine ran: the
 matrix-free engine's statistics and histogram come from its density, never from its top k.
 `load_spectrum` reads either file back as its result object.
@@ -52,6 +57,7 @@ import numpy as np
 from isometry._io import atomic_write, json_text, to_python
 from isometry._lanczos_result import LanczosSpectrum
 from isometry._params import alpha_values
+from isometry._sharding import sharded_spectrum_fn, to_host
 from isometry._spectrum import spectrum_fn
 from isometry._spectrum_result import Spectrum
 
@@ -179,6 +185,10 @@ class Tracker:
       resume_step: None for a fresh run (the directory must hold no records), or the step of
         the checkpoint a run resumes from: later records and spectra are deleted, a torn last
         line is cut off.
+      mesh: compute the spectra as one program over this device mesh, the probes split over
+        its "data" axis (`isometry.sharded_spectrum_fn`); None: on the default device.
+      writer: whether this process writes the run directory (default: process 0 only); the
+        others check it on resume and compute the same records without writing them.
       **spectrum_options: passed to `isometry.spectrum_fn`.
 
     The spectrum function is built once; new parameter values reuse its compiled code.
@@ -187,7 +197,7 @@ class Tracker:
     def __init__(self, run_dir: str, *, apply_fn: Callable | None = None, probes: Any = None,
                  every: int = 100, log_every: int = 1, method: str = "auto", bins: int = 360,
                  hist_range: tuple[float, float] = HIST_RANGE, resume_step: int | None = None,
-                 **spectrum_options):
+                 mesh: Any = None, writer: bool | None = None, **spectrum_options):
         if every < 1 or log_every < 1:
             raise ValueError(f"every and log_every must be >= 1, got {every} and {log_every}")
         if (apply_fn is None) != (probes is None):
@@ -196,13 +206,18 @@ class Tracker:
         self.every, self.log_every = every, log_every
         self.bins, self.hist_range = bins, tuple(hist_range)
         self.probes = probes
-        #: The `SpectrumFunction` of the tracked spectra (None without apply_fn).
-        self.spectrum_fn = (spectrum_fn(apply_fn, method, batched=True, **spectrum_options)
-                            if apply_fn else None)
+        self.writer = jax.process_index() == 0 if writer is None else writer
+        #: The `SpectrumFunction` (or `ShardedSpectrumFunction`, with `mesh`) of the tracked
+        #: spectra (None without apply_fn).
+        self.spectrum_fn = None if not apply_fn else (
+            spectrum_fn(apply_fn, method, batched=True, **spectrum_options) if mesh is None
+            else sharded_spectrum_fn(apply_fn, method, mesh=mesh, **spectrum_options))
         self.path = os.path.join(run_dir, METRICS_FILE)
         self.last_step = self._prepare(resume_step)  # checks before it changes anything
-        os.makedirs(os.path.join(run_dir, SPECTRA_DIR), exist_ok=True)
-        self._file = open(self.path, "ab")
+        self._file = None
+        if self.writer:
+            os.makedirs(os.path.join(run_dir, SPECTRA_DIR), exist_ok=True)
+            self._file = open(self.path, "ab")
 
     # --- the run directory -------------------------------------------------------------------
     def _prepare(self, resume_step: int | None) -> int | None:
@@ -227,6 +242,8 @@ class Tracker:
                 f"(records every {self.log_every} steps): the records of steps "
                 f"{(last or 0) + 1}..{resume_step} are missing (the file was cut), so resuming "
                 f"would leave a hole; start the run anew in another run directory")
+        if not self.writer:  # the checks agree; the writer repairs
+            return keep[-1]["step"] if keep else None
         if torn:
             warnings.warn(f"{self.path}: cut off an incomplete last line (a torn write)", stacklevel=3)
         if len(keep) < len(records) or torn:
@@ -240,7 +257,8 @@ class Tracker:
         return keep[-1]["step"] if keep else None
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self):
         return self
@@ -282,7 +300,7 @@ class Tracker:
         if params is not None:
             alphas = alpha_values(params)
         # one transfer for every scalar and α (not one device-to-host copy each)
-        scalars, alphas = jax.device_get(({k: v for k, v in scalars.items() if v is not None}, alphas))
+        scalars, alphas = to_host(({k: v for k, v in scalars.items() if v is not None}, alphas))
         record.update({k: to_python(v) for k, v in scalars.items()})
         if alphas:
             record["alpha"] = {k: to_python(v) for k, v in alphas.items()}
@@ -296,7 +314,7 @@ class Tracker:
             spec = self.spectrum_fn(params, self.probes)
         except FloatingPointError as err:  # a diverged model: say so, keep training's record
             return {"spectrum_error": str(err).split(";")[0]}
-        spec = jax.device_get(spec)
+        spec = to_host(spec)  # sharded over several processes, too
         summary = {k: float(np.mean(v)) for k, v in spec.summary().items()}
         summary["engine"] = spec.engine
         if not spec.exact:  # estimates and bounds, not exact values
@@ -313,15 +331,17 @@ class Tracker:
                 "spectrum_file"
         else:
             name, data, key = f"{int(step):09d}.npz", _npz_bytes(spectrum_arrays(spec)), "density_file"
-        atomic_write(os.path.join(self.run_dir, SPECTRA_DIR, name), data)
+        if self.writer:
+            atomic_write(os.path.join(self.run_dir, SPECTRA_DIR, name), data)
         out[key] = os.path.join(SPECTRA_DIR, name)
         return out
 
     def _write(self, record: dict) -> None:
-        line = json_text(record).encode() + b"\n"  # strict JSON: NaN/Inf as null, reason beside
-        self._file.write(line)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._file is not None:
+            line = json_text(record).encode() + b"\n"  # strict JSON: NaN/Inf as null, reason beside
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
         self.last_step = record["step"]
 
 

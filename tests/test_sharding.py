@@ -196,23 +196,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(tmp_path):
-    port = _free_port()
+def _run_processes(commands: list[list[str]]) -> list[tuple[str, str]]:
+    """Runs the commands at once (the processes of one jax.distributed job): their (stdout,
+    stderr), after asserting each exited with 0."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    script = textwrap.dedent(PROCESS_SCRIPT)
-    outs = [tmp_path / f"spectra_{rank}.npz" for rank in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(rank), str(port), str(outs[rank])],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in range(2)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for cmd in commands]
     try:
         logs = [p.communicate(timeout=300) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (stdout, stderr) in zip(procs, logs):
-        assert p.returncode == 0 and "done" in stdout, stderr[-3000:]
+    for p, (_, stderr) in zip(procs, logs):
+        assert p.returncode == 0, stderr[-3000:]
+    return logs
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    port = _free_port()
+    script = textwrap.dedent(PROCESS_SCRIPT)
+    outs = [tmp_path / f"spectra_{rank}.npz" for rank in range(2)]
+    logs = _run_processes([[sys.executable, "-c", script, str(rank), str(port), str(outs[rank])]
+                           for rank in range(2)])
+    assert all("done" in stdout for stdout, _ in logs)
     assert outs[0].exists() and not outs[1].exists()  # files from process 0 only
     got = np.load(outs[0])
     w = jax.random.normal(jax.random.key(0), (12, 12)) / jnp.sqrt(12.0)
@@ -390,3 +398,64 @@ def test_data_parallel_cli_run_survives_kill_9_and_resumes(tmp_path):
     assert [r["step"] for r in resumed] == list(range(201))  # strictly increasing, none lost
     assert resumed == uninterrupted
     assert "spectrum" in resumed[-1]
+
+
+TWO_PROCESS_TRAIN = ["train", "--model", "fc", "--variant", "rezero", "--depth", "3", "--width",
+                     "8", "--data", "synthetic:2x2x3", "--batch-size", "8", "--lr", "0.05",
+                     "--track-every", "10", "--probes", "2", "--log-every", "1",
+                     "--checkpoint-every", "10", "--eval-every", "10", "--eval-batches", "2",
+                     "--x64", "--no-progress"]
+
+
+def _two_processes(args: list[str], run_dir) -> list[tuple[str, str]]:
+    """`isometry ARGS` as two processes of one jax.distributed job (2 CPU devices each)."""
+    port = _free_port()
+    return _run_processes([
+        [sys.executable, "-m", "isometry", *args, "--simulate-devices", "2", "--mesh", "data=4",
+         "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(rank),
+         "--run-dir", str(run_dir)] for rank in range(2)])
+
+
+def test_two_processes_train_and_resume_like_one_device(tmp_path):
+    """`isometry train --coordinator ...` as two processes over a 4-device mesh, 20 steps, then
+    resumed to 30: every record (loss, alpha, the tracker's sharded spectra) equals a one-device
+    run's to 1e-6; one record per step, so only process 0 wrote (two writers would duplicate
+    lines), and only process 0 printed the result."""
+    shared = tmp_path / "two"
+    logs = _two_processes(TWO_PROCESS_TRAIN + ["--steps", "20"], shared)
+    assert [("step=20" in out) for out, _ in logs] == [True, False]
+    assert [r["step"] for r in read_metrics(shared)] == list(range(21))
+    _two_processes(TWO_PROCESS_TRAIN + ["--steps", "30", "--resume"], shared)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    one = tmp_path / "one"
+    out = subprocess.run([sys.executable, "-m", "isometry", *TWO_PROCESS_TRAIN, "--steps", "30",
+                          "--run-dir", str(one)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two, single = read_metrics(shared), read_metrics(one)
+    assert [r["step"] for r in two] == [r["step"] for r in single] == list(range(31))
+    for a, b in zip(two, single):
+        assert a.keys() == b.keys()
+        for key in ("loss", "eval_loss"):
+            if key in b:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
+        np.testing.assert_allclose(list(a["alpha"].values()), list(b["alpha"].values()),
+                                   rtol=1e-6, atol=1e-12)
+        if "spectrum" in b:
+            np.testing.assert_allclose(a["spectrum"]["chi"], b["spectrum"]["chi"], rtol=1e-6)
+    assert sorted(os.listdir(shared / "spectra")) == sorted(os.listdir(one / "spectra"))
+    assert abs(list(two[-1]["alpha"].values())[0]) > 0  # trained
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--coordinator", "localhost:1"], "needs --num-processes N and --process-id I"),
+    (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"], "0 <= I < N"),
+    (["--process-id", "1"], "need --coordinator"),
+])
+def test_coordinator_arguments_are_checked(extra, message):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-m", "isometry", *TWO_PROCESS_TRAIN, "--steps", "2",
+                          *extra], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, \
+        out.stderr[-2000:]

@@ -58,6 +58,24 @@ def test_steps_must_increase(tmp_path):
         Tracker(str(tmp_path))
 
 
+def test_a_reader_checks_and_records_like_the_writer_but_writes_nothing(tmp_path):
+    """writer=False (processes other than 0): the same records, no file; the same checks."""
+    run, fresh = str(tmp_path / "run"), str(tmp_path / "never")
+    writer = Tracker(run, apply_fn=apply_fn, probes=probes(), every=2)
+    reader = Tracker(fresh, apply_fn=apply_fn, probes=probes(), every=2, writer=False)
+    for step in range(3):
+        got = [t.update(step, make_params(1.0 + step), loss=jnp.asarray(0.5)) for t in (writer, reader)]
+        assert got[0] == got[1]
+    writer.close()
+    reader.close()
+    assert not os.path.exists(fresh) and len(read_metrics(run)) == 3
+    with pytest.raises(FileExistsError, match="resume"):  # a reader refuses what the writer does
+        Tracker(run, writer=False)
+    lines = open(os.path.join(run, "metrics.jsonl")).read()
+    Tracker(run, writer=False, resume_step=1).close()  # checks, does not cut records 2..
+    assert open(os.path.join(run, "metrics.jsonl")).read() == lines
+
+
 def test_torn_last_line_is_detected_and_cut_on_resume(tmp_path):
     t = Tracker(str(tmp_path), apply_fn=apply_fn, probes=probes(), every=2)
     for step in range(5):

@@ -238,10 +238,42 @@ def _matrix_free_fields(spec) -> dict:
 
 
 def add_mesh_arguments(p, mesh_help: str) -> None:
-    """--simulate-devices N and --mesh data=D[,model=M] (read back by `mesh_from_args`)."""
+    """--simulate-devices N, --mesh data=D[,model=M] and the --coordinator of several processes
+    (read back by `mesh_from_args`)."""
     p.add_argument("--simulate-devices", type=int, default=0, metavar="N",
                    help="on a CPU: offer N simulated devices (jax_num_cpu_devices) to try --mesh")
     p.add_argument("--mesh", default=None, metavar="data=D[,model=M]", help=mesh_help)
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT|auto",
+                   help="one of several processes (jax.distributed.initialize): the address of "
+                        "process 0, with --num-processes and --process-id; 'auto' detects them "
+                        "(Cloud TPU, SLURM, Open MPI). Start the same command in every process; "
+                        "the mesh spans all their devices; process 0 prints and writes")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N")
+    p.add_argument("--process-id", type=int, default=None, metavar="I")
+
+
+def _start_processes(args) -> None:
+    """jax.distributed.initialize for --coordinator (before anything starts jax's backend)."""
+    import jax
+
+    address = getattr(args, "coordinator", None)
+    n, rank = getattr(args, "num_processes", None), getattr(args, "process_id", None)
+    if address is None:
+        if n is not None or rank is not None:
+            raise UsageError("--num-processes and --process-id need --coordinator HOST:PORT")
+        return
+    if address != "auto" and (n is None or rank is None or not 0 <= rank < n):
+        raise UsageError(f"--coordinator {address} needs --num-processes N and --process-id I "
+                         f"with 0 <= I < N; got N={n}, I={rank}")
+    try:
+        if address == "auto":
+            jax.distributed.initialize()
+        else:
+            jax.distributed.initialize(coordinator_address=address, num_processes=n,
+                                       process_id=rank)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"--coordinator {address}: jax.distributed.initialize failed: "
+                         f"{str(err).splitlines()[0]}") from None
 
 
 def mesh_from_args(args, batch_size: int | None = None):
@@ -259,6 +291,7 @@ def mesh_from_args(args, batch_size: int | None = None):
             iso.simulate_devices(n)
         except RuntimeError as err:  # the backend already started
             raise UsageError(f"--simulate-devices: {err}") from None
+    _start_processes(args)
     text = getattr(args, "mesh", None)
     if not text:
         return None
@@ -363,10 +396,14 @@ def precision_warnings(records) -> list[str]:
 
 
 def run(args) -> int:
+    import jax
+
     from isometry import plot
 
     output_dir(args.out)  # before computing: a path that cannot be written fails at once
     results, timing = compute_timed(args)
+    if jax.process_index() != 0:  # one of several processes: process 0 prints and writes
+        return 0
     table = sys.stderr if args.json else sys.stdout
     print(_row(HEADER), file=table)
     for record, _ in results:

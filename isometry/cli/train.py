@@ -166,6 +166,8 @@ def run(args) -> int:
         raise UsageError(str(err)) from None
     except MemoryError as err:  # JacobianTooLargeError: a dense spectrum that does not fit
         raise UsageError(f"{err} (--method lanczos tracks it matrix-free)") from None
+    if jax.process_index() != 0:  # one of several processes: process 0 prints
+        return 3 if result.diverged else 0
     final = result.final
     shown = {k: final[k] for k in ("step", "loss", "eval_loss", "eval_accuracy", "eval_bpb")
              if k in final}

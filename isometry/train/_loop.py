@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from isometry._sharding import replicate_for_training, shard_batch, to_host
+from isometry._sharding import replicate, shard_batch, to_host
 from isometry._stack import LayerStack
 from isometry.calibrate import batchnorm_calibration, has_batchnorm
 from isometry.tracking import Tracker
@@ -88,6 +89,17 @@ def _spectrum_target(model, graphdef_eval, probe_inputs, calibration_inputs=None
 
 
 
+def _is_writer() -> bool:
+    """Whether this process prints and writes files: process 0 of a `jax.distributed` job."""
+    return jax.process_index() == 0
+
+
+def _every_process_read(name: str) -> None:
+    """A barrier of all processes (none with one process): no file changes before all read."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 @dataclasses.dataclass
 class _Run:
     """One call of `train`: the jitted functions, the state, and where records and checkpoints go."""
@@ -134,6 +146,7 @@ class _Run:
         """Checks `run_dir`, resumes from its checkpoint, starts the tracker, writes config.json."""
         resuming = check_run_dir(run_dir, info, resume)  # checks only: writes nothing
         self.step, self.state = restore(run_dir, self.config, self.state, resuming)
+        _every_process_read("isometry.train: run directory checked")  # before process 0 writes
         apply_fn, x0 = None, None
         if probes:
             calib = (self.prepare(self.data.train_batch(self.config.seed, 0, self.config.batch_size)[0])
@@ -142,17 +155,18 @@ class _Run:
                                             self.prepare(self.data.probe_inputs(probes)), calib)
         self.tracker = Tracker(run_dir, apply_fn=apply_fn, probes=x0, every=track_every,
                                log_every=log_every, method=method,
-                               resume_step=self.step if resuming else None)
+                               resume_step=self.step if resuming else None, mesh=self.mesh)
         self.run_dir = run_dir
         try:  # every check passed: now the run's settings (new, or with changed intervals/steps)
-            write_config(run_dir, info)
+            if self.tracker.writer:
+                write_config(run_dir, info)
         except BaseException:
             self.tracker.close()
             raise
 
     def loop(self, progress: bool | None) -> None:
         """Steps to `config.steps` (or divergence), with a progress bar; Ctrl-C checkpoints."""
-        show = sys.stderr.isatty() if progress is None else progress
+        show = (sys.stderr.isatty() if progress is None else progress) and _is_writer()
         self.bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step",
                         disable=not show, file=sys.stderr, dynamic_ncols=True)
         try:
@@ -191,12 +205,12 @@ class _Run:
             self.final = rec
             self.diverged = self.diverged or not math.isfinite(rec.get("loss", 0.0))
         elif self.tracker is None and (last or self.step % 100 == 0):
-            loss = float(metrics["loss"])
+            loss = float(to_host(metrics["loss"]))
             self.final = {"step": self.step, "loss": loss, **evaluated}
             self.diverged = not math.isfinite(loss)
         if last or self.diverged or self.step % c.checkpoint_every == 0:
             self._checkpoint()
-        if self.diverged:
+        if self.diverged and _is_writer():
             print(f"isometry train: the loss became non-finite at step {self.step}; stopping",
                   file=sys.stderr)
 
@@ -209,7 +223,7 @@ class _Run:
         """The tracker's record of `step` (None: none due, or no run directory)."""
         if self.tracker is None or not (force or self.tracker.due(step)):
             return None
-        m = {k: float(v) for k, v in jax.device_get(metrics or {}).items()}
+        m = {k: float(v) for k, v in to_host(metrics or {}).items()}
         params, rest, _ = self.state if self.mesh is None else to_host(self.state)
         rec = self.tracker.update(step, nnx.merge_state(params, rest), force=force,
                                   spectrum=spectrum, lr=float(self.lrs[max(step - 1, 0)]),
@@ -220,7 +234,9 @@ class _Run:
 
     def _checkpoint(self) -> None:
         if self.run_dir is not None:
-            save_checkpoint(os.path.join(self.run_dir, CHECKPOINT_FILE), self.step, self.state)
+            state = self.state if self.mesh is None else to_host(self.state)  # on every process
+            if _is_writer():
+                save_checkpoint(os.path.join(self.run_dir, CHECKPOINT_FILE), self.step, state)
 
 
 def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None = None,
@@ -249,7 +265,10 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
         averages, which start at (0, 1) and describe no data early in training.
       mesh: data-parallel training over this `jax.sharding.Mesh` (`isometry.device_mesh`):
         every batch split over its "data" axis, parameters and optimizer state replicated (or
-        as sharded as the model was built with `mesh=`); spectra and files as without it.
+        as sharded as the model was built with `mesh=`); the tracked spectra one program over
+        the mesh (`sharded_spectrum_fn`). Under `jax.distributed` call `train` in every process
+        with the same arguments: process 0 alone prints and writes `run_dir`, which every
+        process reads on `resume` (a shared filesystem).
 
     Returns:
       `TrainResult` with the final params/rest, the last step, the final record, and whether
@@ -265,6 +284,7 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
         raise ValueError(f"probes must be >= 0 and track_every, log_every >= 1; got probes={probes}, "
                          f"track_every={track_every}, log_every={log_every}")
     run = _Run.start(model, data, config, input_shape)
+    run.mesh = mesh
     if run_dir is not None:
         tracking = {"probes": probes, "track_every": track_every, "log_every": log_every,
                     "method": method}
@@ -274,7 +294,7 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
         run.open_run_dir(run_dir, resume, info, model, **tracking,
                          calibrate_batchnorm=calibrate_batchnorm)
     if mesh is not None:  # after a resume restored the state from its checkpoint
-        run.mesh, run.state = mesh, replicate_for_training(run.state, mesh)
+        run.state = replicate(run.state, mesh)
     run.loop(progress)
     params, rest, _ = run.state
     nnx.update(model, params, rest)

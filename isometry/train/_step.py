@@ -93,7 +93,7 @@ def evaluate(eval_step, params, rest, data, batch_size, max_batches, prepare,
     total = hits = count = 0.0
     for x, y in data.eval_batches(batch_size, max_batches):
         s, h, c = eval_step(params, rest, prepare(x), y)
-        total, hits, count = total + float(s), hits + float(h), count + c
+        total, hits, count = total + float(s), hits + float(h), count + int(c)
     if not count:
         return {}
     out = {"eval_loss": total / count, "eval_accuracy": hits / count}
