@@ -10,7 +10,13 @@ machine's cores, so the time of one program over 8 devices against one device me
 overhead of the SPMD program (partitioning, per-device dispatch, the final gather), not
 scaling: target at most 1.15×. On a GPU/TPU host (or with `--devices` real devices) the same
 script measures real scaling. The training step (`train_step`) is the data-parallel step of
-`isometry.train(..., mesh=)`: 8 examples per device, parameters replicated. All meshes live in one process and are timed round-robin
+`isometry.train(..., mesh=)`, parameters replicated, at two sizes: "tiny" (the net above, 8
+examples per device: a step of about a millisecond, where per-device dispatch and the
+gradient all-reduce are most of the time) and "fig5" (the paper's Figure 5 net, 32 layers of
+width 256 on 3,072 inputs, batch 128 and 1,024), each beside the gradient all-reduce alone
+(one parameter-sized float32 vector per device summed into a replicated one): on simulated CPU
+devices that sum reads and writes every device's copy through the one shared memory, a fixed
+cost that only a larger batch amortizes. All meshes live in one process and are timed round-robin
 (`interleaved_medians`), so load changes on a shared machine hit them alike.
 
 The HLO of each program is searched for collectives (all-reduce, all-gather,
@@ -82,7 +88,14 @@ def main(argv=None) -> int:
         results["methods"][method] = entry
         print(method, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()
                        if k != "collectives"}, flush=True)
-    print("train_step", results.setdefault("train_step", train_step_times(counts, args)))
+    steps = {"tiny": dict(depth=args.depth, width=args.width, in_features=args.width,
+                          batch=8 * max(counts)),
+             "fig5": dict(depth=32, width=256, in_features=3072, batch=128),
+             "fig5_batch1024": dict(depth=32, width=256, in_features=3072, batch=1024)}
+    results["train_step"] = {}
+    for name, size in steps.items():
+        results["train_step"][name] = train_step_times(counts, repeats=args.repeats, **size)
+        print("train_step", name, results["train_step"][name], flush=True)
     results["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     results["target_overhead"] = 1.15
     write_json(args.out, results)
@@ -106,9 +119,10 @@ def jit_vmap_collectives(apply_fn, params, xs, key, options, n) -> dict:
         jax.device_put(jax.random.split(key, len(xs)), batch)).compile().as_text())
 
 
-def train_step_times(counts, args) -> dict:
+def train_step_times(counts, *, depth, width, in_features, batch, repeats) -> dict:
     """Seconds of one data-parallel training step (`isometry.train(..., mesh=)`'s step: the
-    batch split over "data", parameters replicated) over each device count."""
+    batch split over "data", parameters replicated) of a ReZero FC net over each device count
+    (Adam)."""
     import jax
     import numpy as np
     from flax import nnx
@@ -119,12 +133,11 @@ def train_step_times(counts, args) -> dict:
     from isometry._sharding import replicate, shard_batch
     from isometry.train import TrainConfig, make_optimizer, make_train_step
 
-    batch = 8 * max(counts)
-    net = models.FullyConnected(args.depth, args.width, variant="rezero", in_features=args.width,
+    net = models.FullyConnected(depth, width, variant="rezero", in_features=in_features,
                                 out_features=10, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     tx = make_optimizer(TrainConfig(steps=10, batch_size=batch, optimizer="adam"), params)
-    x = np.asarray(jax.random.normal(jax.random.key(3), (batch, args.width)))
+    x = np.asarray(jax.random.normal(jax.random.key(3), (batch, in_features)))
     y = np.arange(batch) % 10
     calls = {}
     for n in counts:
@@ -134,11 +147,32 @@ def train_step_times(counts, args) -> dict:
         data = shard_batch((x, y), mesh)
         jax.block_until_ready(step(*state, *data))  # compile
         calls[str(n)] = lambda f=step, s=state, d=data: jax.block_until_ready(f(*s, *d))
-    times = interleaved_medians(calls, args.repeats)
-    out = {"batch": batch, "seconds": times}
+    size = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
+    reduce = all_reduce_call(size, counts[-1])
+    times = interleaved_medians({**calls, "all_reduce": reduce}, repeats)
+    out = {"model": dict(kind="FullyConnected", variant="rezero", depth=depth, width=width,
+                         in_features=in_features), "batch": batch, "parameters": size,
+           "seconds": {str(n): times[str(n)] for n in counts},
+           f"gradient_all_reduce_seconds_{counts[-1]}": times["all_reduce"]}
     if len(counts) > 1:
         out[f"overhead_{counts[-1]}_vs_1"] = times[str(counts[-1])] / times["1"]
     return out
+
+
+def all_reduce_call(size: int, n: int):
+    """A call summing one float32 vector of `size` per device over n devices into a replicated
+    result: the gradient all-reduce of a data-parallel step, alone."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    import isometry as iso
+
+    mesh = iso.device_mesh(devices=jax.devices()[:n])
+    parts = jax.device_put(jnp.ones((n, size), jnp.float32), NamedSharding(mesh, P("data")))
+    total = jax.jit(lambda a: jnp.sum(a, axis=0), out_shardings=NamedSharding(mesh, P()))
+    jax.block_until_ready(total(parts))
+    return lambda: jax.block_until_ready(total(parts))
 
 
 if __name__ == "__main__":

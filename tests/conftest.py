@@ -6,12 +6,17 @@ accidental float64 <-> float32 and int -> float mixing.
 """
 
 import os
+import tempfile
 
 # One BLAS/LAPACK thread per pytest-xdist worker (importing isometry sets the same default:
 # OpenBLAS's own threading thrashes on small SVDs, see isometry/__init__.py).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Commands run as subprocesses keep compiled programs in a cache of this test session's own
+# (isometry.cli.use_compilation_cache), not in the user's ~/.cache.
+os.environ.setdefault("ISOMETRY_COMPILATION_CACHE",
+                      os.path.join(tempfile.gettempdir(), f"isometry-test-cache-{os.getuid()}"))
 
 import jax  # noqa: E402
 

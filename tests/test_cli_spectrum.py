@@ -1,6 +1,7 @@
 """`isometry spectrum`: the table, the JSON records, the PNG, and one-line argument errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -109,3 +110,30 @@ def test_fc_variants_as_data_equal_the_models(variant):
     x = jax.random.normal(jax.random.key(1), (3, 16), jnp.float32)
     y = jax.vmap(lambda z: models.fc_blocks_apply_fn("relu")(models.fc_blocks_as_data(net), z))(x)
     np.testing.assert_allclose(y, net(x), rtol=1e-5, atol=1e-6)
+
+
+def test_compilation_cache_folder_from_the_environment(tmp_path):
+    from isometry.cli import use_compilation_cache
+
+    env = {"ISOMETRY_COMPILATION_CACHE": str(tmp_path / "c")}
+    assert use_compilation_cache(env) == str(tmp_path / "c") and (tmp_path / "c").is_dir()
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "c")
+    assert use_compilation_cache({"ISOMETRY_COMPILATION_CACHE": "off"}) is None
+    own = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")}  # jax's own setting wins
+    assert use_compilation_cache(own) == str(tmp_path / "jax")
+
+
+def test_a_second_run_loads_the_programs_the_first_compiled(tmp_path):
+    """`isometry spectrum --method lanczos` twice with one cache folder: the first run stores
+    the spectrum's program, the second finds it there (it stores no new one)."""
+    cache = tmp_path / "cache"
+    env = dict(os.environ, ISOMETRY_COMPILATION_CACHE=str(cache), JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    cmd = [sys.executable, "-m", "isometry", "spectrum", "--method", "lanczos", "--depth", "3",
+           "--width", "12", "--samples", "1", "--out", str(tmp_path / "out")]
+    entries = []
+    for _ in range(2):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        entries.append(sorted(p.name for p in cache.iterdir() if p.name.startswith("jit__core")))
+    assert len(entries[0]) == 1 and entries[1] == entries[0]

@@ -66,8 +66,38 @@ def command_of(argv: list[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
+#: Environment variable naming the folder where compiled programs persist between runs of a
+#: command (jax's persistent compilation cache); "off" turns it off.
+CACHE_ENV = "ISOMETRY_COMPILATION_CACHE"
+
+
+def use_compilation_cache(environ=os.environ) -> str | None:
+    """Lets jax keep compiled programs on disk between commands, before jax is imported.
+
+    The folder is $ISOMETRY_COMPILATION_CACHE (default ~/.cache/isometry/jax; "off": none),
+    unless jax's own JAX_COMPILATION_CACHE_DIR is set. A second `isometry spectrum` of the same
+    shapes then loads its programs instead of compiling them (0.7 s instead of 3.9 s for a
+    d = 16 matrix-free spectrum here). Programs that compiled in under 0.3 s are not kept
+    (an entry is ~100 KB; delete the folder to reclaim it). Returns the folder (None: off or
+    not writable).
+    """
+    folder = environ.get("JAX_COMPILATION_CACHE_DIR") or environ.get(
+        CACHE_ENV, os.path.join(os.path.expanduser("~"), ".cache", "isometry", "jax"))
+    if folder.lower() == "off":
+        return None
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:  # a read-only home: compile every time, as without the cache
+        return None
+    environ.setdefault("JAX_COMPILATION_CACHE_DIR", folder)
+    environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if "jax" not in sys.modules:  # read by jax when it is imported (by the command)
+        use_compilation_cache()
     parser = build_parser([command_of(argv)])
     args = parser.parse_args(argv)
     if args.command is None:
