@@ -171,17 +171,23 @@ def _key(with_rezero: str, without: str) -> str:
 
 
 def figure(record: dict):
-    """Held-out accuracy against iterations, one curve per variant (from the record)."""
+    """Held-out accuracy against iterations, one curve per variant (from the record); with a
+    learning-rate sweep, a second panel at each variant's best rate."""
     s = record["settings"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, r in record["results"].items():
-        ax.plot(r["steps"], r["eval_accuracy"], marker="o", markersize=3,
-                label=f"{label} ({r['variant']}, {r['depth']} layers)")
-    ax.axhline(s["accuracy"], color="0.4", linestyle=":", label=f"threshold {s['accuracy']:g}")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"ResNets on {record['data']}", fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
+    panels = [("shared", record["results"])] + (
+        [("best_lr", record["best_lr"]["results"])] if "best_lr" in record else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
+    for ax, (kind, results) in zip(axes[0], panels):
+        for label, r in results.items():
+            rate = f", lr {r['lr']:g}" if kind == "best_lr" and "lr" in r else ""
+            ax.plot(r["steps"], r["eval_accuracy"], marker="o", markersize=3,
+                    label=f"{label} ({r['variant']}, {r['depth']} layers{rate})")
+        ax.axhline(s["accuracy"], color="0.4", linestyle=":", label=f"threshold {s['accuracy']:g}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("held-out accuracy")
+        which = "the shared lr" if kind == "shared" else "each variant at its best lr"
+        ax.set_title(f"ResNets on {record['data']}, {which}", fontsize=9)
+        ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
 
