@@ -15,8 +15,11 @@ examples per device: a step of about a millisecond, where per-device dispatch an
 gradient all-reduce are most of the time) and "fig5" (the paper's Figure 5 net, 32 layers of
 width 256 on 3,072 inputs, batch 128 and 1,024), each beside the gradient all-reduce alone
 (one parameter-sized float32 vector per device summed into a replicated one): on simulated CPU
-devices that sum reads and writes every device's copy through the one shared memory, a fixed
-cost that only a larger batch amortizes. All meshes live in one process and are timed round-robin
+devices that sum reads and writes every device's copy through the one shared memory. XLA's
+cost analysis of each program (flops and bytes accessed, summed over the devices) says where
+the rest goes: every replica reads every weight and updates every parameter, so n simulated
+devices move about n times the bytes of one through the same memory, a cost that only a
+larger batch per device amortizes (real devices have a memory each). All meshes live in one process and are timed round-robin
 (`interleaved_medians`), so load changes on a shared machine hit them alike.
 
 The HLO of each program is searched for collectives (all-reduce, all-gather,
@@ -139,12 +142,16 @@ def train_step_times(counts, *, depth, width, in_features, batch, repeats) -> di
     tx = make_optimizer(TrainConfig(steps=10, batch_size=batch, optimizer="adam"), params)
     x = np.asarray(jax.random.normal(jax.random.key(3), (batch, in_features)))
     y = np.arange(batch) % 10
-    calls = {}
+    calls, cost = {}, {}
     for n in counts:
         mesh = iso.device_mesh(devices=jax.devices()[:n])
         step = make_train_step(graphdef, tx)
         state = replicate((params, rest, tx.init(params)), mesh)
         data = shard_batch((x, y), mesh)
+        analysis = step.lower(*state, *data).compile().cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list) else analysis
+        cost[str(n)] = {"flops_all_devices": n * float(analysis.get("flops", 0.0)),
+                        "bytes_accessed_all_devices": n * float(analysis.get("bytes accessed", 0.0))}
         jax.block_until_ready(step(*state, *data))  # compile
         calls[str(n)] = lambda f=step, s=state, d=data: jax.block_until_ready(f(*s, *d))
     size = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
@@ -152,7 +159,7 @@ def train_step_times(counts, *, depth, width, in_features, batch, repeats) -> di
     times = interleaved_medians({**calls, "all_reduce": reduce}, repeats)
     out = {"model": dict(kind="FullyConnected", variant="rezero", depth=depth, width=width,
                          in_features=in_features), "batch": batch, "parameters": size,
-           "seconds": {str(n): times[str(n)] for n in counts},
+           "seconds": {str(n): times[str(n)] for n in counts}, "xla_cost_analysis": cost,
            f"gradient_all_reduce_seconds_{counts[-1]}": times["all_reduce"]}
     if len(counts) > 1:
         out[f"overhead_{counts[-1]}_vs_1"] = times[str(counts[-1])] / times["1"]
