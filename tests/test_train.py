@@ -1,5 +1,7 @@
 """The training loop: optimizer rules for α, schedules, checkpoints, resuming, language models."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +92,20 @@ def test_short_run_writes_all_files_and_resume_checks_config(tmp_path):
     again = train(_fc(), data, cfg, run_dir=run, input_shape=(12,), probes=2, track_every=10,
                   log_every=5, resume=True)  # already finished: nothing more to do
     assert again.step == 30 and read_metrics(run) == records
+
+
+def test_a_diverged_run_stays_stopped_on_resume(tmp_path):
+    """A run that stopped on a non-finite loss, resumed with more steps: no NaN steps appended."""
+    data = D.load_data("synthetic:2x2x3")
+    cfg = TrainConfig(steps=30, batch_size=8, optimizer="sgd", lr=1e6, alpha_lr=1e6)
+    run = str(tmp_path / "run")
+    first = train(_fc(), data, cfg, run_dir=run, input_shape=(12,), probes=0, log_every=1)
+    assert first.diverged and first.step < 30
+    records = read_metrics(run)
+    assert records[-1]["loss"] is None and records[-1]["loss_nonfinite"]
+    again = train(_fc(), data, dataclasses.replace(cfg, steps=40), run_dir=run,
+                  input_shape=(12,), probes=0, log_every=1, resume=True)
+    assert again.diverged and again.step == first.step and read_metrics(run) == records
 
 
 def test_language_model_reports_bits_per_byte(tmp_path):

@@ -186,25 +186,32 @@ def _rezero_speedup(shallow: dict) -> float | None:
 
 
 def figure(record: dict):
-    """BPB against iterations: the shallow models (left) and the deep ones (right)."""
-
+    """BPB against iterations: the shallow models (left), with a learning-rate sweep the
+    shallow models each at its best rate (middle), and the deep ones (right)."""
     s = record["settings"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
-    for ax, key, depth in ((axes[0], "shallow", s["depth"]), (axes[1], "deep", s["deep_depth"])):
-        for label, r in record[key].items():
+    panels = [(record["shallow"], s["depth"], "")]
+    if "best_lr" in record:
+        panels.append((record["best_lr"]["shallow"], s["depth"], ", each at its best Adam lr"))
+    panels.append((record["deep"], s["deep_depth"], ""))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
+    for ax, (runs, depth, which) in zip(axes[0], panels):
+        lowest = record["unigram_bpb"]
+        for label, r in runs.items():
             y = np.asarray([np.nan if v is None else v for v in r["bpb_smoothed"]], dtype=float)
-            ax.plot(r["steps"], y, label=label + (" (non-finite loss)" if r["nonfinite"] else ""),
-                    linewidth=1.4)
+            lowest = min(lowest, np.nanmin(y, initial=lowest))
+            rate = f" (lr {r['lr']:g})" if which else ""
+            ax.plot(r["steps"], y, linewidth=1.4,
+                    label=label + rate + (" (non-finite loss)" if r["nonfinite"] else ""))
         # early BPB far above the byte entropy (e.g. ReZero α = 1) would flatten the rest
-        ax.set_ylim(top=min(ax.get_ylim()[1], 1.6 * record["unigram_bpb"]))
+        ax.set_ylim(0.9 * lowest, min(ax.get_ylim()[1], 1.6 * record["unigram_bpb"]))
         ax.axhline(record["unigram_bpb"], color="0.6", linestyle="--", linewidth=0.8,
                    label="byte-frequency entropy")
+        if depth == s["depth"]:
+            ax.axhline(s["threshold_bpb"], color="k", linestyle=":", linewidth=1,
+                       label=f"threshold {s['threshold_bpb']:g} BPB")
         ax.set_xlabel("iteration")
         ax.set_ylabel("training bits per byte")
-        ax.set_title(f"{depth}-layer character Transformers ({record['data']})", fontsize=9)
-    axes[0].axhline(s["threshold_bpb"], color="k", linestyle=":", linewidth=1,
-                    label=f"threshold {s['threshold_bpb']:g} BPB")
-    for ax in axes:
+        ax.set_title(f"{depth}-layer character Transformers{which} ({record['data']})", fontsize=9)
         ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
@@ -260,7 +267,7 @@ def _sweep_markdown(record: dict) -> list[str]:
     rows = [[label, ", ".join(f"{lr:g}: {x:.3g}" if x is not None
                               else f"{lr:g}: diverged" for lr, x in zip(sw["grid"], sw["final_loss"])),
              f"{sw['best_lr']:g}"] for label, sw in record["lr_sweep"].items()]
-    speed = [_percent(record["rezero_speedup"]), _percent(best["rezero_speedup"])]
+    speed = [_speedup_cell(record["shallow"], s["steps"]), _speedup_cell(best["shallow"], s["steps"])]
     return [f"## {s['depth']} layers, each variant at its own best learning rate\n",
             f"Sweep: every {s['depth']}-layer variant trained {s['steps']} iterations at Adam lr "
             f"{s['lr']:g} × ({', '.join(f'{f:g}' for f in s['sweep_factors'])}); the rate with "
@@ -272,8 +279,14 @@ def _sweep_markdown(record: dict) -> list[str]:
                             "each at its best lr", "paper"], [["speed-up"] + speed + ["+56%"]])]
 
 
-def _percent(x: float | None) -> str:
-    return f"{x * 100:+.0f}%" if x is not None else "—"
+def _speedup_cell(shallow: dict, steps: int) -> str:
+    """ReZero α = 0's speed-up over the reference: "+X% (Y×)", or its lower bound when only
+    ReZero reached the threshold, "—" when ReZero did not."""
+    ref = shallow.get(REFERENCE, {}).get("iterations_to_threshold")
+    rz = shallow.get(REZERO, {}).get("iterations_to_threshold")
+    if ref and rz:
+        return f"{ref / rz - 1.0:+.0%} ({ref / rz:.2f}×)"
+    return _speed(ref, rz, steps)
 
 
 def _speed(ref: int | None, it: int | None, steps: int) -> str:

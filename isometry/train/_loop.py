@@ -157,6 +157,9 @@ class _Run:
                                log_every=log_every, method=method,
                                resume_step=self.step if resuming else None, mesh=self.mesh)
         self.run_dir = run_dir
+        # a run that stopped on a non-finite loss stays stopped (resuming would train NaNs)
+        self.diverged = bool(resuming and self.tracker.last_step == self.step
+                             and "loss_nonfinite" in last_record(run_dir))
         try:  # every check passed: now the run's settings (new, or with changed intervals/steps)
             if self.tracker.writer:
                 write_config(run_dir, info)
