@@ -23,3 +23,8 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+# The test processes share compiled programs through the same cache folder (xdist workers
+# compile many identical small programs); ISOMETRY_COMPILATION_CACHE=off compiles every time.
+if os.environ["ISOMETRY_COMPILATION_CACHE"].lower() != "off":
+    jax.config.update("jax_compilation_cache_dir", os.environ["ISOMETRY_COMPILATION_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
