@@ -61,14 +61,20 @@ from isometry._sharding import sharded_spectrum_fn, to_host
 from isometry._spectrum import spectrum_fn
 from isometry._spectrum_result import Spectrum
 
-__all__ = ["Tracker", "RunDirError", "read_metrics", "read_spectrum", "load_spectrum",
-           "spectrum_arrays", "spectrum_from_arrays",
+__all__ = ["Tracker", "RunDirError", "is_writer", "read_metrics", "read_spectrum",
+           "load_spectrum", "spectrum_arrays", "spectrum_from_arrays",
            "MATRIX_FREE_ESTIMATES", "METRICS_FILE", "SPECTRA_DIR"]
 
 METRICS_FILE = "metrics.jsonl"
 SPECTRA_DIR = "spectra"
 #: Default log10 σ range of the recorded histograms (values outside land in the end bins).
 HIST_RANGE = (-6.0, 3.0)
+
+
+def is_writer() -> bool:
+    """Whether this process writes run directories and prints: process 0 of a
+    `jax.distributed` job (the only process otherwise)."""
+    return jax.process_index() == 0
 
 
 class RunDirError(ValueError):
@@ -206,7 +212,7 @@ class Tracker:
         self.every, self.log_every = every, log_every
         self.bins, self.hist_range = bins, tuple(hist_range)
         self.probes = probes
-        self.writer = jax.process_index() == 0 if writer is None else writer
+        self.writer = is_writer() if writer is None else writer
         #: The `SpectrumFunction` (or `ShardedSpectrumFunction`, with `mesh`) of the tracked
         #: spectra (None without apply_fn).
         self.spectrum_fn = None if not apply_fn else (

@@ -178,10 +178,15 @@ def run(s: Fig7Settings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dict
     return record
 
 
+def _iterations(shallow: dict) -> tuple[int | None, int | None]:
+    """Iterations to the threshold of the reference and of ReZero α = 0 (None: not reached)."""
+    return tuple(shallow.get(label, {}).get("iterations_to_threshold")
+                 for label in (REFERENCE, REZERO))
+
+
 def _rezero_speedup(shallow: dict) -> float | None:
     """(iterations of the reference) / (ReZero α = 0's) − 1, None unless both got there."""
-    ref = shallow.get(REFERENCE, {}).get("iterations_to_threshold")
-    rz = shallow.get(REZERO, {}).get("iterations_to_threshold")
+    ref, rz = _iterations(shallow)
     return (ref / rz - 1.0) if ref and rz else None
 
 
@@ -282,11 +287,10 @@ def _sweep_markdown(record: dict) -> list[str]:
 def _speedup_cell(shallow: dict, steps: int) -> str:
     """ReZero α = 0's speed-up over the reference: "+X% (Y×)", or its lower bound when only
     ReZero reached the threshold, "—" when ReZero did not."""
-    ref = shallow.get(REFERENCE, {}).get("iterations_to_threshold")
-    rz = shallow.get(REZERO, {}).get("iterations_to_threshold")
-    if ref and rz:
-        return f"{ref / rz - 1.0:+.0%} ({ref / rz:.2f}×)"
-    return _speed(ref, rz, steps)
+    gain = _rezero_speedup(shallow)
+    if gain is not None:
+        return f"{gain:+.0%} ({gain + 1.0:.2f}×)"
+    return _speed(*_iterations(shallow), steps)
 
 
 def _speed(ref: int | None, it: int | None, steps: int) -> str:

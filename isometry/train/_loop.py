@@ -29,7 +29,7 @@ from tqdm import tqdm
 from isometry._sharding import replicate, shard_batch, to_host
 from isometry._stack import LayerStack
 from isometry.calibrate import batchnorm_calibration, has_batchnorm
-from isometry.tracking import Tracker
+from isometry.tracking import Tracker, is_writer
 from isometry.train._checkpoint import save_checkpoint
 from isometry.train._config import (CHECKPOINT_FILE, PARAM_LAYOUT, TrainConfig,
                                     TrainingInterrupted)
@@ -87,11 +87,6 @@ def _spectrum_target(model, graphdef_eval, probe_inputs, calibration_inputs=None
     return ((lambda state, x: nnx.merge(graphdef_eval, calibrated(state))(x)),
             jnp.asarray(probe_inputs))
 
-
-
-def _is_writer() -> bool:
-    """Whether this process prints and writes files: process 0 of a `jax.distributed` job."""
-    return jax.process_index() == 0
 
 
 def _every_process_read(name: str) -> None:
@@ -169,7 +164,7 @@ class _Run:
 
     def loop(self, progress: bool | None) -> None:
         """Steps to `config.steps` (or divergence), with a progress bar; Ctrl-C checkpoints."""
-        show = (sys.stderr.isatty() if progress is None else progress) and _is_writer()
+        show = (sys.stderr.isatty() if progress is None else progress) and is_writer()
         self.bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step",
                         disable=not show, file=sys.stderr, dynamic_ncols=True)
         try:
@@ -213,7 +208,7 @@ class _Run:
             self.diverged = not math.isfinite(loss)
         if last or self.diverged or self.step % c.checkpoint_every == 0:
             self._checkpoint()
-        if self.diverged and _is_writer():
+        if self.diverged and is_writer():
             print(f"isometry train: the loss became non-finite at step {self.step}; stopping",
                   file=sys.stderr)
 
@@ -238,7 +233,7 @@ class _Run:
     def _checkpoint(self) -> None:
         if self.run_dir is not None:
             state = self.state if self.mesh is None else to_host(self.state)  # on every process
-            if _is_writer():
+            if is_writer():
                 save_checkpoint(os.path.join(self.run_dir, CHECKPOINT_FILE), self.step, state)
 
 
