@@ -145,6 +145,7 @@ def top_k_methods(apply_fn, params, x, ref, repeats: int) -> dict:
 
     import isometry as iso
     from isometry._jacobian import jacobian_operator
+    from isometry._golub_kahan_block import auto_block_size
     from isometry._lanczos import golub_kahan
     from _timing import interleaved_medians
 
@@ -155,8 +156,9 @@ def top_k_methods(apply_fn, params, x, ref, repeats: int) -> dict:
     out, runs = {}, {}
 
     # isometry top_singular_values: the defaults first (their first call is the headline one)
-    def ours(rtol):
-        jitted = jax.jit(lambda p, x: iso.top_singular_values(fn_of(p), x, k=K, rtol=rtol))
+    def ours(rtol, block_size=None):
+        jitted = jax.jit(lambda p, x: iso.top_singular_values(fn_of(p), x, k=K, rtol=rtol,
+                                                              block_size=block_size))
         return lambda: jax.block_until_ready(jitted(params, x))
 
     sweep = []
@@ -171,7 +173,16 @@ def top_k_methods(apply_fn, params, x, ref, repeats: int) -> dict:
     default = sweep[0]
     meeting = [s for s in sweep if s["rel_err"] <= TARGET]
     cheapest = min(meeting, key=lambda s: s["products"]) if meeting else default
-    out["isometry_top_singular_values"] = dict(default=default, cheapest=cheapest, sweep=sweep)
+    # the block size the defaults chose, and the same run one vector at a time
+    default["block_size"] = auto_block_size(jacobian_operator(fn_of(params), x), min(256, n))
+    run = ours(TARGET, block_size=1)
+    seconds, top = first_call(run)
+    single = dict(block_size=1, steps=int(top.steps), products=2 * int(top.steps),
+                  converged=bool(top.converged), rel_err=rel_err(top.singular_values, ref),
+                  first_call_seconds=seconds)
+    runs["top_singular_values block_size=1"] = run
+    out["isometry_top_singular_values"] = dict(default=default, cheapest=cheapest, sweep=sweep,
+                                               single_vector=single)
 
     # fixed-step Golub–Kahan and matfree: one long run each gives the error after every step
     # (a run of m steps is the leading block of a longer one from the same start)
@@ -271,6 +282,7 @@ def top_k_methods(apply_fn, params, x, ref, repeats: int) -> dict:
     if cheapest is not default:
         timed[f"isometry_top_singular_values (rtol={cheapest['rtol']:g})"] = \
             runs[f"top_singular_values rtol={cheapest['rtol']:g}"]
+    timed["isometry_top_singular_values (block_size=1)"] = runs["top_singular_values block_size=1"]
     timed.update({"isometry_golub_kahan_fixed": runs["isometry_golub_kahan_fixed"],
                   "matfree_bidiag_svd_partial": runs["matfree_bidiag_svd_partial"],
                   "scipy_propack": runs["scipy_propack"], "scipy_arpack": runs["scipy_arpack"]})

@@ -33,12 +33,12 @@ import jax.numpy as jnp
 from isometry._jacobian import JacobianOperator
 
 __all__ = ["Bidiagonalization", "bidiagonalize_runs", "certified_run", "error_bounds",
-           "golub_kahan", "hashed_normal"]
+           "golub_kahan", "hashed_normal", "next_test_step"]
 
 Array = Any
 
 # A coefficient below this many ulps of the operator's scale is a breakdown.
-_BREAKDOWN_ULPS = 64
+BREAKDOWN_ULPS = 64
 
 
 @jax.tree_util.register_dataclass
@@ -87,7 +87,7 @@ class Bidiagonalization:
 # --- reorthogonalization on the active rows -------------------------------------------------
 #: Rows per reorthogonalization chunk: the basis is swept chunk by chunk up to the last filled
 #: row, so a step costs O(steps · n), not O(max_steps · n).
-_CHUNK = 16
+CHUNK = 16
 
 
 def _project_out(w: Array, basis: Array, rows: Array) -> Array:
@@ -95,18 +95,18 @@ def _project_out(w: Array, basis: Array, rows: Array) -> Array:
 
     Args:
       w: vectors (p, n), one per independent run.
-      basis: orthonormal rows (p, M, n), M a multiple of `_CHUNK`; rows ≥ `rows` are zero.
-      rows: number of filled rows (traced); only ⌈rows / _CHUNK⌉ chunks are read.
+      basis: orthonormal rows (p, M, n), M a multiple of `CHUNK`; rows ≥ `rows` are zero.
+      rows: number of filled rows (traced); only ⌈rows / CHUNK⌉ chunks are read.
 
     Each pass subtracts, chunk by chunk, h = B_c w then w ← w − B_cᵀ h (classical within a
     chunk, modified between chunks); the second pass removes what round-off left of the first
     ("twice is enough", Giraud et al. 2005).
     """
-    nchunks = (rows + _CHUNK - 1) // _CHUNK
+    nchunks = (rows + CHUNK - 1) // CHUNK
 
     def chunk(i, w):  # both passes in one loop: chunk i mod nchunks
-        start = (i % jnp.maximum(nchunks, 1)) * _CHUNK
-        block = jax.lax.dynamic_slice_in_dim(basis, start, _CHUNK, axis=1)  # (p, c, n)
+        start = (i % jnp.maximum(nchunks, 1)) * CHUNK
+        block = jax.lax.dynamic_slice_in_dim(basis, start, CHUNK, axis=1)  # (p, c, n)
         if w.shape[0] == 1:  # one run: plain matrix-vector products
             return w - ((block[0] @ w[0]) @ block[0])[None]
         h = jnp.einsum("pcn,pn->pc", block, w)
@@ -201,8 +201,8 @@ def _gk_init(op, v0, m, key):
     p, dtype = v0.shape[0], op.dtype
     g = hashed_normal(key, op.n_out + op.n_in, dtype)
     g_u, g_v = g[:op.n_out], g[op.n_out:]
-    rows_u = -(-m // _CHUNK) * _CHUNK
-    rows_v = -(-(m + 1) // _CHUNK) * _CHUNK
+    rows_u = -(-m // CHUNK) * CHUNK
+    rows_v = -(-(m + 1) // CHUNK) * CHUNK
     vs = jnp.zeros((p, rows_v, op.n_in), dtype).at[:, 0].set(_unit(jnp.asarray(v0, dtype)))
     carry = (jnp.zeros((p, rows_u, op.n_out), dtype), vs, jnp.zeros((p, m), dtype),
              jnp.zeros((p, m), dtype), jnp.zeros((p,), dtype))
@@ -222,13 +222,13 @@ def bidiagonalize_runs(op: JacobianOperator, v0: Array, num_steps: int, key: Arr
     their products batched (SLQ probes). Returns a `Bidiagonalization` with a leading p axis."""
     m = num_steps
     carry, g_u, g_v = _gk_init(op, v0, m, key)
-    ulps = _BREAKDOWN_ULPS * jnp.finfo(op.dtype).eps
+    ulps = BREAKDOWN_ULPS * jnp.finfo(op.dtype).eps
     carry = jax.lax.fori_loop(0, m, functools.partial(_gk_step, op, g_u, g_v, ulps), carry)
     return _bidiagonalization(carry, jnp.asarray(m, jnp.int32), m)
 
 
 # --- Ritz values and their error bounds ------------------------------------------------------
-def _bucket_sizes(count: int, m: int) -> tuple[int, ...]:
+def bucket_sizes(count: int, m: int) -> tuple[int, ...]:
     """Static sizes of the leading blocks of B whose SVD a convergence test takes: 128 (if it
     holds `count` and is below m), then m. A test after j ≤ 128 steps costs a 128² SVD
     (about 1 ms in float32 here) instead of an m² one (6 ms at m = 256); each size is one
@@ -311,11 +311,25 @@ def error_bounds(values: Array, residuals: Array, steps: Array | int | None = No
     return jnp.minimum(residuals, jnp.min(jax.vmap(clustered)(taus), axis=0))
 
 
-def _stop_ratio(values, residuals, steps, k, rtol):
+def stop_ratio(values, residuals, steps, k, rtol):
     """max_i≤k of error bound / (rtol · θ_i): ≤ 1 means the top k are certified."""
     bounds = error_bounds(values, residuals, steps)[:k]
     tiny = jnp.finfo(values.dtype).tiny
     return jnp.max(bounds / jnp.maximum(rtol * values[:k], tiny)), bounds
+
+
+def next_test_step(j, ratio, last_j, last_log, limit):
+    """(the step of the next convergence test, ln ratio) after a test at step j.
+
+    With ρ = `ratio` (`stop_ratio`) falling by a factor e^c per step since the last test
+    (at `last_j`, ln ρ = `last_log`), ρ reaches 1 after about ln ρ / c more steps; the next
+    test comes after half of them (at least 1, at most j/8, at most `limit`)."""
+    log_ratio = jnp.log(jnp.maximum(ratio, jnp.finfo(ratio.dtype).tiny))
+    rate = (last_log - log_ratio) / jnp.maximum(j - last_j, 1).astype(log_ratio.dtype)
+    ahead = jnp.where((last_j > 0) & (rate > 0), log_ratio / rate, jnp.inf)
+    interval = jnp.clip(jnp.floor(ahead / 2), 1,
+                        jnp.maximum(j // 8, 1).astype(ahead.dtype)).astype(jnp.int32)
+    return jnp.minimum(j + interval, limit), log_ratio
 
 
 def golub_kahan(op: JacobianOperator, v0: Array, num_steps: int, key: Array, *,
@@ -378,22 +392,18 @@ def certified_run(op, v0, m, key, k, rtol):
     if v0 is None:  # a generic start, drawn apart from the restart directions
         v0 = hashed_normal(key, op.n_out + 2 * op.n_in, op.dtype)[-op.n_in:]
     carry, g_u, g_v = _gk_init(op, jnp.asarray(v0)[None], m, key)
-    ulps = _BREAKDOWN_ULPS * jnp.finfo(op.dtype).eps
+    ulps = BREAKDOWN_ULPS * jnp.finfo(op.dtype).eps
     step = functools.partial(_gk_step, op, g_u, g_v, ulps)
     count = min(k + 6, m)
-    sizes = _bucket_sizes(count, m)
+    sizes = bucket_sizes(count, m)
 
     def test(state):
         j, carry, _, last_j, last_log, _, tests, _ = state
         _, _, alphas, betas, _ = carry
         s, res = _top_ritz(alphas[0], betas[0], j, count, sizes)
-        ratio, bounds = _stop_ratio(s, res, j, k, rtol)
-        log_ratio = jnp.log(jnp.maximum(ratio, jnp.finfo(op.dtype).tiny))
-        rate = (last_log - log_ratio) / jnp.maximum(j - last_j, 1).astype(log_ratio.dtype)
-        ahead = jnp.where((last_j > 0) & (rate > 0), log_ratio / rate, jnp.inf)
-        interval = jnp.clip(jnp.floor(ahead / 2), 1,
-                            jnp.maximum(j // 8, 1).astype(ahead.dtype)).astype(j.dtype)
-        return (j, carry, jnp.minimum(j + interval, m), j, log_ratio, log_ratio <= 0, tests + 1,
+        ratio, bounds = stop_ratio(s, res, j, k, rtol)
+        next_test, log_ratio = next_test_step(j, ratio, last_j, last_log, m)
+        return (j, carry, next_test, j, log_ratio, log_ratio <= 0, tests + 1,
                 (s[:k], res[:k], bounds))
 
     def body(state):

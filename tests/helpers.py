@@ -2,6 +2,9 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from isometry._jacobian import jacobian_operator
 
 
 def known_spectrum_map(key, s, n_in: int, n_out: int, dtype=jnp.float64):
@@ -12,6 +15,37 @@ def known_spectrum_map(key, s, n_in: int, n_out: int, dtype=jnp.float64):
     s = jnp.asarray(s, dtype)
     matrix = q2 @ (s[:, None] * q1)
     return (lambda x: matrix @ x), matrix
+
+
+N_KNOWN = 400
+KNOWN_SPECTRA = {
+    # a spread spectrum: slow, steady convergence
+    "linear": jnp.linspace(1.0, 0.01, N_KNOWN),
+    # ten top values 0.2 % apart: the gap bound of each is useless, the cluster bound is not
+    "clustered": jnp.concatenate([10 * (1 - 0.002 * jnp.arange(10.0)),
+                                  jnp.linspace(9.0, 0.1, N_KNOWN - 10)]),
+    # Hilbert-like: twelve decades, condition number 1e12
+    "hilbert": jnp.logspace(0, -12, N_KNOWN),
+    "sqrt": 1 / jnp.sqrt(jnp.arange(1.0, N_KNOWN + 1)),
+}
+
+
+def known_operator(name):
+    """(σ, the matrix, its `jacobian_operator`) for a spectrum of `KNOWN_SPECTRA`."""
+    s = KNOWN_SPECTRA[name]
+    fn, matrix = known_spectrum_map(jax.random.key(1), s, N_KNOWN, N_KNOWN)
+    return s, matrix, jacobian_operator(fn, jnp.ones(N_KNOWN))
+
+
+def fewest_columns(b_matrix, s, k, rtol, sizes):
+    """The first size n in `sizes` at which the top-k singular values of B's leading n × n
+    block are within rtol of the true σ (`s`, descending)."""
+    b_matrix = np.asarray(b_matrix)
+    for n in sizes:
+        theta = np.linalg.svd(b_matrix[:n, :n], compute_uv=False)[:k]
+        if np.max((s[:k] - theta) / s[:k]) <= rtol:
+            return n
+    raise AssertionError("not reached")
 
 
 def count_traces(fn):

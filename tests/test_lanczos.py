@@ -17,7 +17,8 @@ import models
 from isometry import plot
 from isometry._lanczos import golub_kahan, hutchinson_chi, lanczos_spectrum
 from isometry._jacobian import jacobian_operator
-from helpers import count_traces, known_spectrum_map
+from helpers import (KNOWN_SPECTRA, N_KNOWN, count_traces, fewest_columns, known_operator,
+                     known_spectrum_map)
 
 F64_RTOL = 1e-10
 
@@ -167,25 +168,6 @@ def test_bad_options_are_rejected():
 
 
 # --- issue 19: the bidiagonalization, its stopping rule and top_singular_values -------------
-N_KNOWN = 400
-KNOWN_SPECTRA = {
-    # a spread spectrum: slow, steady convergence
-    "linear": jnp.linspace(1.0, 0.01, N_KNOWN),
-    # ten top values 0.2 % apart: the gap bound of each is useless, the cluster bound is not
-    "clustered": jnp.concatenate([10 * (1 - 0.002 * jnp.arange(10.0)),
-                                  jnp.linspace(9.0, 0.1, N_KNOWN - 10)]),
-    # Hilbert-like: twelve decades, condition number 1e12
-    "hilbert": jnp.logspace(0, -12, N_KNOWN),
-    "sqrt": 1 / jnp.sqrt(jnp.arange(1.0, N_KNOWN + 1)),
-}
-
-
-def known_operator(name):
-    s = KNOWN_SPECTRA[name]
-    fn, matrix = known_spectrum_map(jax.random.key(1), s, N_KNOWN, N_KNOWN)
-    return s, matrix, jacobian_operator(fn, jnp.ones(N_KNOWN))
-
-
 def assert_bidiagonal_relations(bd, matrix, tol=F64_RTOL):
     """J V = U B and Jᵀ U = V Bᵀ + β_s v_{s+1} e_sᵀ, U and [V, v_{s+1}] orthonormal."""
     s = int(bd.steps)
@@ -233,12 +215,7 @@ def test_restart_on_an_exact_breakdown_of_a_rank_three_operator():
 def minimum_steps(op, s, v0, k, rtol, max_steps=250):
     """The fewest steps whose top-k Ritz values are within rtol of the truth (same start)."""
     bd = jax.jit(lambda v: golub_kahan(op, v, max_steps, jax.random.key(3)))(v0)
-    b = np.asarray(bd.matrix())
-    for j in range(k, max_steps + 1):
-        theta = np.linalg.svd(b[:j, :j], compute_uv=False)[:k]
-        if np.max((s[:k] - theta) / s[:k]) <= rtol:
-            return j
-    raise AssertionError("not reached")
+    return fewest_columns(bd.matrix(), s, k, rtol, range(k, max_steps + 1))
 
 
 @pytest.mark.parametrize("rtol", [1e-6, 1e-8])

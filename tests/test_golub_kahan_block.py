@@ -1,0 +1,142 @@
+"""Block Golub–Kahan (`isometry._golub_kahan_block`) on matrices with prescribed spectra.
+
+Everything in float64 (conftest): the relations J V = U B and Jᵀ U = V Bᵀ + V_{s+1} C_sᵀ E_sᵀ
+to 1e-10, a block of one against `golub_kahan`, restarts on rank deficiency, the stopping
+rule against the fewest block steps, and the choice of the block size.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import isometry as iso
+from isometry._golub_kahan import golub_kahan
+from isometry._golub_kahan_block import (MIN_BLOCK_STEPS, auto_block_size, block_golub_kahan,
+                                         certified_block_run, product_intensity)
+from isometry._jacobian import jacobian_operator
+from helpers import KNOWN_SPECTRA, N_KNOWN, fewest_columns, known_operator, known_spectrum_map
+
+F64_RTOL = 1e-10
+
+
+def assert_block_relations(bd, matrix, tol=F64_RTOL):
+    """J V = U B, Jᵀ U = V Bᵀ + V_{s+1} C_sᵀ E_sᵀ, U and [V, V_{s+1}] orthonormal."""
+    b = bd.diagonal.shape[-1]
+    n = int(bd.steps) * b
+    v, u, bm = bd.right_vectors[:n].T, bd.left_vectors[:n].T, bd.matrix()[:n, :n]
+    scale = float(jnp.linalg.norm(matrix, 2))
+    np.testing.assert_allclose(matrix @ v, u @ bm, atol=tol * scale)
+    coupling = bd.superdiagonal[int(bd.steps) - 1]
+    residual = bd.next_vectors.T @ coupling.T @ jnp.eye(n)[-b:]
+    np.testing.assert_allclose(matrix.T @ u, v @ bm.T + residual, atol=tol * scale)
+    vv = jnp.concatenate([v, bd.next_vectors.T], axis=1)
+    np.testing.assert_allclose(vv.T @ vv, jnp.eye(n + b), atol=tol)
+    np.testing.assert_allclose(u.T @ u, jnp.eye(n), atol=tol)
+    # A triangular, C lower triangular: B is banded with b superdiagonals
+    np.testing.assert_array_equal(jnp.tril(bd.diagonal, -1), 0)
+    np.testing.assert_array_equal(jnp.triu(bd.superdiagonal, 1), 0)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_SPECTRA))
+def test_block_relations_on_prescribed_spectra(name):
+    s, matrix, op = known_operator(name)
+    v0 = jax.random.normal(jax.random.key(2), (4, N_KNOWN))
+    bd = jax.jit(lambda v: block_golub_kahan(op, v, 30, jax.random.key(3)))(v0)
+    assert int(bd.steps) == 30
+    assert_block_relations(bd, matrix)
+    # and after an early stop; the top values meet the tolerance asked
+    bd = jax.jit(lambda v: block_golub_kahan(op, v, 60, jax.random.key(3), k=5, rtol=1e-8))(v0)
+    assert 2 < int(bd.steps) < 60
+    assert_block_relations(bd, matrix)
+    theta = np.asarray(bd.ritz()[1][:5])
+    assert np.max((np.asarray(s[:5]) - theta) / s[:5]) <= 1e-8
+
+
+def test_a_block_of_one_is_golub_kahan():
+    # the same recurrence, the same start: equal to round-off
+    _, _, op = known_operator("clustered")
+    v0 = jax.random.normal(jax.random.key(2), (N_KNOWN,))
+    single = golub_kahan(op, v0, 40, jax.random.key(3))
+    block = block_golub_kahan(op, v0[None] / jnp.linalg.norm(v0), 40, jax.random.key(3))
+    sign = jnp.sign(block.right_vectors[0, 0] / single.right_vectors[0, 0])  # QR's sign of v_1
+    np.testing.assert_allclose(sign * block.diagonal[:, 0, 0], single.alphas, rtol=1e-12)
+    np.testing.assert_allclose(sign * block.superdiagonal[:, 0, 0], single.betas, rtol=1e-12)
+    np.testing.assert_allclose(block.right_vectors, single.right_vectors, atol=1e-12)
+    np.testing.assert_allclose(block.left_vectors, single.left_vectors, atol=1e-12)
+
+
+def test_restart_when_the_block_is_wider_than_the_rank():
+    # rank J = 3 < b = 4: J V_1 has rank 3, so one column of U_1 is a restart (its diagonal
+    # entry of A_1 is 0) and every later block lies in the null spaces (A_j, C_j = 0).
+    s = jnp.array([3.0, 2.0, 1.0])
+    fn, matrix = known_spectrum_map(jax.random.key(4), s, 30, 30)
+    op = jacobian_operator(fn, jnp.ones(30))
+    v0 = jax.random.normal(jax.random.key(5), (4, 30))
+    bd = jax.jit(lambda v: block_golub_kahan(op, v, 3, jax.random.key(5)))(v0)
+    diag = jnp.abs(jnp.diagonal(bd.diagonal[0]))
+    assert int(jnp.sum(diag > 1e-6)) == 3 and float(jnp.min(diag)) < 1e-12
+    assert float(jnp.max(jnp.abs(bd.diagonal[1:]))) < 1e-12
+    assert_block_relations(bd, matrix)
+    sv = bd.ritz()[1]
+    np.testing.assert_allclose(sv[:3], s, rtol=F64_RTOL)
+    np.testing.assert_allclose(sv[3:], 0.0, atol=1e-12)
+
+
+def fewest_vectors(op, s, v0, k, rtol, max_steps):
+    """The fewest vectors (whole blocks) whose top-k Ritz values are within rtol of the truth."""
+    b = v0.shape[0]
+    bm = block_golub_kahan(op, v0, max_steps // b, jax.random.key(3)).matrix()
+    return fewest_columns(bm, s, k, rtol, range(b * (-(-(k + 1) // b)), max_steps + 1, b))
+
+
+@pytest.mark.parametrize("rtol", [1e-6, 1e-8])
+@pytest.mark.parametrize("name", sorted(KNOWN_SPECTRA))
+def test_block_stopping_rule_takes_within_10_percent_and_a_block_of_the_fewest(name, rtol):
+    # at the default block size of these (memory-bound) operators for 250 steps: b = 5
+    s, _, op = known_operator(name)
+    s = np.asarray(s)
+    b = auto_block_size(op, 250)
+    assert b == 5
+    v0 = jax.random.normal(jax.random.key(2), (b, N_KNOWN))
+    need = fewest_vectors(op, s, v0, 10, rtol, 250)
+    out, theta, _, bounds, _ = jax.jit(
+        lambda v: certified_block_run(op, v, 250, b, jax.random.key(3), 10, rtol))(v0)
+    vectors = int(out.steps) * b
+    assert need <= vectors <= 1.1 * need + b, (need, vectors)
+    assert np.max((s[:10] - np.asarray(theta)) / s[:10]) <= rtol
+    assert bool(jnp.all(bounds <= rtol * theta))
+
+
+def test_the_block_size_follows_the_cost_of_a_product():
+    # a dense layer reads its weights once per product (0.5 flop per byte): blocks
+    w = jax.random.normal(jax.random.key(0), (64, 64))
+    dense = jacobian_operator(lambda x: jnp.tanh(w @ x), jnp.ones(64))
+    assert product_intensity(dense) == pytest.approx(2 * 64 * 64 / (8 * 64 * 64), rel=0.05)
+    assert auto_block_size(dense, 256) == 8
+    # the same weights shared by 64 tokens: 64 times the flops per byte, one vector per step
+    tokens = jacobian_operator(lambda x: x @ w.T, jnp.ones((64, 64)))
+    assert product_intensity(tokens) == pytest.approx(16.0, rel=0.05)
+    assert auto_block_size(tokens, 256) == 1
+    # a block run leaves at least MIN_BLOCK_STEPS steps, and its size divides max_steps
+    assert auto_block_size(dense, MIN_BLOCK_STEPS) == 1
+    assert auto_block_size(dense, 100) == 3 - 1  # 100 // 32 = 3, the largest divisor ≤ 3: 2
+
+
+def test_top_singular_values_by_blocks_is_certified_and_vmappable():
+    s = KNOWN_SPECTRA["clustered"]
+    fn, _ = known_spectrum_map(jax.random.key(1), s, N_KNOWN, N_KNOWN)
+    top = jax.jit(lambda x: iso.top_singular_values(fn, x, k=10, rtol=1e-8))(jnp.ones(N_KNOWN))
+    assert int(top.steps) % 8 == 0 and bool(top.converged)  # the default: blocks of 8
+    np.testing.assert_allclose(top.singular_values, s[:10], rtol=1e-8)
+    assert bool(jnp.all(s[:10] - top.singular_values <= top.error_bounds + 1e-14))
+    w = jax.random.normal(jax.random.key(0), (60, 60)) / jnp.sqrt(60.0)
+    batched = jax.jit(jax.vmap(lambda x: iso.top_singular_values(
+        lambda z: jnp.tanh(w @ z), x, k=3, rtol=1e-10, max_steps=60, block_size=4)))
+    xs = jax.random.normal(jax.random.key(1), (3, 60))
+    top = batched(xs)
+    dense = iso.jacobian_spectrum(lambda z: jnp.tanh(w @ z), xs, batched=True)
+    np.testing.assert_allclose(top.singular_values, dense.singular_values[:, :3], rtol=1e-9)
+    assert bool(jnp.all(top.converged)) and top.steps.shape == (3,)
+    with pytest.raises(ValueError, match="block_size"):
+        iso.top_singular_values(lambda z: z, jnp.ones(8), k=2, block_size=9)
