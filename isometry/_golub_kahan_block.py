@@ -20,9 +20,9 @@ reads the weights of J once. Where the products are memory-bound (dense layers o
 values converges at the rate of the gap below the block, not of the gaps inside it.
 
 Every block is re-orthogonalized against all earlier vectors (classical Gram–Schmidt, twice,
-by chunks of the filled rows), then within itself column by column (twice); a column at
-round-off level (rank J V_j < b, an invariant subspace) gets coefficient 0 and a random
-direction orthogonal to everything, so the relations stay exact.
+by chunks of the filled rows), then within itself row by row (twice); a row at round-off
+level (rank J V_j < b, an invariant subspace) gets coefficient 0 and a random direction
+orthogonal to everything before it, so the relations stay exact.
 
 Reference: Golub, Luk & Overton (1981), "A block Lanczos method for computing the singular
 values and corresponding singular vectors of a matrix".
@@ -126,44 +126,37 @@ def _orthonormal_rows(w, basis, rows, scale, directions, ulps):
     """QR of the block w (b, n) orthogonal to basis[:rows]: (R, Q), w = Rᵀ Q, Q's rows
     orthonormal and ⟂ the basis, R upper triangular.
 
-    A row whose remainder is at round-off level (≤ ulps · max(‖w_i‖, scale)) gets R_ii = 0
-    and, in a second pass taken only then, the row of `directions` made orthogonal to the
-    basis and to every other row of Q (the good rows first, so their coefficients stand).
+    The rows of w and of `directions` are projected off the basis together (`_project_out`:
+    2b rows, the basis read once), then w is orthonormalized row by row against the rows
+    before it (twice: modified Gram–Schmidt within the block). A row whose remainder is at
+    round-off level (≤ ulps · max(‖w_i‖, scale): the block has lost rank, an invariant
+    subspace) gets R_ii = 0 and, as Q's row i, its direction made orthogonal to the rows
+    before it; the rows after it are orthogonalized against that row in turn, so w = Rᵀ Q
+    stays exact. One pass, no second one to compile.
     """
     b = w.shape[0]
     threshold = ulps * jnp.maximum(jnp.linalg.norm(w, axis=-1), scale)
+    both = _project_out(jnp.concatenate([w, directions]), basis, rows)
     idx = jnp.arange(b, dtype=jnp.int32)
+    tiny = jnp.finfo(w.dtype).tiny
 
-    def attempt(state):
-        tries, q, r, broke = state
-        again = tries > 0
-        redo = ~again | broke  # rows computed in this pass
-        cand = _project_out(jnp.where((again & broke)[:, None], directions, q), basis, rows)
-        cand = jnp.where(redo[:, None], cand, q)
+    def column(i, carry):
+        q, r = carry
+        earlier = idx < i
 
-        def column(i, carry):
-            q, r, broke = carry
-            against = (idx < i) | (again & ~broke)  # earlier rows; in a repair, every good row
-            row, coef = q[i], jnp.zeros((b,), q.dtype)
-            for _ in range(2):
-                h = jnp.where(against & (idx != i), q @ row, 0)
-                row, coef = row - h @ q, coef + h
-            norm = jnp.linalg.norm(row)
-            fails = ~again & (norm <= threshold[i])  # a zero row: later rows see nothing of it
-            new = jnp.where(fails, 0, row / jnp.maximum(norm, jnp.finfo(q.dtype).tiny))
-            col = coef.at[i].set(jnp.where(fails, 0, norm))
-            return (q.at[i].set(jnp.where(redo[i], new, q[i])),
-                    r.at[:, i].set(jnp.where(again, r[:, i], col)), broke.at[i].set(broke[i] | fails))
+        pair = jnp.stack([both[i], both[b + i]])  # the row and its direction, minus their
+        coef = jnp.zeros((2, b), q.dtype)          # projections on q_{<i}, twice
+        for _ in range(2):
+            h = jnp.where(earlier, pair @ q.T, 0)
+            pair, coef = pair - h @ q, coef + h
+        (row, spare), coef = pair, coef[0]
+        norm = jnp.linalg.norm(row)
+        lost = norm <= threshold[i]
+        new = jnp.where(lost, spare / jnp.maximum(jnp.linalg.norm(spare), tiny),
+                        row / jnp.maximum(norm, tiny))
+        return q.at[i].set(new), r.at[:, i].set(coef.at[i].set(jnp.where(lost, 0, norm)))
 
-        q, r, broke = jax.lax.fori_loop(0, b, column, (cand, r, broke))
-        return tries + 1, q, r, broke
-
-    def pending(state):
-        tries, _, _, broke = state
-        return (tries == 0) | ((tries == 1) & jnp.any(broke))
-
-    init = (0, w, jnp.zeros((b, b), w.dtype), jnp.zeros((b,), bool))
-    _, q, r, _ = jax.lax.while_loop(pending, attempt, init)
+    q, r = jax.lax.fori_loop(0, b, column, (jnp.zeros_like(w), jnp.zeros((b, b), w.dtype)))
     return r, q
 
 

@@ -8,7 +8,9 @@ are in `isometry._golub_kahan`. From the SVD B = P Σ Qᵀ:
   of J lies within that bound of σ_i(B); the gap to the neighbouring Ritz values squares it
   (`error_bounds`: r²/2δ for single values, the block residual over the gap for clusters).
   The run stops at the first step where these bounds certify the requested accuracy
-  (`golub_kahan`'s stopping rule, `top_singular_values`). The largest values converge
+  (`golub_kahan`'s stopping rule, `top_singular_values`). Where J's products are
+  memory-bound the run takes blocks of vectors (`block_golub_kahan`: the same relations and
+  bounds, b products for little more than the cost of one; `auto_block_size` decides). The largest values converge
   first: a few tens of steps beyond k give the top k to many digits unless they are
   clustered. Several runs (probes) are combined by taking the largest Ritz value at each
   rank (all are lower bounds).

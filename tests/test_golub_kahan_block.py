@@ -33,9 +33,6 @@ def assert_block_relations(bd, matrix, tol=F64_RTOL):
     vv = jnp.concatenate([v, bd.next_vectors.T], axis=1)
     np.testing.assert_allclose(vv.T @ vv, jnp.eye(n + b), atol=tol)
     np.testing.assert_allclose(u.T @ u, jnp.eye(n), atol=tol)
-    # A triangular, C lower triangular: B is banded with b superdiagonals
-    np.testing.assert_array_equal(jnp.tril(bd.diagonal, -1), 0)
-    np.testing.assert_array_equal(jnp.triu(bd.superdiagonal, 1), 0)
 
 
 @pytest.mark.parametrize("name", sorted(KNOWN_SPECTRA))
@@ -54,28 +51,29 @@ def test_block_relations_on_prescribed_spectra(name):
 
 
 def test_a_block_of_one_is_golub_kahan():
-    # the same recurrence, the same start: equal to round-off
+    # the same recurrence from the same start: equal to round-off, up to the sign of each
+    # vector (a 1 × 1 QR and SVD may flip it, and the coefficient with it)
     _, _, op = known_operator("clustered")
     v0 = jax.random.normal(jax.random.key(2), (N_KNOWN,))
     single = golub_kahan(op, v0, 40, jax.random.key(3))
-    block = block_golub_kahan(op, v0[None] / jnp.linalg.norm(v0), 40, jax.random.key(3))
-    sign = jnp.sign(block.right_vectors[0, 0] / single.right_vectors[0, 0])  # QR's sign of v_1
-    np.testing.assert_allclose(sign * block.diagonal[:, 0, 0], single.alphas, rtol=1e-12)
-    np.testing.assert_allclose(sign * block.superdiagonal[:, 0, 0], single.betas, rtol=1e-12)
-    np.testing.assert_allclose(block.right_vectors, single.right_vectors, atol=1e-12)
-    np.testing.assert_allclose(block.left_vectors, single.left_vectors, atol=1e-12)
+    block = block_golub_kahan(op, v0[None], 40, jax.random.key(3))
+    np.testing.assert_allclose(jnp.abs(block.diagonal[:, 0, 0]), single.alphas, rtol=1e-12)
+    np.testing.assert_allclose(jnp.abs(block.superdiagonal[:, 0, 0]), single.betas, rtol=1e-12)
+    for got, want in ((block.right_vectors, single.right_vectors),
+                      (block.left_vectors, single.left_vectors)):
+        np.testing.assert_allclose(jnp.abs(jnp.sum(got * want, axis=1)), 1.0, rtol=1e-12)
 
 
 def test_restart_when_the_block_is_wider_than_the_rank():
-    # rank J = 3 < b = 4: J V_1 has rank 3, so one column of U_1 is a restart (its diagonal
-    # entry of A_1 is 0) and every later block lies in the null spaces (A_j, C_j = 0).
+    # rank J = 3 < b = 4: J V_1 has rank 3, so one column of U_1 is a restart (A_1 has rank
+    # 3) and every later block lies in the null spaces (A_j = 0).
     s = jnp.array([3.0, 2.0, 1.0])
     fn, matrix = known_spectrum_map(jax.random.key(4), s, 30, 30)
     op = jacobian_operator(fn, jnp.ones(30))
     v0 = jax.random.normal(jax.random.key(5), (4, 30))
     bd = jax.jit(lambda v: block_golub_kahan(op, v, 3, jax.random.key(5)))(v0)
-    diag = jnp.abs(jnp.diagonal(bd.diagonal[0]))
-    assert int(jnp.sum(diag > 1e-6)) == 3 and float(jnp.min(diag)) < 1e-12
+    sv_a = jnp.linalg.svd(bd.diagonal[0], compute_uv=False)
+    assert float(sv_a[2]) > 1e-6 and float(sv_a[3]) < 1e-12
     assert float(jnp.max(jnp.abs(bd.diagonal[1:]))) < 1e-12
     assert_block_relations(bd, matrix)
     sv = bd.ritz()[1]
