@@ -3,7 +3,7 @@
     python benchmarks/matrix_free_peers.py                    # FC 16x1024 and Transformer d = 8,192
     python benchmarks/matrix_free_peers.py --operators fc     # one operator
     python benchmarks/matrix_free_peers.py --large            # also the d = 16,384 Transformer
-                                                              # of matrix_free.py (slow: ~15 min)
+                                                              # of matrix_free.py (~17 min)
 
 Operators (float32, as a user runs them; J from `jax.linearize` + `jax.linear_transpose`):
 
