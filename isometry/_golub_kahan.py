@@ -32,8 +32,9 @@ import jax.numpy as jnp
 
 from isometry._jacobian import JacobianOperator
 
-__all__ = ["Bidiagonalization", "bidiagonalize_runs", "certified_run", "error_bounds",
-           "golub_kahan", "hashed_normal", "next_test_step"]
+__all__ = ["Bidiagonalization", "bidiagonalize_runs", "bucket_index", "bucket_sizes",
+           "certified_run", "error_bounds", "golub_kahan", "hashed_normal", "stopping_loop",
+           "sweep_chunks"]
 
 Array = Any
 
@@ -102,15 +103,24 @@ def _project_out(w: Array, basis: Array, rows: Array) -> Array:
     chunk, modified between chunks); the second pass removes what round-off left of the first
     ("twice is enough", Giraud et al. 2005).
     """
-    nchunks = (rows + CHUNK - 1) // CHUNK
-
-    def chunk(i, w):  # both passes in one loop: chunk i mod nchunks
-        start = (i % jnp.maximum(nchunks, 1)) * CHUNK
-        block = jax.lax.dynamic_slice_in_dim(basis, start, CHUNK, axis=1)  # (p, c, n)
+    def subtract(w, block):  # block: (p, c, n)
         if w.shape[0] == 1:  # one run: plain matrix-vector products
             return w - ((block[0] @ w[0]) @ block[0])[None]
         h = jnp.einsum("pcn,pn->pc", block, w)
         return w - jnp.einsum("pc,pcn->pn", h, block)
+
+    return sweep_chunks(w, basis, rows, 1, subtract)
+
+
+def sweep_chunks(w, basis, rows, axis, subtract):
+    """w after `subtract(w, chunk)` for every `CHUNK`-row chunk of `basis` (rows along `axis`)
+    up to the first `rows` rows, all of them twice, in one loop (chunk i mod ⌈rows / CHUNK⌉):
+    the sweep of classical Gram–Schmidt twice by chunks, reading only the filled rows."""
+    nchunks = (rows + CHUNK - 1) // CHUNK
+
+    def chunk(i, w):
+        start = (i % jnp.maximum(nchunks, 1)) * CHUNK
+        return subtract(w, jax.lax.dynamic_slice_in_dim(basis, start, CHUNK, axis=axis))
 
     return jax.lax.fori_loop(0, 2 * nchunks, chunk, w)
 
@@ -252,8 +262,13 @@ def _top_ritz(alphas: Array, betas: Array, steps: Array, count: int, sizes: tupl
             return sv[:count], res[:count]
         return svd
 
-    index = jnp.sum(steps > jnp.asarray(sizes[:-1], jnp.int32)) if len(sizes) > 1 else 0
-    return jax.lax.switch(index, [leading(s) for s in sizes], alphas, betas, steps)
+    return jax.lax.switch(bucket_index(steps, sizes), [leading(s) for s in sizes], alphas, betas,
+                          steps)
+
+
+def bucket_index(n, sizes):
+    """Index of the smallest of `sizes` (ascending, static) that holds n (traced)."""
+    return jnp.sum(n > jnp.asarray(sizes[:-1], jnp.int32)) if len(sizes) > 1 else 0
 
 
 #: Relative gaps below which neighbouring Ritz values are also bounded as one cluster.
@@ -311,17 +326,17 @@ def error_bounds(values: Array, residuals: Array, steps: Array | int | None = No
     return jnp.minimum(residuals, jnp.min(jax.vmap(clustered)(taus), axis=0))
 
 
-def stop_ratio(values, residuals, steps, k, rtol):
+def _stop_ratio(values, residuals, steps, k, rtol):
     """max_i≤k of error bound / (rtol · θ_i): ≤ 1 means the top k are certified."""
     bounds = error_bounds(values, residuals, steps)[:k]
     tiny = jnp.finfo(values.dtype).tiny
     return jnp.max(bounds / jnp.maximum(rtol * values[:k], tiny)), bounds
 
 
-def next_test_step(j, ratio, last_j, last_log, limit):
+def _next_test_step(j, ratio, last_j, last_log, limit):
     """(the step of the next convergence test, ln ratio) after a test at step j.
 
-    With ρ = `ratio` (`stop_ratio`) falling by a factor e^c per step since the last test
+    With ρ = `ratio` (`_stop_ratio`) falling by a factor e^c per step since the last test
     (at `last_j`, ln ρ = `last_log`), ρ reaches 1 after about ln ρ / c more steps; the next
     test comes after half of them (at least 1, at most j/8, at most `limit`)."""
     log_ratio = jnp.log(jnp.maximum(ratio, jnp.finfo(ratio.dtype).tiny))
@@ -330,6 +345,50 @@ def next_test_step(j, ratio, last_j, last_log, limit):
     interval = jnp.clip(jnp.floor(ahead / 2), 1,
                         jnp.maximum(j // 8, 1).astype(ahead.dtype)).astype(jnp.int32)
     return jnp.minimum(j + interval, limit), log_ratio
+
+
+def stopping_loop(step, ritz, carry, limit, first, k, rtol, per_step, dtype):
+    """The stopping rule: `carry = step(j, carry)` for j = 0, 1, … until the top-k Ritz
+    values are certified (every error bound ≤ rtol · θ_i) or `limit` steps ran.
+
+    Args:
+      step: (j, carry) → carry, one (block) step.
+      ritz: (carry, j) → (θ, r), the top Ritz values and residual bounds after j steps.
+      carry: the run's state before step 0.
+      limit, first: the most steps, and the step of the first test (static ints); later
+        tests are scheduled from the observed convergence rate (`_next_test_step`).
+      k, rtol: how many values, to what relative accuracy.
+      per_step: vectors a step adds (the block size).
+      dtype: of the coefficients.
+
+    Returns:
+      (steps, carry, tests, (θ[:k], r[:k], error bounds)) from the last test.
+    """
+    def body(state):
+        j, carry, next_test, last_j, last_log, done, tests, found = state
+        carry = step(j, carry)
+        j = j + 1
+
+        def test(_):
+            s, res = ritz(carry, j)
+            ratio, bounds = _stop_ratio(s, res, j * per_step, k, rtol)
+            upcoming, log_ratio = _next_test_step(j, ratio, last_j, last_log, limit)
+            return upcoming, j, log_ratio, log_ratio <= 0, tests + 1, (s[:k], res[:k], bounds)
+
+        tested = jax.lax.cond(j >= next_test, test,
+                              lambda _: (next_test, last_j, last_log, done, tests, found), None)
+        return (j, carry) + tested
+
+    def unfinished(state):
+        j, _, _, _, _, done, _, _ = state
+        return (j < limit) & ~done
+
+    zero = jnp.zeros((), jnp.int32)
+    nothing = (jnp.zeros((k,), dtype),) * 3
+    state = (zero, carry, jnp.asarray(min(first, limit), jnp.int32), zero, jnp.zeros((), dtype),
+             jnp.zeros((), bool), zero, nothing)
+    steps, carry, _, _, _, _, tests, found = jax.lax.while_loop(unfinished, body, state)
+    return steps, carry, tests, found
 
 
 def golub_kahan(op: JacobianOperator, v0: Array, num_steps: int, key: Array, *,
@@ -397,29 +456,11 @@ def certified_run(op, v0, m, key, k, rtol):
     count = min(k + 6, m)
     sizes = bucket_sizes(count, m)
 
-    def test(state):
-        j, carry, _, last_j, last_log, _, tests, _ = state
+    def ritz(carry, j):
         _, _, alphas, betas, _ = carry
-        s, res = _top_ritz(alphas[0], betas[0], j, count, sizes)
-        ratio, bounds = stop_ratio(s, res, j, k, rtol)
-        next_test, log_ratio = next_test_step(j, ratio, last_j, last_log, m)
-        return (j, carry, next_test, j, log_ratio, log_ratio <= 0, tests + 1,
-                (s[:k], res[:k], bounds))
+        return _top_ritz(alphas[0], betas[0], j, count, sizes)
 
-    def body(state):
-        j, carry, next_test, last_j, last_log, done, tests, found = state
-        carry = step(j, carry)
-        state = (j + 1, carry, next_test, last_j, last_log, done, tests, found)
-        return jax.lax.cond(j + 1 >= next_test, test, lambda s: s, state)
-
-    def unfinished(state):
-        j, _, _, _, _, done, _, _ = state
-        return (j < m) & ~done
-
-    zero = jnp.zeros((), jnp.int32)
-    nothing = (jnp.zeros((k,), op.dtype),) * 3
-    state = (zero, carry, jnp.asarray(min(k + 1, m), jnp.int32), zero,
-             jnp.zeros((), op.dtype), jnp.zeros((), bool), zero, nothing)
-    steps, carry, _, _, _, _, tests, (s, res, bounds) = jax.lax.while_loop(unfinished, body, state)
+    steps, carry, tests, (s, res, bounds) = stopping_loop(step, ritz, carry, m, k + 1, k, rtol, 1,
+                                                          op.dtype)
     out = jax.tree_util.tree_map(lambda a: a[0], _bidiagonalization(carry, steps, m))
     return out, s, res, bounds, tests

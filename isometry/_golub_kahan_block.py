@@ -37,8 +37,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from isometry._golub_kahan import (BREAKDOWN_ULPS, CHUNK, bucket_sizes, stop_ratio,
-                                   hashed_normal, next_test_step)
+from isometry._golub_kahan import (BREAKDOWN_ULPS, CHUNK, bucket_index, bucket_sizes,
+                                   hashed_normal, stopping_loop, sweep_chunks)
 from isometry._jacobian import JacobianOperator
 
 __all__ = ["BlockBidiagonalization", "auto_block_size", "block_golub_kahan",
@@ -114,14 +114,7 @@ def _residuals(p, superdiagonal, steps):
 def _project_out(w: Array, basis: Array, rows: Array) -> Array:
     """The rows of w (b, n) minus their projections on the first `rows` rows of `basis`
     (M, n), twice: classical Gram–Schmidt by chunks of `CHUNK` rows (only the filled ones)."""
-    nchunks = (rows + CHUNK - 1) // CHUNK
-
-    def chunk(i, w):
-        start = (i % jnp.maximum(nchunks, 1)) * CHUNK
-        block = jax.lax.dynamic_slice_in_dim(basis, start, CHUNK, axis=0)  # (c, n)
-        return w - (w @ block.T) @ block
-
-    return jax.lax.fori_loop(0, 2 * nchunks, chunk, w)
+    return sweep_chunks(w, basis, rows, 0, lambda w, block: w - (w @ block.T) @ block)
 
 
 def _orthonormal_rows(w, basis, rows, scale, directions, ulps):
@@ -221,14 +214,14 @@ def _top_ritz(a, c, steps, count, sizes):
             return sv[:count], _residuals(p, c, steps)[:count]
         return svd
 
-    index = (jnp.sum(steps * b > jnp.asarray(sizes[:-1], jnp.int32)) if len(sizes) > 1 else 0)
-    return jax.lax.switch(index, [leading(s) for s in sizes], a, c, steps)
+    return jax.lax.switch(bucket_index(steps * b, sizes), [leading(s) for s in sizes], a, c, steps)
 
 
 def certified_block_run(op: JacobianOperator, v0, max_steps: int, block_size: int, key: Array,
                         k: int, rtol: float):
-    """Block Golub–Kahan with the stopping rule of `golub_kahan`, tested after every block
-    step: stop once the top-k error bounds are ≤ rtol · θ_i, or after max_steps // b steps.
+    """Block Golub–Kahan with the stopping rule of `golub_kahan` (`stopping_loop`, its tests
+    counted in block steps): stop once the top-k error bounds are ≤ rtol · θ_i, or after
+    max_steps // b steps.
 
     Returns (BlockBidiagonalization, θ, residuals, error bounds, tests) for the top k.
     v0: the start block (b, n_in), or None for a Gaussian one.
@@ -243,30 +236,10 @@ def certified_block_run(op: JacobianOperator, v0, max_steps: int, block_size: in
     first = -(-(k + 1) // b)  # the first block step with more vectors than k
     sizes = tuple(s for s in bucket_sizes(count, nb * b) if s % b == 0) or (nb * b,)
 
-    def body(state):
-        j, carry, next_test, last_j, last_log, done, tests, found = state
-        carry = _block_step(op, g_u, g_v, ulps, j, carry)
-        j = j + 1
-
-        def test(_):
-            s, res = _top_ritz(carry[2], carry[3], j, count, sizes)
-            ratio, bounds = stop_ratio(s, res, j * b, k, rtol)
-            upcoming, log_ratio = next_test_step(j, ratio, last_j, last_log, nb)
-            return upcoming, j, log_ratio, log_ratio <= 0, tests + 1, (s[:k], res[:k], bounds)
-
-        tested = jax.lax.cond(j >= next_test, test,
-                              lambda _: (next_test, last_j, last_log, done, tests, found), None)
-        return (j, carry) + tested
-
-    def unfinished(state):
-        j, _, _, _, _, done, _, _ = state
-        return (j < nb) & ~done
-
-    zero = jnp.zeros((), jnp.int32)
-    nothing = (jnp.zeros((k,), op.dtype),) * 3
-    state = (zero, carry, jnp.asarray(min(first, nb), jnp.int32), zero, jnp.zeros((), op.dtype),
-             jnp.zeros((), bool), zero, nothing)
-    steps, carry, _, _, _, _, tests, (s, res, bounds) = jax.lax.while_loop(unfinished, body, state)
+    steps, carry, tests, (s, res, bounds) = stopping_loop(
+        lambda j, carry: _block_step(op, g_u, g_v, ulps, j, carry),
+        lambda carry, j: _top_ritz(carry[2], carry[3], j, count, sizes),
+        carry, nb, first, k, rtol, b, op.dtype)
     return _result(carry, steps, nb, b), s, res, bounds, tests
 
 
