@@ -8,8 +8,10 @@ NNX module or a Linen module with its variables; a plain function `x -> y` needs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
+import flax
 from flax import nnx
 from flax.errors import TraceContextError
 
@@ -60,9 +62,18 @@ def from_linen(module, variables: Any, **apply_kwargs) -> tuple[Callable, Any]:
         only (the updates are dropped).
     """
     mutable = apply_kwargs.get("mutable", False)
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"variables must be the dict module.init(key, x) returns, got "
+                        f"{type(variables).__name__}")
 
     def apply_fn(params, x):
-        out = module.apply(params, x, **apply_kwargs)
+        try:
+            out = module.apply(params, x, **apply_kwargs)
+        except flax.errors.ScopeCollectionNotFound as err:
+            raise ValueError(f"the variables given to from_linen lack a collection that "
+                             f"{type(module).__name__} reads ({str(err).split(' (https')[0]}; got "
+                             f"collections {sorted(params)}): pass what module.init(key, x) "
+                             f"returns, all of it") from None
         if mutable is not False:  # (y, new_variables): differentiate the output only
             out = out[0]
         return out

@@ -78,7 +78,7 @@ from isometry._diagnose_fns import (as_runs, cached_jit, dense_spectrum_fn, floa
 from isometry._diagnose_measures import (attention_gap, growth_rate, phase_of, resolution_share,
                                          token_statistics)
 from isometry._diagnose_result import Diagnosis, empty_diagnosis
-from isometry._jacobian import JacobianTooLargeError
+from isometry._jacobian import JacobianTooLargeError, output_shape
 from isometry._layerwise import depth_profile
 from isometry._params import alpha_values
 from isometry._spectrum import Spectrum
@@ -200,6 +200,14 @@ def _from_module(module, params, x, fns: dict):
     """(apply_fn, params, x, fns) for an `nnx.Module`; `fns` gains its stack functions."""
     if x is None:
         x, params = params, None
+    training = [type(m).__name__ for _, m in nnx.iter_modules(module)
+                if (isinstance(m, nnx.BatchNorm) and not m.use_running_average)
+                or (isinstance(m, nnx.Dropout) and not m.deterministic and m.rate > 0)]
+    if training:
+        raise ValueError(f"the module is in train mode ({', '.join(sorted(set(training)))} "
+                         f"included): a Jacobian through it would update BatchNorm statistics "
+                         f"and draw dropout masks; call module.eval() first (and "
+                         f"isometry.calibrate_batchnorm(module, x) for statistics of data)")
     graphdef, params = nnx.split(module)
     pure = module_fns(graphdef)
     if isinstance(module, LayerStack) and fns["states_fn"] is None:
@@ -211,7 +219,7 @@ def _from_module(module, params, x, fns: dict):
 
 def _output_and_grads(apply_fn, loss_fn, params, x, key):
     """The output and ∂loss/∂params (default loss: ½·mean (y − t)², t ~ N(0, 1) fixed)."""
-    shapes = jax.eval_shape(apply_fn, params, x)
+    shapes = output_shape(lambda xx: apply_fn(params, xx), x)
     target = jax.tree.map(lambda a: jax.random.normal(jax.random.fold_in(key, 1), a.shape,
                                                       a.dtype), shapes)
     return float_grad(apply_fn, loss_fn, params, x, target)

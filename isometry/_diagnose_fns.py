@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from isometry._cpu_mesh import lapack_safe
 from isometry._layerwise import layerwise_chi_fn, layerwise_spectrum_fn
 from isometry._spectrum import spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY
@@ -119,8 +120,8 @@ def module_fns(graphdef) -> dict:
 
 @functools.lru_cache(maxsize=32)
 def cached_jit(fn: Callable) -> Callable:
-    """`jax.jit(fn)`, one object per function (its compilations are kept)."""
-    return jax.jit(fn)
+    """`jax.jit(lapack_safe(fn))`, one object per function (its compilations are kept)."""
+    return jax.jit(lapack_safe(fn))
 
 
 @functools.lru_cache(maxsize=32)

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from isometry._numerics import check_setting
+
 __all__ = [
     "JacobianTooLargeError",
     "batch_size",
@@ -62,10 +64,28 @@ def _flatten(fn: Callable, x: Any):
     def f_flat(v):
         return ravel_pytree(fn(unravel(v)))[0]
 
-    out = jax.eval_shape(fn, x)
-    check_floating(out, what="output")
+    out = output_shape(fn, x)
     n_out = sum(math.prod(o.shape) for o in jax.tree_util.tree_leaves(out))
     return f_flat, x_flat, x_flat.size, n_out
+
+
+def _shapes(x: Any) -> str:
+    leaves = jax.tree_util.tree_leaves(x)
+    text = ", ".join(f"{jnp.result_type(l).name}{list(jnp.shape(l))}" for l in leaves)
+    return text if len(leaves) == 1 else f"({text})"
+
+
+def output_shape(fn: Callable, x: Any):
+    """`jax.eval_shape(fn, x)`, floating; a model that cannot take `x` (a shape or dtype it
+    does not expect) raises ValueError naming the input's shape, not a raw XLA message."""
+    try:
+        out = jax.eval_shape(fn, x)
+    except TypeError as err:  # dot_general / conv / broadcasting shape errors are TypeErrors
+        raise ValueError(f"the model does not take an input {_shapes(x)}: "
+                         f"{str(err).splitlines()[0]} (check the input's shape: one example, "
+                         f"or a batch with batched=True)") from err
+    check_floating(out, what="output")
+    return out
 
 
 def check_nonempty(n_in: int, n_out: int) -> None:
@@ -102,8 +122,7 @@ def flat_sizes(fn: Callable, x: Any) -> tuple[int, int, jnp.dtype]:
     check_floating(x)
     n_in = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(x))
     check_nonempty(n_in, 1)
-    out = jax.eval_shape(fn, x)
-    check_floating(out, what="output")
+    out = output_shape(fn, x)
     n_out = sum(math.prod(o.shape) for o in jax.tree_util.tree_leaves(out))
     check_nonempty(n_in, n_out)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(x), *jax.tree_util.tree_leaves(out))
@@ -164,6 +183,7 @@ def dense_jacobian(fn: Callable, x: Any, mode: str = "auto", chunk_size: int | N
       J (or Jᵀ when `transposed_ok` and forward mode was used).
     """
     check_floating(x)
+    check_setting("chunk_size", chunk_size, low=1, integer=True, optional=True)
     f_flat, x_flat, n_in, n_out = _flatten(fn, x)
     check_nonempty(n_in, n_out)
     mode = resolve_mode(mode, n_in, n_out)

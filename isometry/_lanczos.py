@@ -60,6 +60,7 @@ from isometry._golub_kahan import (Bidiagonalization, bidiagonalize_runs, certif
 from isometry._golub_kahan_block import auto_block_size, certified_block_run
 from isometry._jacobian import JacobianOperator, jacobian_operator
 from isometry._lanczos_result import DEFAULT_BANDWIDTH, LanczosSpectrum
+from isometry._numerics import check_setting
 
 __all__ = [
     "Bidiagonalization",
@@ -151,6 +152,7 @@ def top_singular_values(fn: Callable, x: Any, k: int = DEFAULT_K, rtol: float = 
       >>> [round(float(v), 3) for v in top.singular_values], bool(top.converged)
       ([2.0, 1.952], True)
     """
+    _check_steps(max_steps, rtol, k=k)
     op, _ = _short_side(jacobian_operator(fn, x))
     m = min(max_steps, op.n_in)
     if not 1 <= k <= m:
@@ -196,8 +198,16 @@ def _rademacher(key: Array, shape: tuple[int, ...], dtype) -> Array:
     return jax.random.rademacher(key, shape, dtype=dtype)
 
 
+def _check_steps(max_steps, rtol, **counts):
+    """ValueError naming a step count that is not a positive integer or an rtol outside (0, 1)."""
+    check_setting("rtol", rtol, low=0, high=1, low_open=True, high_open=True)
+    for name, value in dict(max_steps=max_steps, **counts).items():
+        check_setting(name, value, low=1, integer=True)
+
+
 def _check_options(k, m, m_top, num_probes, chi_probes, num_steps, bandwidth, top_run):
     """ValueError for settings of `lanczos_spectrum` that cannot run."""
+    check_setting("chi_probes", chi_probes, low=0, integer=True)
     if not 1 <= k <= m_top:
         raise ValueError(f"k must be in [1, min(max_steps, n) = {m_top}], got {k}")
     if min(num_probes, chi_probes if top_run else chi_probes + 1, m) < 1 or (
@@ -274,6 +284,7 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
       >>> round(float(spec.sigma_max), 3), spec.engine, spec.top_singular_values.shape
       (2.0, 'lanczos', (2,))
     """
+    _check_steps(max_steps, rtol, num_steps=num_steps, num_probes=num_probes, k=k)
     op, (n_in, n_out) = _short_side(jacobian_operator(fn, x))
     n_short = op.n_in
     m, m_top = min(num_steps, n_short), min(max_steps, n_short)

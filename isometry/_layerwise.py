@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
+from isometry._cpu_mesh import lapack_safe
 from isometry._jacobian import JacobianTooLargeError, check_floating, dense_jacobian, flat_sizes
 from isometry._numerics import log10_sigma, tiny
 from isometry._spectra import raise_if_nonfinite
@@ -102,7 +103,8 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
     Returns:
       `lfn(params, x0)` returning a `Spectrum` whose fields have shape (…, L+1, k) (J_0 = I
       first) — a tuple of them, one per run, when the blocks change the shape. Outside a trace
-      it raises FloatingPointError when a J_l has NaN/Inf entries.
+      it raises FloatingPointError when a J_l has NaN/Inf entries. `lfn.program` is the
+      jitted core `(params, x0) -> spectra` without the checks.
     """
 
     def one(params, x0):
@@ -117,7 +119,7 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
             start += depth * n_out
         return _one_or_tuple(spectra)
 
-    jitted = jax.jit(_vmapped(one, batched, 2))
+    jitted = jax.jit(lapack_safe(_vmapped(one, batched, 2)))
 
     def lfn(params, x0):
         check_floating(x0)
@@ -134,6 +136,7 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
             raise_if_nonfinite(spec)
         return spectra
 
+    lfn.program = jitted  # the compiled core (no checks): to lower it or compose it
     return lfn
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["log10_sigma", "tiny"]
+__all__ = ["check_setting", "log10_sigma", "tiny"]
 
 
 def tiny(x) -> float:
@@ -33,3 +33,42 @@ def log10_sigma(s):
         return jnp.log10(jnp.maximum(s, jnp.finfo(s.dtype).tiny))
     s = np.asarray(s)
     return np.log10(np.clip(s, tiny(s), None))
+
+
+def check_setting(name: str, value, *, low=None, high=None, low_open: bool = False,
+                  high_open: bool = False, integer: bool = False, optional: bool = False):
+    """`value` if it lies in its valid range, else a ValueError naming the setting and the range.
+
+    Args:
+      name: the setting's name as the caller spells it (`chunk_size`).
+      low, high: the bounds (None: unbounded); open bounds with `low_open` / `high_open`.
+      integer: the value must be an int (bools are not).
+      optional: None is allowed.
+
+    Example:
+      >>> check_setting("chunk_size", 4, low=1, integer=True)
+      4
+      >>> check_setting("rtol", 0.0, low=0, high=1, low_open=True, high_open=True)
+      Traceback (most recent call last):
+      ...
+      ValueError: rtol must be in (0, 1), got 0.0
+    """
+    if value is None and optional:
+        return value
+    span = (("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", "
+            + ("inf" if high is None else f"{high:g}") + (")" if high_open or high is None else "]"))
+    kind = "an integer" if integer else "a number"
+    where = f"in {span}" if (low is not None or high is not None) else ""
+    if integer and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+        raise ValueError(f"{name} must be {kind} {where}".rstrip() + f", got {value!r}"
+                         + (" (None is allowed)" if optional else ""))
+    if not integer and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
+        raise ValueError(f"{name} must be {kind} {where}".rstrip() + f", got {value!r}")
+    ok = value == value  # NaN is never in range
+    if low is not None:
+        ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        raise ValueError(f"{name} must be {where}, got {value!r}")
+    return value

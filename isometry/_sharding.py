@@ -267,8 +267,8 @@ class ShardedSpectrumFunction:
         self.mesh = mesh
         self.device_batch = device_batch
         self.single = spectrum_fn(apply_fn, method, batched=False, **options)
-        # several CPU devices: batched LAPACK calls deadlock there (module docstring)
-        cpu = mesh.devices.size > 1 and all(d.platform == "cpu" for d in mesh.devices.flat)
+        # CPU devices: batched LAPACK calls deadlock there (module docstring)
+        cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
         self.local = unbatch_lapack(self._per_device) if cpu else self._per_device
         self.jitted = jax.jit(self._program, static_argnames=("batch", "impl"), keep_unused=True)
 

@@ -13,6 +13,7 @@ when the bottom of the spectrum matters; σ is computed from J by an SVD, never 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import warnings
 from typing import Any, Callable
@@ -21,9 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isometry._cpu_mesh import lapack_safe
 from isometry._jacobian import (DEFAULT_MEMORY_BUDGET, JacobianTooLargeError, batch_size,
                                 check_floating, dense_jacobian, flat_sizes, resolve_mode)
 from isometry._lanczos import lanczos_spectrum
+from isometry._numerics import check_setting
 from isometry._spectra import (ISOMETRY_BAND, PRECISION_STATISTICS, SUMMARY_STATISTICS,
                                raise_if_nonfinite, raise_if_nonfinite_values, summarize)
 from isometry._spectrum_result import Spectrum
@@ -39,6 +42,9 @@ Array = Any
 METHODS = ("auto", "dense", "lanczos")
 #: `method="auto"` uses the dense engine while max(n_in, n_out) is at most this.
 AUTO_DENSE_MAX_DIM = 4096
+#: The settings `spectrum_fn` passes to `lanczos_spectrum` (any other name is refused).
+LANCZOS_OPTIONS = tuple(name for name, p in inspect.signature(lanczos_spectrum).parameters.items()
+                        if p.kind is inspect.Parameter.KEYWORD_ONLY)
 # An SVD without vectors needs about one more copy of J as workspace.
 _SVD_WORKSPACE_FACTOR = 2
 
@@ -169,11 +175,18 @@ class SpectrumFunction:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
         resolve_mode(mode, 1, 1)  # validates `mode`
+        check_setting("chunk_size", chunk_size, low=1, integer=True, optional=True)
+        check_setting("memory_budget", memory_budget, low=0, low_open=True)
+        check_setting("auto_dense_max_dim", auto_dense_max_dim, low=1, integer=True)
+        unknown = sorted(set(lanczos_options) - set(LANCZOS_OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                            f"of the matrix-free engine; it takes {', '.join(LANCZOS_OPTIONS)}")
         self.apply_fn, self.method, self.batched = apply_fn, method, batched
         self.mode, self.chunk_size, self.memory_budget = mode, chunk_size, memory_budget
         self.auto_dense_max_dim, self.lanczos_options = auto_dense_max_dim, lanczos_options
         self.trace_count = 0
-        self.program = jax.jit(self._core)
+        self.program = jax.jit(lapack_safe(self._core))  # CPU: no batched LAPACK (deadlocks)
 
     @property
     def jitted(self):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import warnings
 import tarfile
 import zipfile
 import zlib
@@ -41,13 +42,17 @@ from typing import Iterator
 import numpy as np
 
 __all__ = ["Task", "DataError", "ImageClassification", "SyntheticImages", "ByteCorpus",
-           "load_data", "load_cifar10", "load_bytes", "DATA_SOURCES"]
+           "load_data", "load_cifar10", "load_bytes", "check_enwik8", "DATA_SOURCES",
+           "ENWIK8_BYTES"]
 
 DATA_SOURCES = ("synthetic", "cifar10", "enwik8", "text:PATH")
 CIFAR10_ENV = "ISOMETRY_CIFAR10"
 ENWIK8_ENV = "ISOMETRY_ENWIK8"
 #: The standard enwik8 split, as fractions of the file (90M/5M/5M of 100M bytes).
 BYTE_SPLIT = (0.90, 0.05, 0.05)
+#: enwik8 is the first 10^8 bytes of the English Wikipedia dump of 2006-03-03, an XML file.
+ENWIK8_BYTES = 100_000_000
+ENWIK8_START = b"<mediawiki "
 
 
 class DataError(ValueError):
@@ -154,12 +159,23 @@ class SyntheticImages:
         return self._examples(np.random.default_rng([2**31, 2]), n)[0]
 
 
+def _describe(a: np.ndarray) -> str:
+    span = (f", values {a.min()}..{a.max()}" if a.size and np.issubdtype(a.dtype, np.number)
+            else "")
+    return f"shape {a.shape}, dtype {a.dtype}{span}"
+
+
 class ByteCorpus:
     """A byte string split into train/valid/test for character language modelling (vocab 256)."""
 
     def __init__(self, name: str, data: bytes | np.ndarray, seq_len: int,
                  split: tuple[float, float, float] = BYTE_SPLIT):
         tokens = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or not (np.issubdtype(tokens.dtype, np.integer) and tokens.size
+                                     and 0 <= tokens.min() and tokens.max() <= 255):
+            raise DataError(f"{name}: tokens must be a 1-d sequence of byte values 0..255 (vocab "
+                            f"256), got {_describe(tokens)}")
         n = len(tokens)
         n_train, n_valid = int(round(n * split[0])), int(round(n * split[1]))
         self.train = tokens[:n_train]
@@ -290,6 +306,21 @@ def load_bytes(path: str, *, name: str | None = None) -> bytes:
         raise DataError(f"{name or path}: cannot read {path!r}: {err}") from None
 
 
+def check_enwik8(data: bytes, path: str) -> bytes:
+    """`data` if it is enwik8: it starts as the Wikipedia XML dump does (`<mediawiki `), else a
+    `DataError` naming what it starts with. A size other than 10^8 bytes (a cut or a part of
+    it) is a warning: its BPB is not comparable with published enwik8 numbers."""
+    if not data.startswith(ENWIK8_START):
+        raise DataError(f"enwik8: {path!r} is not enwik8 (it starts with {data[:16]!r}, enwik8 "
+                        f"with {ENWIK8_START!r}); download http://mattmahoney.net/dc/enwik8.zip, "
+                        f"or train on any file as bytes with --data text:PATH")
+    if len(data) != ENWIK8_BYTES:
+        warnings.warn(f"enwik8: {path!r} has {len(data):,} bytes, not {ENWIK8_BYTES:,}: a part "
+                      f"of enwik8, whose bits per byte are not comparable with published enwik8 "
+                      f"results", stacklevel=3)
+    return data
+
+
 def load_data(source: str, *, path: str | None = None, seq_len: int = 128) -> object:
     """A data set by name: "synthetic[:HxWxC]", "cifar10", "enwik8" or "text:PATH".
 
@@ -316,7 +347,7 @@ def load_data(source: str, *, path: str | None = None, seq_len: int = 128) -> ob
     if kind == "enwik8":
         p = _resolve_path(path, ENWIK8_ENV, "enwik8",
                           "the raw 100M-byte enwik8 file or enwik8.zip (http://mattmahoney.net/dc/enwik8.zip)")
-        return ByteCorpus("enwik8", load_bytes(p, name="enwik8"), seq_len)
+        return ByteCorpus("enwik8", check_enwik8(load_bytes(p, name="enwik8"), p), seq_len)
     if kind == "text" and arg:
         p = os.path.expanduser(arg)
         if not os.path.isfile(p):

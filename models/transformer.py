@@ -342,6 +342,13 @@ class Transformer(Stack):
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise TypeError(f"a Transformer with vocab_size={self.vocab_size} takes integer token "
                             f"ids (…, seq), got dtype {x.dtype}")
+        if not isinstance(x, jax.core.Tracer) and x.size and not (
+                0 <= int(jnp.min(x)) and int(jnp.max(x)) < self.vocab_size):
+            raise ValueError(f"token ids must lie in 0..{self.vocab_size - 1} (vocab_size="
+                             f"{self.vocab_size}), got ids {int(jnp.min(x))}..{int(jnp.max(x))}")
+        # traced ids out of range embed as NaN (jnp.take fills positions past the end), never
+        # as another token (a negative id would otherwise count from the end)
+        x = jnp.where(x < 0, self.vocab_size, x)
         h = self.embedding(x) * math.sqrt(self.d_model)
         positions = sinusoidal_positions(x.shape[-1], self.d_model, h.dtype)
         h = h + positions.reshape((1,) * (h.ndim - 2) + positions.shape)

@@ -78,11 +78,14 @@ def test_training_order_is_a_function_of_seed_and_step():
 
 
 def test_enwik8_split_windows_and_zip(tmp_path, monkeypatch):
-    text = bytes(np.random.default_rng(1).integers(32, 127, 2000, dtype=np.uint8))
+    # a short file that starts as enwik8 does (its XML header), the rest printable bytes
+    text = D.ENWIK8_START + bytes(np.random.default_rng(1).integers(32, 127, 2000 - 11,
+                                                                    dtype=np.uint8))
     raw = tmp_path / "enwik8"
     raw.write_bytes(text)
     monkeypatch.setenv(D.ENWIK8_ENV, str(raw))
-    ds = D.load_data("enwik8", seq_len=16)
+    with pytest.warns(UserWarning, match="2,000 bytes, not 100,000,000"):
+        ds = D.load_data("enwik8", seq_len=16)
     assert (len(ds.train), len(ds.valid), len(ds.test)) == (1800, 100, 100)
     assert ds.task == D.Task("language_model", (16,), 256)
     x, y = ds.train_batch(0, 7, 5)
@@ -93,7 +96,8 @@ def test_enwik8_split_windows_and_zip(tmp_path, monkeypatch):
     assert vx.shape == (6, 16) and bytes(vx[0].astype(np.uint8)) == text[1800:1816]
     with zipfile.ZipFile(tmp_path / "enwik8.zip", "w") as z:
         z.writestr("enwik8", text)
-    zipped = D.load_data("enwik8", path=str(tmp_path / "enwik8.zip"), seq_len=16)
+    with pytest.warns(UserWarning, match="part of enwik8"):
+        zipped = D.load_data("enwik8", path=str(tmp_path / "enwik8.zip"), seq_len=16)
     np.testing.assert_array_equal(zipped.test, ds.test)
     (tmp_path / "tiny").write_bytes(b"abc" * 10)
     with pytest.raises(D.DataError, match="shorter --seq-len"):
@@ -113,3 +117,16 @@ def test_synthetic_task_is_deterministic_and_learnable_signal():
     assert 0.3 < acc < 0.99, acc
     with pytest.raises(D.DataError, match="unknown data"):
         D.load_data("mnist")
+
+
+def test_a_file_that_is_not_enwik8_is_refused(tmp_path):
+    (tmp_path / "enwik8").write_bytes(b"just some other text\n" * 1000)
+    with pytest.raises(D.DataError, match="is not enwik8.*text:PATH"):
+        D.load_data("enwik8", path=str(tmp_path / "enwik8"), seq_len=8)
+
+
+@pytest.mark.parametrize("tokens", [np.array([3, -5, 7] * 100), np.array([3, 256, 7] * 100),
+                                    np.zeros((10, 30), np.int64), np.full(300, 0.5)])
+def test_byte_tokens_outside_0_to_255_are_refused(tokens):
+    with pytest.raises(D.DataError, match="byte values 0..255"):
+        D.ByteCorpus("tokens", tokens, seq_len=4)

@@ -67,18 +67,24 @@ class TrainConfig:
       lr_factors: ((name, factor), …): leaves with a key `name` on their path train at
         lr·factor (with weight decay), e.g. FixUp's scalar biases and multipliers at lr/10 as
         in the FixUp code (`FIXUP_LR_FACTORS`).
-      momentum: SGD momentum (0 for plain SGD).
-      weight_decay: L2 coupled to the gradient for sgd/adagrad/adam (PyTorch style),
+      momentum: SGD momentum in [0, 1) (0 for plain SGD; the other optimizers have none).
+      weight_decay: L2 (>= 0) coupled to the gradient for sgd/adagrad/adam (PyTorch style),
         decoupled for adamw; never applied to α.
       warmup: steps of linear warm-up from 0 to the peak rate.
       schedule: after warm-up: "constant"; "step" (multiply by `decay_factor` at each step in
         `decay_steps`); "onecycle" (optax's cosine one-cycle); "cosine" (decay to 0). See
         `learning_rate_schedule`.
-      decay_steps, decay_factor: the "step" schedule.
+      decay_steps, decay_factor: the "step" schedule (which needs at least one; other
+        schedules take none): the steps (>= 1; one past `steps` never comes) where the rate
+        is multiplied by decay_factor > 0.
       clip: clip gradients to this global norm (None: no clipping).
-      seed: seed of the data order (model initialization is the caller's `nnx.Rngs`).
+      seed: seed of the data order, >= 0 (model initialization is the caller's `nnx.Rngs`).
       eval_every: evaluate on the held-out split every this many steps (0: only at the end).
-      eval_batches: batches of the held-out split per evaluation (None: all).
+      eval_batches: batches of the held-out split per evaluation, >= 1 (None: all).
+
+    Raises:
+      ValueError: naming every setting outside its range, or one that does not apply (decay
+        steps without the "step" schedule, the "step" schedule without decay steps).
       checkpoint_every: write checkpoint.npz every this many steps (and at the end).
     """
 
@@ -121,5 +127,23 @@ class TrainConfig:
             problems.append(f"clip must be positive, got {self.clip}")
         if self.checkpoint_every < 1 or self.eval_every < 0:
             problems.append("checkpoint_every must be >= 1 and eval_every >= 0")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.weight_decay >= 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.decay_factor > 0:
+            problems.append(f"decay_factor must be positive, got {self.decay_factor}")
+        if self.schedule == "step" and not self.decay_steps:
+            problems.append("the step schedule needs decay_steps (the steps where the rate is "
+                            "multiplied by decay_factor; `--decay-steps 500,750`)")
+        if self.schedule != "step" and self.decay_steps:
+            problems.append(f"decay_steps apply to the step schedule only, not to "
+                            f"{self.schedule!r} (set schedule='step' or leave them out)")
+        if any(s < 1 for s in self.decay_steps):
+            problems.append(f"decay_steps must be steps >= 1, got {list(self.decay_steps)}")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0, got {self.seed}")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            problems.append(f"eval_batches must be >= 1 (None: all), got {self.eval_batches}")
         if problems:
             raise ValueError("; ".join(problems))

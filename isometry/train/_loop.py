@@ -36,6 +36,7 @@ from isometry.train._config import (CHECKPOINT_FILE, PARAM_LAYOUT, TrainConfig,
 from isometry.train._optimizer import learning_rate_schedule, make_optimizer
 from isometry.train._run_dir import check_run_dir, last_record, restore, run_settings, write_config
 from isometry.train._step import evaluate, make_eval_step, make_train_step, prepare_inputs
+from isometry.train._watchdog import DEFAULT_STALL_TIMEOUT, Watchdog
 
 __all__ = ["TrainResult", "train"]
 
@@ -115,6 +116,8 @@ class _Run:
     final: dict = dataclasses.field(default_factory=dict)
     diverged: bool = False
     mesh: Any = None  # data-parallel: batches split over its "data" axis, state replicated
+    watchdog: Watchdog = dataclasses.field(default_factory=lambda: Watchdog(None))
+    checkpointed: int | None = None  # the step of the last checkpoint on disk
 
     @classmethod
     def start(cls, model: nnx.Module, data, config: TrainConfig, input_shape) -> "_Run":
@@ -141,6 +144,7 @@ class _Run:
         """Checks `run_dir`, resumes from its checkpoint, starts the tracker, writes config.json."""
         resuming = check_run_dir(run_dir, info, resume)  # checks only: writes nothing
         self.step, self.state = restore(run_dir, self.config, self.state, resuming)
+        self.checkpointed = self.step if resuming else None
         _every_process_read("isometry.train: run directory checked")  # before process 0 writes
         apply_fn, x0 = None, None
         if probes:
@@ -168,7 +172,7 @@ class _Run:
         self.bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step",
                         disable=not show, file=sys.stderr, dynamic_ncols=True)
         try:
-            with _interruptible() as stopped:
+            with _interruptible() as stopped, self.watchdog:
                 t = self.tracker
                 if t is not None and (t.last_step is None or t.last_step < self.step):
                     self.final = self._record(self.step, force=True, spectrum=True,
@@ -188,6 +192,7 @@ class _Run:
     def _advance(self) -> None:
         """One optimizer step, then its evaluation, record and checkpoint when due."""
         c = self.config
+        self.watchdog.beat(f"training step {self.step + 1}")
         x, y = self.data.train_batch(c.seed, self.step, c.batch_size)
         x, y = (self.prepare(x), y) if self.mesh is None else shard_batch((self.prepare(x), y),
                                                                           self.mesh)
@@ -213,6 +218,7 @@ class _Run:
                   file=sys.stderr)
 
     def _evaluate(self) -> dict:
+        self.watchdog.beat(f"evaluating step {self.step}")
         params, rest, _ = self.state
         return evaluate(self.eval_fn, params, rest, self.data, self.config.batch_size,
                         self.config.eval_batches, self.prepare, self.task_kind)
@@ -221,6 +227,9 @@ class _Run:
         """The tracker's record of `step` (None: none due, or no run directory)."""
         if self.tracker is None or not (force or self.tracker.due(step)):
             return None
+        self.watchdog.beat(f"recording step {step}" + (
+            " (its Jacobian spectrum)" if spectrum or (spectrum is None and step % self.tracker.every == 0)
+            else ""))
         m = {k: float(v) for k, v in to_host(metrics or {}).items()}
         params, rest, _ = self.state if self.mesh is None else to_host(self.state)
         rec = self.tracker.update(step, nnx.merge_state(params, rest), force=force,
@@ -232,16 +241,28 @@ class _Run:
 
     def _checkpoint(self) -> None:
         if self.run_dir is not None:
+            self.watchdog.beat(f"writing the checkpoint of step {self.step}")
             state = self.state if self.mesh is None else to_host(self.state)  # on every process
             if is_writer():
                 save_checkpoint(os.path.join(self.run_dir, CHECKPOINT_FILE), self.step, state)
+            self.checkpointed = self.step
+
+    def resume_hint(self) -> str:
+        """Where this run continues from, for a message that ends it."""
+        if self.run_dir is None:
+            return "no run directory: nothing was saved"
+        if self.checkpointed is None:
+            return f"no checkpoint yet: {self.run_dir} cannot be resumed; start it anew"
+        return (f"{self.run_dir} has a checkpoint of step {self.checkpointed}: the same command "
+                f"with --resume continues from there")
 
 
 def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None = None,
           resume: bool = False, run_info: dict | None = None, input_shape: tuple | None = None,
           probes: int = 8, track_every: int = 100, log_every: int = 10,
           method: str = "auto", progress: bool | None = None,
-          calibrate_batchnorm: bool = False, mesh=None) -> TrainResult:
+          calibrate_batchnorm: bool = False, mesh=None,
+          stall_timeout: float | None = DEFAULT_STALL_TIMEOUT) -> TrainResult:
     """Trains `model` on `data`, tracking spectra, α's and losses into `run_dir`.
 
     Args:
@@ -267,6 +288,10 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
         the mesh (`sharded_spectrum_fn`). Under `jax.distributed` call `train` in every process
         with the same arguments: process 0 alone prints and writes `run_dir`, which every
         process reads on `resume` (a shared filesystem).
+      stall_timeout: seconds without progress (no step, record or checkpoint started) after
+        which the run prints what it was doing and where it resumes from, and the process
+        exits with code 4 (`isometry.train._watchdog`); None or 0: never. A second Ctrl-C
+        inside one long native call ends the process at once (exit code 130).
 
     Returns:
       `TrainResult` with the final params/rest, the last step, the final record, and whether
@@ -281,8 +306,9 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
     if probes < 0 or track_every < 1 or log_every < 1:
         raise ValueError(f"probes must be >= 0 and track_every, log_every >= 1; got probes={probes}, "
                          f"track_every={track_every}, log_every={log_every}")
+    watchdog = Watchdog(stall_timeout)  # checks the setting before anything is compiled
     run = _Run.start(model, data, config, input_shape)
-    run.mesh = mesh
+    run.mesh, run.watchdog, watchdog.resume_hint = mesh, watchdog, run.resume_hint
     if run_dir is not None:
         tracking = {"probes": probes, "track_every": track_every, "log_every": log_every,
                     "method": method}

@@ -128,12 +128,17 @@ def make_optimizer(config: TrainConfig, params: Any) -> optax.GradientTransforma
 
     α (leaves on a path with a key named `alpha`, `isometry.alpha_mask`) gets the same
     optimizer with learning rate `alpha_lr` (warm-up and schedule included) and no weight decay;
-    leaves named in `config.lr_factors` get lr·factor.
+    leaves named in `config.lr_factors` get lr·factor. Raises ValueError for an `alpha_lr`
+    given to a model without α.
     """
     alpha_lr = config.lr if config.alpha_lr is None else config.alpha_lr
     factors = dict(config.lr_factors)
-    labels = jax.tree_util.tree_map_with_path(
-        lambda path, a: _lr_label(path, a, factors), alpha_mask(params))
+    mask = alpha_mask(params)
+    if config.alpha_lr is not None and not any(jax.tree_util.tree_leaves(mask)):
+        raise ValueError(f"alpha_lr={config.alpha_lr} was given, but the model has no α "
+                         f"(no parameter named alpha): leave alpha_lr out (`--alpha-lr`) or "
+                         f"train a variant with α")
+    labels = jax.tree_util.tree_map_with_path(lambda path, a: _lr_label(path, a, factors), mask)
     rules = {"rest": _base_optimizer(config, learning_rate_schedule(config.lr, config),
                                      config.weight_decay),
              "alpha": _base_optimizer(config, learning_rate_schedule(alpha_lr, config), 0.0)}
