@@ -24,6 +24,9 @@ from isometry._numerics import check_setting
 
 __all__ = [
     "JacobianTooLargeError",
+    "ProgramTooLargeError",
+    "check_program_fits",
+    "free_device_memory",
     "batch_size",
     "dense_jacobian",
     "jacobian_operator",
@@ -40,6 +43,44 @@ DEFAULT_MEMORY_BUDGET = 4 * 2**30
 
 class JacobianTooLargeError(MemoryError):
     """A dense Jacobian would exceed the memory budget (raised before anything is allocated)."""
+
+
+class ProgramTooLargeError(MemoryError):
+    """A compiled program needs more memory than its device has free (raised before it runs)."""
+
+
+def free_device_memory(device=None) -> int | None:
+    """Bytes free on `device` (default: the first device): the limit minus what is in use on an
+    accelerator; MemAvailable of /proc/meminfo on a Linux CPU; None where unknown."""
+    device = jax.devices()[0] if device is None else device
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_program_fits(compiled, what: str, fix: str) -> None:
+    """`ProgramTooLargeError` when `compiled` (`jax.stages.Compiled`) needs more memory than is
+    free on the device: its arguments, outputs and intermediates by XLA's own count, checked
+    before it runs (a program that would ask for 960 GB is refused in a line, not killed)."""
+    stats = compiled.memory_analysis()
+    free = free_device_memory()
+    if stats is None or free is None:
+        return
+    need = (stats.argument_size_in_bytes + stats.output_size_in_bytes
+            + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+    if need > free:
+        raise ProgramTooLargeError(
+            f"{what} would need {need / 2**30:.2f} GiB ({stats.temp_size_in_bytes / 2**30:.2f} "
+            f"GiB of intermediates, by XLA's count) but the device has {free / 2**30:.2f} GiB free; "
+            f"{fix}")
 
 
 def check_floating(x: Any, what: str = "input") -> None:
@@ -69,7 +110,7 @@ def _flatten(fn: Callable, x: Any):
     return f_flat, x_flat, x_flat.size, n_out
 
 
-def _shapes(x: Any) -> str:
+def describe_shapes(x: Any) -> str:
     leaves = jax.tree_util.tree_leaves(x)
     text = ", ".join(f"{jnp.result_type(l).name}{list(jnp.shape(l))}" for l in leaves)
     return text if len(leaves) == 1 else f"({text})"
@@ -81,7 +122,7 @@ def output_shape(fn: Callable, x: Any):
     try:
         out = jax.eval_shape(fn, x)
     except TypeError as err:  # dot_general / conv / broadcasting shape errors are TypeErrors
-        raise ValueError(f"the model does not take an input {_shapes(x)}: "
+        raise ValueError(f"the model does not take an input {describe_shapes(x)}: "
                          f"{str(err).splitlines()[0]} (check the input's shape: one example, "
                          f"or a batch with batched=True)") from err
     check_floating(out, what="output")

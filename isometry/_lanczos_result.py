@@ -86,8 +86,22 @@ class LanczosSpectrum(SpectrumStatistics):
             "or `binned_counts()` for the spectrum (from its SLQ density)")
 
     def _log_nodes(self) -> Array:
-        s = self.nodes
-        return jnp.log(jnp.maximum(s, jnp.finfo(s.dtype).tiny))
+        """ln of every Gauss node, clipped below at `resolution` (what lies lower is round-off)."""
+        return jnp.log(jnp.maximum(self.nodes, self.resolution[..., None, None]))
+
+    @property
+    def resolution(self) -> Array:
+        """σ_max · ε · max(n_in, n_out), as for the dense result: nodes below it are round-off
+        of the products (an exact zero and a σ of 1e-200 look the same to the engine)."""
+        eps = jnp.finfo(self.nodes.dtype).eps
+        return self.top_singular_values[..., 0] * eps * max(self.n_in, self.n_out)
+
+    @property
+    def below_resolution(self) -> Array:
+        """SLQ estimate of the share of σ below `resolution` (zeros included): where it is
+        above 0, `mean_log` is an upper bound and `std_log` a lower bound, not estimates."""
+        return self._expect(jnp.where(self.nodes < self.resolution[..., None, None], 1.0, 0.0)
+                            .astype(self.weights.dtype))
 
     def _expect(self, values: Array) -> Array:
         """E[f(σ)] under the SLQ measure: mean over probes of Σ_i w_i f(σ_i)."""
@@ -95,7 +109,9 @@ class LanczosSpectrum(SpectrumStatistics):
 
     @property
     def mean_log(self) -> Array:
-        """SLQ estimate of the mean of ln σ over all k singular values (σ = 0 clipped to tiny)."""
+        """SLQ estimate of the mean of ln σ over all k singular values, σ clipped below at
+        `resolution`: an upper bound when `below_resolution` > 0 (the engine cannot see how
+        far below its resolution those σ lie, or whether they are exact zeros)."""
         return self._expect(self._log_nodes())
 
     @property

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from isometry._cpu_mesh import lapack_safe
-from isometry._jacobian import (DEFAULT_MEMORY_BUDGET, JacobianTooLargeError, batch_size,
-                                check_floating, dense_jacobian, flat_sizes, resolve_mode)
+from isometry._jacobian import (DEFAULT_MEMORY_BUDGET, JacobianTooLargeError, describe_shapes,
+                                batch_size, check_floating, check_program_fits, dense_jacobian,
+                                flat_sizes, resolve_mode)
 from isometry._lanczos import lanczos_spectrum
 from isometry._numerics import check_setting
 from isometry._spectra import (ISOMETRY_BAND, PRECISION_STATISTICS, SUMMARY_STATISTICS,
@@ -186,6 +187,7 @@ class SpectrumFunction:
         self.mode, self.chunk_size, self.memory_budget = mode, chunk_size, memory_budget
         self.auto_dense_max_dim, self.lanczos_options = auto_dense_max_dim, lanczos_options
         self.trace_count = 0
+        self._compiled = {}  # one compiled program per argument signature (shapes, dtypes)
         self.program = jax.jit(lapack_safe(self._core))  # CPU: no batched LAPACK (deadlocks)
 
     @property
@@ -195,7 +197,15 @@ class SpectrumFunction:
 
     def __call__(self, params, x, key=None):
         check_floating(x)
-        return _checked(self.program, params, x, key)  # size checks run while tracing
+        key = _as_key(key)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((params, x, key))):
+            return _checked(self.program, params, x, key)  # inside a trace: part of a larger program
+        signature = jax.tree_util.tree_map(jax.typeof, (params, x, key))
+        signature = (jax.tree_util.tree_structure(signature), tuple(jax.tree_util.tree_leaves(signature)))
+        run = self._compiled.get(signature)
+        if run is None:  # size checks run while tracing, the memory check after compiling
+            run = self._compiled[signature] = self.compile(params, x, key)
+        return run(params, x, key)
 
     def compile(self, params, x, key=None) -> Callable:
         """`program` lowered and compiled ahead of time for the shapes of (params, x, key).
@@ -216,6 +226,9 @@ class SpectrumFunction:
         """
         check_floating(x)
         program = self.program.lower(params, x, _as_key(key)).compile()
+        check_program_fits(program, f"the spectrum of an input {describe_shapes(x)}",
+                           "use a smaller input (fewer tokens, a smaller image), a smaller "
+                           "chunk_size (dense engine) or fewer probes, or a larger device")
 
         def run(params, x, key=None):
             check_floating(x)

@@ -325,8 +325,7 @@ class Tracker:
         summary["engine"] = spec.engine
         if not spec.exact:  # estimates and bounds, not exact values
             summary["estimates"] = MATRIX_FREE_ESTIMATES
-            for name in ("zero_share", "below_resolution"):  # the engine cannot tell
-                summary.pop(name, None)
+            summary.pop("zero_share", None)  # the engine cannot tell a zero from a tiny σ
         counts = spec.binned_counts(self.bins, self.hist_range)
         figure = {**spec.statistics(), "n_in": spec.n_in, "n_out": spec.n_out}
         out: dict[str, Any] = {"spectrum": summary, "figure": figure,
@@ -353,7 +352,10 @@ class Tracker:
 
 #: What the matrix-free engine's statistics are (records say so beside them).
 MATRIX_FREE_ESTIMATES = {
-    "chi": "Hutchinson estimate", "mean_log": "SLQ estimate", "std_log": "SLQ estimate",
+    "chi": "Hutchinson estimate",
+    "mean_log": "SLQ estimate; an upper bound where below_resolution > 0",
+    "std_log": "SLQ estimate; a lower bound where below_resolution > 0",
+    "below_resolution": "SLQ estimate of the share of σ below σ_max·eps·n (zeros included)",
     "isometry_share": "SLQ estimate", "sigma_max": "Ritz value (lower bound, converged)",
     "sigma_min": "upper bound (smallest Gauss node)",
     "condition_number": "lower bound", "top_singular_values": "top-k Ritz values",

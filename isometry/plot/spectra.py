@@ -36,8 +36,9 @@ def spectrum_histograms(panels: dict, bins: int = 50, range: tuple[float, float]
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
     for ax, (name, curves) in zip(axes[0], panels.items()):
         lo_hi = range or _common_range(curves.values())
-        for label, spec in curves.items():
-            _draw_curve(ax, label, spec, bins, lo_hi)
+        for i, (label, spec) in enumerate(curves.items()):
+            _draw_curve(ax, label, spec, bins, lo_hi, _LINESTYLES[i % len(_LINESTYLES)],
+                        linewidth=1.2 + 1.4 * (len(curves) - 1 - i) / max(len(curves) - 1, 1))
         _draw_resolution(ax, curves.values(), lo_hi)
         ax.set_title(name)
         ax.set_xlabel(r"$\log_{10}\,\sigma$")
@@ -51,7 +52,12 @@ def spectrum_histograms(panels: dict, bins: int = 50, range: tuple[float, float]
     return fig
 
 
-def _draw_curve(ax, label: str, spec, bins: int, lo_hi) -> None:
+#: Curves of a panel that coincide (spectra that did not change) stay visible: each has its own
+#: dash pattern, and the earlier ones are drawn wider, under the later ones.
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def _draw_curve(ax, label: str, spec, bins: int, lo_hi, linestyle="-", linewidth=1.4) -> None:
     zero = _zero_share(spec)
     if zero is not None and zero >= 1.0:
         ax.plot([], [], linestyle="none", marker="x", color="0.3", label=f"{label} (all σ = 0)")
@@ -59,13 +65,12 @@ def _draw_curve(ax, label: str, spec, bins: int, lo_hi) -> None:
     counts, edges = spec.histogram(bins=bins, range=lo_hi, density=True)
     if zero:
         label = f"{label} ({zero:.0%} of σ = 0, not drawn)"
-    ax.stairs(counts, edges, label=label, fill=False, linewidth=1.4)
+    ax.stairs(counts, edges, label=label, fill=False, linestyle=linestyle, linewidth=linewidth)
 
 
 def _draw_resolution(ax, spectra, lo_hi) -> None:
     """The dtype's resolution σ_max·ε·n: below it, σ are round-off of the SVD."""
-    resolutions = [(float(np.max(np.asarray(spec.resolution))),
-                    np.asarray(spec.singular_values).dtype)
+    resolutions = [(float(np.max(np.asarray(spec.resolution))), np.asarray(spec.resolution).dtype)
                    for spec in spectra if hasattr(spec, "resolution")]
     if resolutions:
         res, dtype = max(resolutions, key=lambda r: r[0])
