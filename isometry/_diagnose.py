@@ -80,6 +80,7 @@ from isometry._diagnose_measures import (attention_gap, growth_rate, phase_of, r
 from isometry._diagnose_result import Diagnosis, empty_diagnosis
 from isometry._jacobian import JacobianTooLargeError, output_shape
 from isometry._layerwise import depth_profile
+from isometry._numerics import check_setting
 from isometry._params import alpha_values
 from isometry._spectrum import Spectrum
 from isometry._stack import LayerStack
@@ -252,6 +253,7 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
     Returns:
       A `Diagnosis` (`.findings`, `.table()`, `.to_json()`, `.figure()`).
     """
+    check_setting("burn_in", burn_in, low=0, integer=True)
     key = jax.random.key(0) if key is None else key
     fns = dict(states_fn=states_fn, embed_fn=embed_fn, attention_fn=attention_fn)
     if isinstance(apply_fn, nnx.Module):

@@ -205,9 +205,13 @@ def _check_steps(max_steps, rtol, **counts):
         check_setting(name, value, low=1, integer=True)
 
 
-def _check_options(k, m, m_top, num_probes, chi_probes, num_steps, bandwidth, top_run):
-    """ValueError for settings of `lanczos_spectrum` that cannot run."""
+def _check_options(k, max_steps, rtol, n_short, num_probes, chi_probes, num_steps, bandwidth,
+                   top_run) -> tuple[int, int]:
+    """(m, m_top): the density's and the top run's steps capped at `n_short`; ValueError for
+    settings of `lanczos_spectrum` that cannot run."""
+    _check_steps(max_steps, rtol, num_steps=num_steps, num_probes=num_probes, k=k)
     check_setting("chi_probes", chi_probes, low=0, integer=True)
+    m, m_top = min(num_steps, n_short), min(max_steps, n_short)
     if not 1 <= k <= m_top:
         raise ValueError(f"k must be in [1, min(max_steps, n) = {m_top}], got {k}")
     if min(num_probes, chi_probes if top_run else chi_probes + 1, m) < 1 or (
@@ -217,6 +221,7 @@ def _check_options(k, m, m_top, num_probes, chi_probes, num_steps, bandwidth, to
                          f"{num_probes}, {chi_probes}, {num_steps}")
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth}")
+    return m, m_top
 
 
 def _top_run_and_chi(op, r, m_top, key, k, rtol, block_size):
@@ -284,11 +289,10 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
       >>> round(float(spec.sigma_max), 3), spec.engine, spec.top_singular_values.shape
       (2.0, 'lanczos', (2,))
     """
-    _check_steps(max_steps, rtol, num_steps=num_steps, num_probes=num_probes, k=k)
     op, (n_in, n_out) = _short_side(jacobian_operator(fn, x))
+    m, m_top = _check_options(k, max_steps, rtol, op.n_in, num_probes, chi_probes, num_steps,
+                              bandwidth, top_run)
     n_short = op.n_in
-    m, m_top = min(num_steps, n_short), min(max_steps, n_short)
-    _check_options(k, m, m_top, num_probes, chi_probes, num_steps, bandwidth, top_run)
     # One Rademacher draw for the density probes and the chi probes (one threefry compiled).
     probe_key, restart_key = jax.random.split(key)
     draws = _rademacher(probe_key, (num_probes + chi_probes, n_short), op.dtype)

@@ -51,6 +51,7 @@ from scipy import optimize
 
 from isometry import theory
 from isometry._diagnose_fns import cached_jit, module_fns
+from isometry._numerics import check_setting
 from isometry._spectrum import ISOMETRY_BAND, Spectrum, spectrum_fn
 from isometry._stack import LayerStack
 
@@ -207,6 +208,12 @@ def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="c
       ValueError: an unknown target, a missing default, or no sign change in the bracket.
     """
     names, defaults = _checked(scale_names, target, defaults, bracket)
+    if not len(seeds):
+        raise ValueError("seeds must name at least one seed (the networks χ is averaged over)")
+    check_setting("xtol", xtol, low=0, low_open=True)
+    check_setting("max_expansions", max_expansions, low=0, integer=True)
+    if bracket is not None and not 0 < bracket[0] < bracket[1]:
+        raise ValueError(f"bracket must be (lo, hi) with 0 < lo < hi, got {bracket}")
     measure = functools.partial(Evaluator(build, x, seeds, memory_budget).measure, target=target)
     evaluations: list = []
     d_mean, d_se, d_spectra = measure(defaults)

@@ -56,6 +56,7 @@ import numpy as np
 
 from isometry._io import atomic_write, json_text, to_python
 from isometry._lanczos_result import LanczosSpectrum
+from isometry._numerics import check_setting
 from isometry._params import alpha_values
 from isometry._sharding import sharded_spectrum_fn, to_host
 from isometry._spectrum import spectrum_fn
@@ -206,6 +207,9 @@ class Tracker:
                  mesh: Any = None, writer: bool | None = None, **spectrum_options):
         if every < 1 or log_every < 1:
             raise ValueError(f"every and log_every must be >= 1, got {every} and {log_every}")
+        check_setting("bins", bins, low=1, integer=True)
+        if len(hist_range) != 2 or not hist_range[0] < hist_range[1]:
+            raise ValueError(f"hist_range must be (lo, hi) in log10 σ with lo < hi, got {hist_range}")
         if (apply_fn is None) != (probes is None):
             raise ValueError("pass both apply_fn and probes to track spectra, or neither")
         self.run_dir = run_dir

@@ -142,6 +142,15 @@ def check_variant(model: str, variant: str, allowed: tuple[str, ...]) -> str:
     return variant
 
 
+def check_alpha_init(model: str, variant: str, alpha_init: float, alpha_variants: tuple[str, ...]):
+    """ValueError when a nonzero `alpha_init` is given to a variant that has no α (it would be
+    ignored without a word)."""
+    if alpha_init != 0 and variant not in alpha_variants:
+        raise ValueError(f"alpha_init={alpha_init} does nothing for the {model} variant "
+                         f"{variant!r}, which has no α; the variants with α are "
+                         f"{list(alpha_variants)}")
+
+
 def remat_policy(remat: bool | str):
     """The `jax.checkpoint` policy of a `remat=` setting (None: no rematerialization).
 

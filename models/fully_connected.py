@@ -25,10 +25,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import (Layers, Partitioning, Stack, activation, check_variant, remat_policy,
-                           uniform_init)
+from models._stack import (Layers, Partitioning, Stack, activation, check_alpha_init,
+                           check_variant, remat_policy, uniform_init)
 
 VARIANTS = ("plain", "residual", "norm", "prenorm", "postnorm", "rezero")
+#: The variants with a trainable α (the only ones `alpha_init` applies to).
+ALPHA_VARIANTS = ("rezero",)
 WEIGHTS = ("gaussian", "orthogonal")
 #: PyTorch's `kaiming_normal_` (the notebooks' input layer): N(0, 2/fan_in), not truncated.
 KAIMING_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -97,6 +99,7 @@ class FullyConnectedConfig:
 
     def __post_init__(self):
         check_variant("FullyConnected", self.variant, VARIANTS)
+        check_alpha_init("FullyConnected", self.variant, self.alpha_init, ALPHA_VARIANTS)
         check_variant("FullyConnected weights", self.weights, WEIGHTS)
         activation(self.activation)  # an unknown name fails here, not at the first call
         remat_policy(self.remat)

@@ -43,7 +43,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import BatchNorm, Identity, Layers, Stack, check_variant, remat_policy
+from models._stack import (BatchNorm, Identity, Layers, Stack, check_alpha_init, check_variant,
+                           remat_policy)
 
 VARIANTS = ("residual", "prenorm", "gated", "zero_gamma", "fixup", "rezero", "prenorm_rezero")
 #: Pre-activation variants: BatchNorm and φ at the start of each block and once before the head.
@@ -122,6 +123,7 @@ class ResNetConfig:
 
     def __post_init__(self):
         check_variant("ResNet", self.variant, VARIANTS)
+        check_alpha_init("ResNet", self.variant, self.alpha_init, ALPHA_VARIANTS)
         if self.stages is not None:
             object.__setattr__(self, "stages", tuple(int(n) for n in self.stages))
             if not self.stages or min(self.stages) < 1:

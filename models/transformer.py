@@ -33,10 +33,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models._stack import (Identity, Layers, Partitioning, Stack, activation, check_variant,
-                           remat_policy, uniform_init)
+from models._stack import (Identity, Layers, Partitioning, Stack, activation, check_alpha_init,
+                           check_variant, remat_policy, uniform_init)
 
 VARIANTS = ("postnorm", "prenorm", "gpt2norm", "rezero")
+#: The variants with a trainable α (the only ones `alpha_init` applies to).
+ALPHA_VARIANTS = ("rezero",)
 XAVIER_UNIFORM = nnx.initializers.xavier_uniform()
 #: PyTorch's LayerNorm epsilon (the authors' notebooks use `nn.TransformerEncoderLayer`).
 LAYERNORM_EPS = 1e-5
@@ -91,6 +93,7 @@ class TransformerConfig:
 
     def __post_init__(self):
         check_variant("Transformer", self.variant, VARIANTS)
+        check_alpha_init("Transformer", self.variant, self.alpha_init, ALPHA_VARIANTS)
         if self.depth < 1 or self.d_model < 1 or self.heads < 1 or self.ffn < 1:
             raise ValueError(f"depth, d_model, heads and ffn must be positive, got {self.depth}, "
                              f"{self.d_model}, {self.heads}, {self.ffn}")

@@ -24,11 +24,17 @@ def test_every_variant_builds_and_gives_a_finite_spectrum(variant):
     assert np.all(np.isfinite(spec.singular_values)) and float(spec.chi) > 0
 
 
+def test_alpha_init_for_a_variant_without_alpha_is_refused():
+    with pytest.raises(ValueError, match="alpha_init=0.3 does nothing.*'plain'.*\\['rezero'\\]"):
+        models.FullyConnected(2, 8, variant="plain", alpha_init=0.3, rngs=nnx.Rngs(0))
+
+
 def test_variants_follow_table_1():
     width = 8
     x = _x(width)
     for variant in VARIANTS:
-        net = models.FullyConnected(1, width, variant=variant, alpha_init=0.3,
+        net = models.FullyConnected(1, width, variant=variant,
+                                    alpha_init=0.3 if variant == "rezero" else 0.0,
                                     param_dtype=jnp.float64, rngs=nnx.Rngs(0))
         block = net.blocks.layer(0)
         f = block.branch

@@ -51,7 +51,9 @@ REZERO_CASES = [pytest.param(name, id=name) for name, case in MODELS.items()
 
 def build(name: str, variant: str, alpha_init: float = 0.1, seed: int = 0) -> nnx.Module:
     """A model in eval mode (BatchNorm running averages, no dropout), as Jacobians take it."""
-    model = MODELS[name].build(variant, alpha_init, nnx.Rngs(seed))
+    has_alpha = variant in {"fc": fully_connected, "resnet": resnet,
+                            "transformer": transformer}[name].ALPHA_VARIANTS
+    model = MODELS[name].build(variant, alpha_init if has_alpha else 0.0, nnx.Rngs(seed))
     model.eval()
     return model
 
@@ -92,8 +94,7 @@ def test_jitted_apply_shape_finite_no_recompile(name, variant):
 @pytest.mark.parametrize("name,variant", CASES)
 def test_init_is_deterministic_in_the_seed(name, variant):
     def params(seed):
-        return jax.tree.leaves(nnx.state(MODELS[name].build(variant, 0.1, nnx.Rngs(seed)),
-                                         nnx.Param))
+        return jax.tree.leaves(nnx.state(build(name, variant, seed=seed), nnx.Param))
 
     a, b, c = params(0), params(0), params(1)
     assert len(a) == len(b) == len(c) > 0

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from isometry._numerics import check_setting
 from isometry._sharding import replicate, shard_batch, to_host
 from isometry._stack import LayerStack
 from isometry.calibrate import batchnorm_calibration, has_batchnorm
@@ -257,6 +258,15 @@ class _Run:
                 f"with --resume continues from there")
 
 
+def _tracking_settings(probes: int, track_every: int, log_every: int, method: str) -> dict:
+    """The tracker's settings, checked (probes >= 0, intervals >= 1)."""
+    check_setting("probes", probes, low=0, integer=True)
+    check_setting("track_every", track_every, low=1, integer=True)
+    check_setting("log_every", log_every, low=1, integer=True)
+    return {"probes": probes, "track_every": track_every, "log_every": log_every,
+            "method": method}
+
+
 def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None = None,
           resume: bool = False, run_info: dict | None = None, input_shape: tuple | None = None,
           probes: int = 8, track_every: int = 100, log_every: int = 10,
@@ -288,10 +298,8 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
         the mesh (`sharded_spectrum_fn`). Under `jax.distributed` call `train` in every process
         with the same arguments: process 0 alone prints and writes `run_dir`, which every
         process reads on `resume` (a shared filesystem).
-      stall_timeout: seconds without progress (no step, record or checkpoint started) after
-        which the run prints what it was doing and where it resumes from, and the process
-        exits with code 4 (`isometry.train._watchdog`); None or 0: never. A second Ctrl-C
-        inside one long native call ends the process at once (exit code 130).
+      stall_timeout: seconds without progress after which the run says what it was doing
+        and exits with code 4 (`isometry.train._watchdog`); None or 0: never.
 
     Returns:
       `TrainResult` with the final params/rest, the last step, the final record, and whether
@@ -303,15 +311,11 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
       RunConfigError: `resume` with other settings, or missing or corrupt run files; nothing
         in `run_dir` is changed then.
     """
-    if probes < 0 or track_every < 1 or log_every < 1:
-        raise ValueError(f"probes must be >= 0 and track_every, log_every >= 1; got probes={probes}, "
-                         f"track_every={track_every}, log_every={log_every}")
+    tracking = _tracking_settings(probes, track_every, log_every, method)
     watchdog = Watchdog(stall_timeout)  # checks the setting before anything is compiled
     run = _Run.start(model, data, config, input_shape)
     run.mesh, run.watchdog, watchdog.resume_hint = mesh, watchdog, run.resume_hint
     if run_dir is not None:
-        tracking = {"probes": probes, "track_every": track_every, "log_every": log_every,
-                    "method": method}
         info = run_settings({"param_layout": PARAM_LAYOUT, "train": dataclasses.asdict(config),
                              **tracking, "input_shape": input_shape,
                              "calibrate_batchnorm": calibrate_batchnorm, **(run_info or {})})
