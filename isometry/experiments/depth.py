@@ -28,12 +28,14 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
+from matplotlib.patheffects import Normal, Stroke
 
 import models
 from isometry._layerwise import depth_profile, from_stack, layerwise_spectrum_fn
 from isometry.experiments import fig7
 from isometry.experiments._report import fmt, markdown_table, paper_differences
 from isometry.experiments._runs import FixedTrainingSet, image_data, language_data, train_run
+from isometry.plot.axes import integer_ticks, log_ticks, spike_top, variant_style
 from isometry.train import TrainConfig
 
 FC_LABELS = {"rezero": "FC+ReZero (α = 0)", "plain": "FC", "residual": "FC+Res"}
@@ -165,39 +167,56 @@ def run(s: DepthSettings, *, data_dir=None, seed: int = 0, runs_dir: str) -> dic
 
 
 def figure(record: dict):
-    """(a) FC training loss, (b) χ_l at init (dashed) and after training, (c) LM BPB."""
+    """(a) FC training loss, (b) χ_l at init (dashed, no marker) and after training, (c) LM BPB.
+
+    Training losses are on a log scale (a residual net's loss can be 10^5 times the others');
+    ReZero is drawn thickest and on top in every panel.
+    """
 
     s = record["settings"]
-    fig, (ax_loss, ax_chi, ax_lm) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for variant, r in record["fc"].items():
+    fig, (ax_loss, ax_chi, ax_lm) = plt.subplots(1, 3, figsize=(15, 4.4))
+    for i, (variant, r) in enumerate(record["fc"].items()):
         label = FC_LABELS.get(variant, variant)
         y = np.asarray([np.nan if v is None else v for v in r["loss"]], float)
-        (line,) = ax_loss.plot(r["steps"], y, linewidth=1.4,
+        style = variant_style(variant, i, len(y))
+        (line,) = ax_loss.plot(r["steps"], y, **style,
                                label=label + (" (non-finite loss)" if r["nonfinite"] else ""))
-        for key, style, when in (("chi_init", "--", "init"), ("chi_final", "-", "trained")):
+        for key, when in (("chi_init", "init"), ("chi_final", "trained")):
+            chi_style = dict(style, color=line.get_color())
+            if key == "chi_init":  # thin, white-edged, above a trained curve it may cover
+                chi_style.update(marker="", linestyle="--", linewidth=1.0,
+                                 zorder=style["zorder"] + 2,
+                                 path_effects=[Stroke(linewidth=2.6, foreground="w"), Normal()])
             if r[key] is not None:
                 chi = np.asarray(r[key], float)
-                ax_chi.plot(np.arange(len(chi)), np.where(chi > 0, chi, np.nan), style,
-                            color=line.get_color(), linewidth=1.2, label=f"{label}, {when}")
+                chi_style["markevery"] = max(1, len(chi) // 10)
+                ax_chi.plot(np.arange(len(chi)), np.where(chi > 0, chi, np.nan), **chi_style,
+                            label=f"{label}, {when}")
             else:
-                ax_chi.plot([], [], style, color=line.get_color(),
-                            label=f"{label}, {when}: non-finite")
-    ax_loss.set(xlabel="iteration", ylabel="training loss (nats)",
+                ax_chi.plot([], [], **chi_style, label=f"{label}, {when}: non-finite")
+    ax_loss.set_yscale("log")
+    log_ticks(ax_loss)
+    ax_loss.set(xlabel="iteration", ylabel="training loss (nats, log scale)",
                 title=f"{s['fc_depth']:,}-layer FC nets, width {s['fc_width']}, Adagrad "
                       f"{s['fc_lr']:g}")
     ax_chi.set_yscale("log")
-    ax_chi.axhline(1.0, color="0.6", linestyle=":", linewidth=0.8)
+    ax_chi.axhline(1.0, color="0.6", linestyle=":", linewidth=0.8, zorder=1)
+    log_ticks(ax_chi)
     ax_chi.set(xlabel="depth l", ylabel=r"$\chi_l = \|\partial x_l/\partial x_0\|_F^2/n$",
                title="layer-by-layer χ of the stack")
-    for label, r in record["lm"].items():
+    curves = []
+    for i, (label, r) in enumerate(record["lm"].items()):
         y = np.asarray([np.nan if v is None else v for v in r["bpb_smoothed"]], float)
-        ax_lm.plot(r["steps"], y, linewidth=1.4,
+        curves.append(y)
+        ax_lm.plot(r["steps"], y, **variant_style(label, i, len(y)),
                    label=label + (" (non-finite loss)" if r["nonfinite"] else ""))
-    ax_lm.axhline(record["unigram_bpb"], color="0.6", linestyle="--", linewidth=0.8,
+    ax_lm.axhline(record["unigram_bpb"], color="0.6", linestyle="--", linewidth=0.8, zorder=1,
                   label="byte-frequency entropy")
-    ax_lm.set_ylim(top=min(ax_lm.get_ylim()[1], 1.6 * record["unigram_bpb"]))
+    ax_lm.set_ylim(top=min(ax_lm.get_ylim()[1], spike_top(curves, 1.6 * record["unigram_bpb"])))
     ax_lm.set(xlabel="iteration", ylabel="training bits per byte",
               title=f"{s['lm']['depth']}-layer character Transformers, d {s['lm']['d_model']}")
+    for ax in (ax_loss, ax_lm):
+        integer_ticks(ax.xaxis)
     for ax in (ax_loss, ax_chi, ax_lm):
         ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()

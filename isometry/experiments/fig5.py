@@ -24,6 +24,7 @@ import models
 from isometry.experiments._report import fmt, markdown_table, paper_differences
 from isometry.experiments._runs import first_crossing, image_data, mean_std, smooth, train_run
 from isometry.experiments._sweep import final_loss, sweep_lr
+from isometry.plot.axes import log_ticks, variant_style
 from isometry.train import TrainConfig
 
 LABELS = {"plain": "FC", "residual": "FC+Res", "norm": "FC+Norm", "rezero": "FC+ReZero"}
@@ -155,21 +156,23 @@ def figure(record: dict):
     panels = [("shared", record)] + ([("best_lr", record["best_lr"])] if "best_lr" in record else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
     for ax, (kind, block) in zip(axes[0], panels):
-        for variant, c in block["curves"].items():
+        for i, (variant, c) in enumerate(block["curves"].items()):
             steps, mean, std = (np.asarray(c[k], dtype=float) for k in ("steps", "mean", "std"))
             lr = block["outcomes"][variant]["lr"]
-            line, = ax.plot(steps, mean, linewidth=1.5,
+            line, = ax.plot(steps, mean, **variant_style(variant, i, len(mean)),
                             label=LABELS[variant] + (f" (lr {lr:g})" if kind == "best_lr" else ""))
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.25,
                             linewidth=0)
         ax.axhline(s["threshold"], color="0.4", linestyle=":", linewidth=1,
                    label=f"threshold {s['threshold']:g}")
         ax.set_yscale("log")
+        log_ticks(ax)
         ax.set_xlabel("iteration")
         ax.set_ylabel("training loss (cross-entropy, nats)")
         which = f"Adagrad lr {s['lr']:g}" if kind == "shared" else "each at its best Adagrad lr"
+        seeds = f"{s['seeds']} seed{'s' if s['seeds'] != 1 else ''}"
         ax.set_title(f"{s['depth']}-layer FC nets, width {s['width']}, {which}, "
-                     f"{s['seeds']} seeds ({record['data']})", fontsize=9)
+                     f"{seeds} ({record['data']})", fontsize=9)
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

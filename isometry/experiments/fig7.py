@@ -31,6 +31,7 @@ from isometry.experiments._report import fmt, markdown_table, paper_differences
 from isometry.experiments._runs import (CharLMSettings, first_crossing, language_data, smooth,
                                         train_run)
 from isometry.experiments._sweep import final_loss, sweep_lr
+from isometry.plot.axes import integer_ticks, spike_top, variant_style
 from isometry.train import TrainConfig
 
 #: label → (variant, alpha_init, warm-up on?)
@@ -200,15 +201,18 @@ def figure(record: dict):
     panels.append((record["deep"], s["deep_depth"], ""))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
     for ax, (runs, depth, which) in zip(axes[0], panels):
-        lowest = record["unigram_bpb"]
-        for label, r in runs.items():
+        lowest, curves = record["unigram_bpb"], []
+        for i, (label, r) in enumerate(runs.items()):
             y = np.asarray([np.nan if v is None else v for v in r["bpb_smoothed"]], dtype=float)
             lowest = min(lowest, np.nanmin(y, initial=lowest))
+            curves.append(y)
             rate = f" (lr {r['lr']:g})" if which else ""
-            ax.plot(r["steps"], y, linewidth=1.4,
+            ax.plot(r["steps"], y, **variant_style(label, i, len(y)),
                     label=label + rate + (" (non-finite loss)" if r["nonfinite"] else ""))
         # early BPB far above the byte entropy (e.g. ReZero α = 1) would flatten the rest
-        ax.set_ylim(0.9 * lowest, min(ax.get_ylim()[1], 1.6 * record["unigram_bpb"]))
+        ax.set_ylim(0.9 * lowest,
+                    min(ax.get_ylim()[1], spike_top(curves, 1.6 * record["unigram_bpb"])))
+        integer_ticks(ax.xaxis)
         ax.axhline(record["unigram_bpb"], color="0.6", linestyle="--", linewidth=0.8,
                    label="byte-frequency entropy")
         if depth == s["depth"]:

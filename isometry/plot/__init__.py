@@ -5,8 +5,9 @@ computes an experiment. `save(fig, path)` writes a figure atomically.
 Modules, one concept each: `output` (backend, `save`), `spectra` (log10 σ histograms,
 Figure 4 style), `toy` (Figure 2 and learning rate versus depth), `training` (a run's records:
 Figures 4b–d, 8), `theory` (measured against predicted densities), `layerwise` (profiles over
-depth), `diagnosis` (`isometry.diagnose`'s figures). Every figure function is importable as
-`isometry.plot.<name>`.
+depth), `diagnosis` (`isometry.diagnose`'s figures), `axes` (what the figures share: labelled
+log axes, whole-number step ticks, a line style per variant with ReZero on top). Every figure
+function is importable as `isometry.plot.<name>`.
 """
 
 from isometry.plot.output import save

@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from isometry._numerics import log10_sigma
+from isometry.plot.axes import integer_ticks, log_ticks
 from isometry.plot.output import plt
 
 __all__ = ["diagnosis_figure", "run_diagnosis_figure"]
@@ -42,10 +43,13 @@ def _chi_panel(ax, d) -> None:
                     label=f"mean field: χ₁ = {d.theory['chi_1']:.4g}")
         ax.set_yscale("log")
         ax.axhline(1.0, color="0.6", linewidth=0.8, linestyle=":")
+        log_ticks(ax)
+        integer_ticks(ax.xaxis)
         ax.legend(fontsize=8, frameon=False)
     else:
         ax.text(0.5, 0.5, "no layer stack:\nwhole-network J only", ha="center", va="center",
                 transform=ax.transAxes)
+        ax.set(xticks=[], yticks=[])  # a note, not an empty plot
     ax.set_xlabel("depth l")
     ax.set_ylabel(r"$\chi_l = \|\partial x_l/\partial x_0\|_F^2/n_0$")
     ax.set_title("(a) signal propagation by depth", fontsize=10)
@@ -90,6 +94,7 @@ def _token_panel(ax, d) -> None:
     else:
         ax.text(0.5, 0.5, "not a token sequence", ha="center", va="center",
                 transform=ax.transAxes)
+        ax.set(xticks=[], yticks=[])  # a note, not an empty plot
     ax.set_xlabel("depth l")
     ax.set_title("(c) rank collapse of token representations", fontsize=10)
 
@@ -100,8 +105,11 @@ def _alpha_panel(ax, d) -> None:
         a = np.array([float(np.mean(np.abs(v))) for v in d.alphas.values()])
         ga = np.array([float(np.mean(np.abs(v))) for v in d.alpha_grads.values()])
         layers = np.arange(len(a))
-        ax.plot(layers, np.where(a > 0, a, np.nan), "o-", markersize=3, label="|α_l|")
-        ax.plot(layers, np.where(ga > 0, ga, np.nan), "s-", markersize=3, label="|∂L/∂α_l|")
+        for values, style, label in ((a, "o-", "|α_l|"), (ga, "s-", "|∂L/∂α_l|")):
+            zeros = int(np.sum(values == 0))  # no place on the log axis: say so
+            ax.plot(layers, np.where(values > 0, values, np.nan), style, markersize=3,
+                    label=label + (f" (= 0 at {zeros} of {len(values)} layers, not drawn)"
+                                   if zeros else ""))
         zero = (a == 0) & (ga == 0)
         if zero.any():
             ax.plot(layers[zero], np.ones(zero.sum()), "x", color="C3",
@@ -114,8 +122,10 @@ def _alpha_panel(ax, d) -> None:
                 markersize=3, label="‖∂L/∂θ‖ per layer")
         ax.set_xlabel("layer / module (in parameter order)")
         ax.set_title("(d) gradient norm by layer (no α)", fontsize=10)
-    if ax.get_lines() and np.any(np.isfinite(ax.get_lines()[0].get_ydata())):
+    if any(np.isfinite(line.get_ydata()).any() for line in ax.get_lines()):
         ax.set_yscale("log")
+        log_ticks(ax)
+    integer_ticks(ax.xaxis)
     ax.legend(fontsize=8, frameon=False)
 
 
@@ -158,6 +168,7 @@ def _step_panel(ax, steps, rows, keys, ylabel: str, log: bool = False) -> None:
         ax.plot(steps, np.where(y > 0, y, np.nan) if log else y, "o-", markersize=3, label=label)
     if log and any(np.isfinite(line.get_ydata()).any() for line in ax.get_lines()):
         ax.set_yscale("log")
+        log_ticks(ax)
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, frameon=False)

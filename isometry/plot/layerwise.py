@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from isometry.plot.axes import log_ticks
 from isometry.plot.output import plt
 
 __all__ = ["layerwise_profiles"]
@@ -50,6 +51,7 @@ def layerwise_profiles(profiles: dict, quantiles: tuple[float, float, float] = (
     ax_chi.set_xlabel("depth l")
     ax_chi.set_ylabel(r"$\chi_l = \|\partial x_l/\partial x_0\|_F^2 / n$")
     ax_chi.axhline(1.0, color="0.6", linewidth=0.8, linestyle=":")
+    log_ticks(ax_chi)
     ax_chi.legend(fontsize=8, frameon=False)
     ax_q.set_xlabel("depth l")
     lo_q, mid_q, hi_q = quantiles

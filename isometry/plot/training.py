@@ -11,6 +11,8 @@ import os
 import numpy as np
 from matplotlib.colors import LogNorm
 
+from isometry._io import NONFINITE_SUFFIX
+from isometry.plot.axes import integer_ticks, log_ticks
 from isometry.plot.output import plt
 
 __all__ = ["training_curves", "spectrum_heatmap", "alpha_heatmap", "chi_curve"]
@@ -46,6 +48,20 @@ def _divergence_step(records: list) -> int | None:
     return None
 
 
+def _mark_divergence(ax, records: list, label: bool = True) -> int | None:
+    """A vertical line at the first non-finite training loss, labelled with its step, the x
+    range widened to show it (call it after drawing). Returns the step (None: no divergence)."""
+    step = _divergence_step(records)
+    if step is None:
+        return None
+    left, right = ax.get_xlim()
+    ax.axvline(step, color="tab:red", linewidth=1.5, zorder=5,
+               label=f"loss non-finite at step {step}" if label else None)
+    pad = max(0.03 * (max(right, step) - min(left, step)), 0.5)
+    ax.set_xlim(min(left, step - pad), max(right, step + pad))
+    return step
+
+
 def _eval_label(label: str, n: int) -> str:
     return f"{label} ({n} evaluation{'s' if n != 1 else ''}" + \
         (", set --eval-every for more)" if n <= 3 else ")")
@@ -65,14 +81,9 @@ def training_curves(records: list, title: str | None = None):
                          linestyle="--" if len(steps) > 3 else "none", linewidth=0.8)
         elif len(steps):
             axes[0].plot(steps, v, label=label)
-    diverged = _divergence_step(records)
-    for ax in axes if diverged is not None else ():
-        ax.axvline(diverged, color="tab:red", linewidth=1.0, linestyle="--",
-                   label=f"loss not finite from step {diverged}" if ax is axes[0] else None)
     axes[0].set_yscale("log")
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("cross-entropy (nats)")
-    axes[0].legend(fontsize=8, frameon=False)
     second = [("eval_bpb", "held-out bits per byte")] if any("eval_bpb" in r for r in records) \
         else [("accuracy", "train accuracy"), ("eval_accuracy", "held-out accuracy")]
     for key, label in second:
@@ -84,7 +95,11 @@ def training_curves(records: list, title: str | None = None):
             axes[1].plot(steps, v, label=label)
     axes[1].set_ylabel("bits per byte" if second[0][0] == "eval_bpb" else "accuracy")
     axes[1].set_xlabel("step")
-    axes[1].legend(fontsize=8, frameon=False)
+    for ax in axes:
+        _mark_divergence(ax, records, label=ax is axes[0])
+        integer_ticks(ax.xaxis)
+        ax.legend(fontsize=8, frameon=False)
+    log_ticks(axes[0])
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -148,7 +163,11 @@ def _mark_failed_spectra(ax, records: list) -> None:
                    label="spectrum not finite (NaN/Inf)" if i == 0 else None)
     left = min(ax.get_xlim()[0], min(failed) - 1)
     ax.set_xlim(left, max(ax.get_xlim()[1], max(failed) + 1))
-    ax.legend(fontsize=8, loc="upper right")
+
+
+def _legend(ax, **kwargs) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, **kwargs)
 
 
 def spectrum_heatmap(records: list, title: str | None = None, *, run_dir: str | None = None,
@@ -190,6 +209,9 @@ def spectrum_heatmap(records: list, title: str | None = None, *, run_dir: str | 
     fig.colorbar(mesh, ax=ax, label=r"density of $\log_{10}\sigma$ (log scale)")
     ax.axhline(0.0, color="w", linewidth=0.8, linestyle=":")
     _mark_failed_spectra(ax, records)
+    _mark_divergence(ax, records)
+    _legend(ax, loc="upper right")
+    integer_ticks(ax.xaxis)
     ax.set_ylim(*view)
     ax.set_xlabel("step")
     ax.set_ylabel(r"$\log_{10}\,\sigma$")
@@ -198,20 +220,46 @@ def spectrum_heatmap(records: list, title: str | None = None, *, run_dir: str | 
     return fig
 
 
+def _mean_abs(value) -> float:
+    """Mean |α| of one record's entry (a number or a list); nulls (non-finite) are missing."""
+    a = np.abs(np.asarray(value if value is not None else np.nan, dtype=float))
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else np.nan
+
+
 def alpha_heatmap(records: list, title: str | None = None):
-    """|α_i| over layers (rows) and steps (columns), like Figure 8 of the paper."""
+    """|α_i| over layers (rows) and steps (columns), like Figure 8 of the paper.
+
+    Non-finite α's (null in the records) are drawn grey; when the finite ones span more than
+    six decades (a diverging run) the colour scale is logarithmic and exact zeros are white.
+    A diverged run (non-finite loss) is marked.
+    """
     rows = [r for r in records if r.get("alpha")]
     if not rows:
         raise ValueError("the run has no alpha records (the model has no parameter named alpha)")
-    names = list(rows[0]["alpha"])
-    values = np.array([[np.mean(np.abs(r["alpha"].get(n, np.nan))) for n in names] for r in rows])
+    names = [n for n in dict.fromkeys(n for r in rows for n in r["alpha"])
+             if not n.endswith(NONFINITE_SUFFIX)]
+    values = np.array([[_mean_abs(r["alpha"].get(n)) for n in names] for r in rows])
+    finite = values[np.isfinite(values)]
+    positive = finite[finite > 0]
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.8", under="w")
+    norm, label, extend = None, r"$|\alpha_i|$", "neither"
+    if positive.size and positive.max() > 1e6 * positive.min():
+        norm = LogNorm(positive.min(), positive.max())
+        label, extend = label + " (log scale; white: 0)", "min" if finite.min() == 0 else extend
+        values = np.where(values == 0, positive.min() / 10, values)  # under the scale: white
     fig, ax = plt.subplots(figsize=(7, 3.8))
     mesh = ax.pcolormesh(_step_edges([r["step"] for r in rows]), np.arange(len(names) + 1) - 0.5,
-                         values.T, cmap="viridis", shading="flat")
-    fig.colorbar(mesh, ax=ax, label=r"$|\alpha_i|$")
+                         np.ma.masked_invalid(values.T), cmap=cmap, norm=norm, shading="flat")
+    fig.colorbar(mesh, ax=ax, label=label, extend=extend)
+    _mark_divergence(ax, records)
+    _legend(ax, loc="upper left")
+    integer_ticks(ax.xaxis)
+    integer_ticks(ax.yaxis)
     ax.set_xlabel("step")
     ax.set_ylabel("layer i")
-    ax.set_title(title or r"residual weights $|\alpha_i|$ during training")
+    ax.set_title((title or r"residual weights $|\alpha_i|$ during training") +
+                 (" (grey: not finite)" if finite.size < values.size else ""), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -231,7 +279,11 @@ def chi_curve(records: list, title: str | None = None):
     ax.axhline(1.0, color="0.6", linewidth=0.8, linestyle=":")
     ax.set_ylabel(r"$\chi$ and $\sigma$ of $J$ (mean over probes)")
     ax.set_xlabel("step")
-    ax.legend(fontsize=8, frameon=False)
+    _mark_failed_spectra(ax, records)
+    _mark_divergence(ax, records)
+    log_ticks(ax)
+    integer_ticks(ax.xaxis)
+    _legend(ax, frameon=False)
     ax.set_title(title or "Jacobian during training (mean over probes)")
     fig.tight_layout()
     return fig
