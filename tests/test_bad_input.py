@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -288,6 +289,151 @@ API_CASES = [
     ApiCase("strict-json", strict_json_with_reasons),
     ApiCase("tracker-strict-json", tracker_writes_strict_json),
     ApiCase("files-0644", files_are_group_readable),
+]
+
+
+# --- issue 31: every numeric setting has a range, a setting that does not apply is an error ---
+
+def _fc_fn():
+    return iso.from_nnx(fc_net(depth=2, width=8))
+
+
+def wrong_input_shape():
+    apply_fn, params = _fc_fn()
+    iso.spectrum_fn(apply_fn)(params, gaussian((5,)))
+
+
+def resnet_in_train_mode_to_diagnose():
+    net = models.ResNet(depth=8, variant="rezero", param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    net.train()
+    iso.diagnose(net, gaussian((8, 8, 3)))
+
+
+def from_linen_without_variables():
+    import flax.linen as nn
+    apply_fn, params = iso.from_linen(nn.Dense(3), {})
+    iso.spectrum_fn(apply_fn)(params, jnp.ones(4))
+
+
+def a_long_sequence_is_refused_before_it_runs():
+    net = models.Transformer(2, 16, heads=2, ffn=32, rngs=nnx.Rngs(0))
+    net.eval()
+    _, states_fn, params = iso.from_stack(net)
+    sfn = iso.spectrum_fn(lambda p, x0: states_fn(p, x0)[-1], "lanczos", k=2)
+    sfn(params, jnp.ones((20_000, 16), jnp.float32))  # attention: 20,000² per head and layer
+
+
+def negative_token_id():
+    lm = models.Transformer(2, 8, heads=2, ffn=16, vocab_size=256, causal=True, rngs=nnx.Rngs(0))
+    lm(jnp.array([[3, -5, 7]]))
+
+
+def any_file_as_enwik8(tmp_path):
+    (tmp_path / "enwik8").write_bytes(b"PK-less plain bytes, not the Wikipedia dump " * 100)
+    datasets.load_data("enwik8", path=str(tmp_path / "enwik8"), seq_len=8)
+
+
+def alpha_lr_without_alpha():
+    from isometry.train import TrainConfig, make_optimizer
+    _, params = iso.from_nnx(fc_net(depth=2, width=8))
+    make_optimizer(TrainConfig(steps=10, alpha_lr=0.1), params)
+
+
+def matrix_free_mean_log_is_a_bound_not_minus_518():
+    """A plain ReLU net of width 8 has σ = 0 directions; float64 resolves them no better than
+    the engine's σ_max·ε·n: mean ln σ is an upper bound there, never ln of round-off."""
+    apply_fn, params = iso.from_nnx(fc_net(depth=4, width=8))
+    x = gaussian((8,))
+    spec = iso.spectrum_fn(apply_fn, "lanczos", k=4)(params, x, jax.random.key(0))
+    dense = iso.spectrum_fn(apply_fn, "dense")(params, x)
+    assert float(dense.below_resolution) > 0.5 and float(spec.below_resolution) > 0.5
+    assert float(spec.mean_log) >= math.log(float(spec.resolution)) - 1e-9 > -100
+
+
+def tracker_bad_bins_leaves_the_run_dir_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    with iso.Tracker(str(run), apply_fn=lambda p, v: p * v, probes=jnp.ones((2, 3)), every=1) as t:
+        t.update(0, 2.0, loss=1.0)
+    before = snapshot(run)
+    try:
+        iso.Tracker(str(run), apply_fn=lambda p, v: p * v, probes=jnp.ones((2, 3)), bins=0,
+                    resume_step=0)
+    finally:
+        assert snapshot(run) == before
+
+
+def train_config(**settings):
+    from isometry.train import TrainConfig
+    return lambda: TrainConfig(**{"steps": 100, **settings})
+
+
+def spectrum_fn_setting(**settings):
+    return lambda: iso.spectrum_fn(lambda p, v: p * v, **settings)
+
+
+def lanczos_setting(**settings):
+    return lambda: iso.lanczos_spectrum(linear, jnp.ones(8), jax.random.key(0), **settings)
+
+
+API_CASES += [
+    ApiCase("chunk-size-negative", spectrum_fn_setting(chunk_size=-2), ValueError, "chunk_size"),
+    ApiCase("chunk-size-zero-dense-jacobian", lambda: iso.dense_jacobian(jnp.tanh, jnp.ones(3), chunk_size=0),
+            ValueError, "chunk_size"),
+    ApiCase("memory-budget-zero", spectrum_fn_setting(memory_budget=0), ValueError, "memory_budget"),
+    ApiCase("auto-dense-max-dim-zero", spectrum_fn_setting(auto_dense_max_dim=0), ValueError,
+            "auto_dense_max_dim"),
+    ApiCase("lanczos-option-typo", spectrum_fn_setting(method="lanczos", blok_size=4), TypeError,
+            "unknown option blok_size"),
+    ApiCase("rtol-zero", lanczos_setting(rtol=0.0), ValueError, r"rtol must be in \(0, 1\)"),
+    ApiCase("rtol-above-one", lambda: iso.top_singular_values(linear, jnp.ones(8), k=1, rtol=2.0),
+            ValueError, "rtol"),
+    ApiCase("max-steps-zero", lanczos_setting(max_steps=0), ValueError, "max_steps"),
+    ApiCase("num-probes-zero", lanczos_setting(num_probes=0), ValueError, "num_probes"),
+    ApiCase("num-steps-float", lanczos_setting(num_steps=2.5), ValueError, "num_steps must be an integer"),
+    ApiCase("chi-probes-negative", lanczos_setting(chi_probes=-1), ValueError, "chi_probes"),
+    ApiCase("wrong-input-shape", wrong_input_shape, ValueError, r"does not take an input float64\[5\]"),
+    ApiCase("from-linen-empty-variables", from_linen_without_variables, ValueError,
+            "lack a collection"),
+    ApiCase("resnet-train-mode-diagnose", resnet_in_train_mode_to_diagnose, ValueError,
+            r"train mode.*module.eval\(\)"),
+    ApiCase("long-sequence-memory", a_long_sequence_is_refused_before_it_runs, MemoryError,
+            "GiB free"),
+    ApiCase("negative-token-id", negative_token_id, ValueError, r"token ids must lie in 0..255"),
+    ApiCase("byte-tokens-negative", lambda: datasets.ByteCorpus("t", np.array([1, -5, 3] * 50), 4),
+            datasets.DataError, "0..255"),
+    ApiCase("not-enwik8", any_file_as_enwik8, datasets.DataError, "is not enwik8"),
+    ApiCase("momentum-5", train_config(optimizer="sgd", momentum=5.0), ValueError, r"momentum must be in \[0, 1\)"),
+    ApiCase("weight-decay-negative", train_config(weight_decay=-1e-4), ValueError, "weight_decay"),
+    ApiCase("step-schedule-without-steps", train_config(schedule="step"), ValueError,
+            "step schedule needs decay_steps"),
+    ApiCase("decay-steps-without-step-schedule", train_config(decay_steps=(50,)), ValueError,
+            "apply to the step schedule only"),
+    ApiCase("decay-factor-zero", train_config(schedule="step", decay_steps=(5,), decay_factor=0.0),
+            ValueError, "decay_factor"),
+    ApiCase("seed-negative", train_config(seed=-1), ValueError, "seed"),
+    ApiCase("eval-batches-zero", train_config(eval_batches=0), ValueError, "eval_batches"),
+    ApiCase("alpha-init-plain", lambda: models.FullyConnected(2, 8, variant="plain", alpha_init=0.5,
+                                                              rngs=nnx.Rngs(0)),
+            ValueError, "has no α"),
+    ApiCase("alpha-init-postnorm-transformer", lambda: models.Transformer(
+        2, 8, heads=2, ffn=16, variant="postnorm", alpha_init=1.0, rngs=nnx.Rngs(0)), ValueError, "has no α"),
+    ApiCase("alpha-lr-without-alpha", alpha_lr_without_alpha, ValueError, "has no α"),
+    ApiCase("matrix-free-mean-log-bound", matrix_free_mean_log_is_a_bound_not_minus_518),
+    ApiCase("tracker-bins-0", tracker_bad_bins_leaves_the_run_dir_as_it_was, ValueError, "bins"),
+    ApiCase("tracker-range-reversed", lambda: iso.Tracker("unused", hist_range=(3.0, -6.0)),
+            ValueError, "lo < hi"),
+    ApiCase("diagnose-burn-in-negative", lambda: iso.diagnose(fc_net(2, 8), gaussian((8,)), burn_in=-1),
+            ValueError, "burn_in"),
+    ApiCase("tune-init-no-seeds", lambda: iso.tune_init(lambda sigma_w2, rngs: fc_net(2, 8), "sigma_w2",
+                                                        gaussian((8,)), defaults={"sigma_w2": 2.0}, seeds=()),
+            ValueError, "seeds"),
+    ApiCase("tune-init-xtol-zero", lambda: iso.tune_init(lambda sigma_w2, rngs: fc_net(2, 8), "sigma_w2",
+                                                         gaussian((8,)), defaults={"sigma_w2": 2.0}, xtol=0.0),
+            ValueError, "xtol"),
+    ApiCase("stall-timeout-negative", lambda: __import__("isometry.train._watchdog", fromlist=["x"])
+            .Watchdog(-5.0), ValueError, "stall_timeout"),
+    ApiCase("train-track-every-zero", lambda: __import__("isometry.train", fromlist=["x"]).train(
+        fc_net(2, 8), None, None, track_every=0), ValueError, "track_every"),
 ]
 
 
