@@ -158,8 +158,9 @@ class LanczosSpectrum(SpectrumStatistics):
         Args:
           bins: number of bins or bin edges.
           range: (lo, hi) in log10 σ; defaults to the nodes' range ± 3 bandwidths.
-          density: normalize to a probability density over the range; else expected counts
-            (weights × k singular values per spectrum).
+          density: a density in log10 σ whose area is the share of σ inside the range (1 for
+            the default range, less over a part of the spectrum, as for the dense result);
+            else expected counts (weights × k singular values per spectrum).
 
         Returns:
           (values, edges) as numpy arrays, like `numpy.histogram`.
@@ -179,8 +180,8 @@ class LanczosSpectrum(SpectrumStatistics):
             edges = np.asarray(bins, dtype=np.float64)
         cdf = np_ndtr((edges[None, :] - x[:, None]) / h)  # (nodes, edges)
         mass = w @ np.diff(cdf, axis=1)
-        if density:
-            return mass / (mass.sum() * np.diff(edges)), edges
+        if density:  # as the dense result's: the area is the share of σ inside the range
+            return mass / (max(w.sum(), np.finfo(np.float64).tiny) * np.diff(edges)), edges
         return mass * min(self.n_in, self.n_out), edges
 
     def log10_measure(self) -> tuple[np.ndarray, np.ndarray, float]:

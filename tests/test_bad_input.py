@@ -588,6 +588,23 @@ CLI_CASES = [
                                                 "{dir}/data", "--out", "{dir}/o"),
             "looks like a zip archive", write("data/enwik8.zip", truncated_zip_bytes())),
     CliCase("plot-corrupt-metrics", ("plot", "{run}"), "not valid JSON", corrupt_middle_line, True),
+    # issue 31: numeric settings out of range, settings that do not apply
+    CliCase("train-momentum-5", (*TRAIN, "--optimizer", "sgd", "--momentum", "5", "--run-dir", "{dir}/r"),
+            "momentum must be in [0, 1)"),
+    CliCase("train-weight-decay-negative", (*TRAIN, "--weight-decay", "-1", "--run-dir", "{dir}/r"),
+            "weight_decay must be >= 0"),
+    CliCase("train-step-schedule-without-steps", (*TRAIN, "--schedule", "step", "--run-dir", "{dir}/r"),
+            "the step schedule needs decay_steps"),
+    CliCase("train-decay-steps-constant", (*TRAIN, "--decay-steps", "5", "--run-dir", "{dir}/r"),
+            "decay_steps apply to the step schedule only"),
+    CliCase("train-seed-negative", (*TRAIN, "--seed", "-3", "--run-dir", "{dir}/r"), "seed must be >= 0"),
+    CliCase("train-not-enwik8", (*TRAIN, "--model", "transformer", "--data", "enwik8", "--data-path",
+                                 "{dir}/enwik8", "--run-dir", "{dir}/r"),
+            "is not enwik8", write("enwik8", b"plain text, not the Wikipedia dump\n" * 200)),
+    CliCase("spectrum-long-sequence", ("spectrum", "--model", "transformer", "--variant", "rezero",
+                                       "--depth", "2", "--d-model", "16", "--heads", "2", "--ffn", "32",
+                                       "--seq-len", "20000", "--method", "lanczos", "--k", "2",
+                                       "--out", "{dir}/o"), "GiB free"),
 ]
 
 

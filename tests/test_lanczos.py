@@ -312,3 +312,22 @@ def test_density_and_chi_without_the_top_run():
     with pytest.raises(ValueError, match="chi_probes"):
         lanczos_spectrum(fn, jnp.ones(300), jax.random.key(0), k=2, num_probes=1, chi_probes=0,
                          top_run=False)
+
+
+def test_histogram_density_over_a_part_of_the_range_is_the_share_inside_it():
+    """Both engines: the area of histogram(density=True) over a partial range is the share of σ
+    inside it (here σ log-spaced over four decades, range holding the top 2.5 decades: 1/2
+    of them, up to the SLQ kernel's blur at the cut)."""
+    s = jnp.logspace(0, -4, 200)
+    fn, _ = known_spectrum_map(jax.random.key(1), s, 200, 200)
+    dense = iso.jacobian_spectrum(fn, jnp.ones(200))
+    free = iso.jacobian_spectrum(fn, jnp.ones(200), method="lanczos", key=jax.random.key(0))
+    areas = []
+    for spec in (dense, free):
+        counts, edges = spec.histogram(bins=20, range=(-2.0, 0.5))
+        areas.append(float(np.sum(counts * np.diff(edges))))
+    assert areas[0] == pytest.approx(0.5, abs=1e-12)
+    blur = free.bandwidth / 4 / 2  # a kernel of width h moves about h/2 decades' share across
+    # within three standard errors over the probes of the share below the cut, plus the blur
+    assert abs(areas[1] - areas[0]) < 3 * free.share_stderr(1e-2) + blur, areas
+    assert areas[1] < 0.9  # not normalized to the range (it was 1.0)

@@ -159,3 +159,20 @@ def test_diagnosis_says_when_alpha_is_zero_on_its_log_axis():
     labels = ax.get_legend_handles_labels()[1]
     assert "|α_l| (= 0 at 4 of 4 layers, not drawn)" in labels
     assert ax.get_yscale() == "log"  # the gradients are drawn although every α is 0
+
+
+def test_the_library_leaves_the_matplotlib_backend_alone():
+    """`iso.diagnose(...).figure()` and the plot package draw without switching the user's
+    backend (a notebook's inline backend stays); checked in a fresh interpreter."""
+    import subprocess
+    import sys
+    code = ("import matplotlib; matplotlib.use('svg'); import jax.numpy as jnp; import isometry as iso, models; "
+            "from flax import nnx; from isometry import plot; "
+            "net = models.FullyConnected(2, 8, rngs=nnx.Rngs(0)); "
+            "iso.diagnose(net, jnp.ones(8, jnp.float32)).figure(); "
+            "print(matplotlib.get_backend())")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MPLBACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "svg"

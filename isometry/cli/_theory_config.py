@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from isometry._sampling import sample_singular_values
 from isometry.cli import UsageError
 
 __all__ = ["TheoryConfig", "sample"]
@@ -56,10 +55,19 @@ class TheoryConfig:
             raise UsageError(f"--sigma-b2 must be non-negative, got {self.sigma_b2}")
         if self.bins < 1:
             raise UsageError(f"--bins must be positive, got {self.bins}")
+        if self.variant != "rezero" and self.alphas:
+            raise UsageError(f"--alpha sets the residual weights of --variant rezero; "
+                             f"--variant {self.variant} nets have no alpha (add --variant rezero)")
+        if self.variant == "rezero" and (
+                not self.alphas or any(not (math.isfinite(a) and a > 0) for a in self.alphas)):
+            raise UsageError(f"--alpha needs positive values for --variant rezero, e.g. "
+                             f"--alpha 0.1,0.3; got {list(self.alphas) or None}")
 
 
 def sample(config: TheoryConfig, depth: int, sigma_w2: float, q_star: float, **net):
     """Singular values of the `config.samples` measured nets of depth `depth`."""
+    from isometry._sampling import sample_singular_values  # jax: after the checks
+
     return sample_singular_values(activation=config.activation, weights=config.weights,
                                   depth=depth, width=config.width, sigma_w2=sigma_w2,
                                   sigma_b2=config.sigma_b2, samples=config.samples,

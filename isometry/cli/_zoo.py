@@ -4,7 +4,9 @@ A `ModelKind` knows its variants, how to turn the parsed arguments into the mode
 configuration (`models.FullyConnectedConfig`, `ResNetConfig`, `TransformerConfig`) and how to
 draw continuous probe inputs for its Jacobian. The arguments are read, never written: the
 configuration is built from them field by field. The CLI is the application layer: it may
-import `models`; the engine (`isometry/_*.py`) never does.
+import `models`; the engine (`isometry/_*.py`) never does. The options themselves and their
+checks are `isometry.cli._model_args`' (no jax there: argument errors answer before this
+module is imported).
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 import models
-from isometry.cli import UsageError, comma_list
+from isometry.cli import UsageError
+from isometry.cli._model_args import add_model_args, check_model_args
+from isometry.cli._names import ALPHA_VARIANTS
 from models import fully_connected, resnet, transformer
+
+__all__ = ["ModelKind", "MODEL_KINDS", "add_model_args", "build_model", "depths", "param_dtype",
+           "resolve"]
 
 
 def param_dtype(args) -> Any:
@@ -40,7 +47,8 @@ class ModelKind:
 
     Attributes:
       name: the `--model` name.
-      variants: the variant names it accepts (all of them are the default).
+      variants: the variant names it accepts (all of them are the default; the parsers
+        read the same names from `isometry.cli._names`).
       model: the model class (built with `model.from_config`).
       configure: (args, variant, depth, task) -> the model's configuration. `task` is the
         `isometry.data.Task` (kind, input_shape, num_classes) `isometry train` trains on, to
@@ -102,11 +110,18 @@ def build_model(kind: ModelKind, args, variant: str, depth: int, seed: int,
     return module
 
 
+def _alpha_init(args, variant: str) -> float:
+    """--alpha-init for the variants with α, 0 for the others: one --alpha-init serves a list
+    of variants (`--variant plain,rezero --alpha-init 0.1`), and a model refuses an α it would
+    ignore."""
+    return args.alpha_init if variant in ALPHA_VARIANTS[args.model] else 0.0
+
+
 def _fc_config(args, variant: str, depth: int, task) -> models.FullyConnectedConfig:
     # training: project flat inputs in, logits out
     return models.FullyConnectedConfig(
         depth, args.width, variant=variant, activation=args.activation,
-        alpha_init=args.alpha_init, param_dtype=param_dtype(args),
+        alpha_init=_alpha_init(args, variant), param_dtype=param_dtype(args),
         in_features=math.prod(task.input_shape) if task else None,
         out_features=task.num_classes if task else None, remat=args.remat)
 
@@ -115,7 +130,7 @@ def _resnet_config(args, variant: str, depth: int, task) -> models.ResNetConfig:
     # training: channels and classes of the data
     return models.ResNetConfig(
         depth, variant=variant, stages=args.blocks, width=args.channels,
-        alpha_init=args.alpha_init, in_channels=task.input_shape[-1] if task else 3,
+        alpha_init=_alpha_init(args, variant), in_channels=task.input_shape[-1] if task else 3,
         num_classes=task.num_classes if task else 10, param_dtype=param_dtype(args),
         remat=args.remat)
 
@@ -124,7 +139,7 @@ def _transformer_config(args, variant: str, depth: int, task) -> models.Transfor
     # training: a causal language model over the vocabulary
     return models.TransformerConfig(
         depth, args.d_model, heads=args.heads, ffn=args.ffn, variant=variant,
-        activation=args.activation, alpha_init=args.alpha_init,
+        activation=args.activation, alpha_init=_alpha_init(args, variant),
         vocab_size=task.num_classes if task else None, causal=task is not None,
         param_dtype=param_dtype(args), remat=args.remat)
 
@@ -142,65 +157,11 @@ MODEL_KINDS: dict[str, ModelKind] = {
 }
 
 
-def add_model_args(parser: argparse.ArgumentParser, depth_default: str = "32") -> None:
-    """Options every command that builds models shares."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", default="fc", choices=sorted(MODEL_KINDS),
-                   help="architecture (default: fc)")
-    g.add_argument("--variant", type=comma_list(str), default=None,
-                   help="comma list of variants (default: every variant of the model)")
-    g.add_argument("--depth", type=comma_list(int), default=comma_list(int)(depth_default),
-                   help=f"comma list of depths (default: {depth_default})")
-    g.add_argument("--width", type=int, default=256, help="width of FC nets (default: 256)")
-    g.add_argument("--alpha-init", type=float, default=0.0,
-                   help="initial alpha of ReZero residual weights (default: 0)")
-    g.add_argument("--activation", default="relu", choices=sorted(models.ACTIVATIONS),
-                   help="activation of FC nets and Transformer feed-forwards (default: relu)")
-    g.add_argument("--blocks", type=comma_list(int), default=None,
-                   help="ResNet blocks per stage, e.g. 2,2,2,2 (overrides --depth: depth = "
-                        "2*sum+2; default: the layout of --depth, 6n+2 or 18/34)")
-    g.add_argument("--channels", type=int, default=None,
-                   help="ResNet channels of the first stage (default: 16 for 6n+2, 64 for 18/34)")
-    g.add_argument("--image-size", type=int, default=32,
-                   help="ResNet probe image height and width for spectra (default: 32)")
-    g.add_argument("--seq-len", type=int, default=128,
-                   help="Transformer sequence length (default: 4 for spectra, 128 for training)")
-    g.add_argument("--d-model", type=int, default=16,
-                   help="Transformer width d_model (default: 16)")
-    g.add_argument("--heads", type=int, default=4, help="Transformer attention heads (default: 4)")
-    g.add_argument("--ffn", type=int, default=64,
-                   help="Transformer feed-forward hidden width (default: 64)")
-    g.add_argument("--remat", action="store_true",
-                   help="recompute each layer on the backward pass and in matrix-free Jacobian "
-                        "products instead of storing its activations (memory for very deep "
-                        "stacks, at about one more forward pass)")
-
-
 def resolve(args) -> tuple[ModelKind, list[str]]:
-    """The ModelKind and the checked list of variants the arguments ask for.
+    """The ModelKind and the checked list of variants the arguments ask for
+    (`_model_args.check_model_args`: every model option is checked).
 
     Only checks: the depths and the dtype the arguments ask for are `depths(args)` and
     `param_dtype(args)`.
     """
-    kind = MODEL_KINDS[args.model]
-    variants = args.variant or list(kind.variants)
-    unknown = [v for v in variants if v not in kind.variants]
-    if unknown:
-        raise UsageError(f"unknown {args.model} variant(s) {', '.join(unknown)}; "
-                         f"choose from {', '.join(kind.variants)}")
-    if not args.depth:
-        raise UsageError("--depth needs at least one depth, e.g. --depth 32 or --depth 8,32")
-    if any(d < 1 for d in args.depth):
-        raise UsageError(f"depths must be positive, got {args.depth}")
-    if args.width < 1:
-        raise UsageError(f"--width must be positive, got {args.width}")
-    for name in ("channels", "image_size", "seq_len", "d_model", "heads", "ffn"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.blocks is not None:
-        if args.model != "resnet":
-            raise UsageError("--blocks sets the stages of a ResNet; use it with --model resnet")
-        if not args.blocks or min(args.blocks) < 1:
-            raise UsageError(f"--blocks must be positive block counts, got {args.blocks}")
-    return kind, variants
+    return MODEL_KINDS[args.model], check_model_args(args)

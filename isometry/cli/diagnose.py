@@ -1,9 +1,10 @@
 """`isometry diagnose`: why a model's signal does (not) propagate, and what to change.
 
-Builds one model (`--model fc|resnet|transformer`, `--variant`, `--depth`, …), runs
-`isometry.diagnose` on one Gaussian probe input and prints a table of the measurements and the
-findings, each with its number and a suggested change; writes diagnosis.json and a four-panel
-diagnosis.png (χ_l profile, σ histogram, token similarity by depth, |α| and ∂L/∂α by layer).
+Builds one model (`--model fc|resnet|transformer`, `--variant`, `--depth`, …; with no options
+the fully connected ReZero net of depth 32 and width 256), runs `isometry.diagnose` on one
+Gaussian probe input and prints a table of the measurements and the findings, each with its
+number and a suggested change; writes diagnosis.json and a four-panel diagnosis.png (χ_l
+profile, σ histogram, token similarity by depth, |α| and ∂L/∂α by layer).
 
     isometry diagnose --model fc --variant plain --activation tanh --sigma-w2 1 --sigma-b2 0.05
     isometry diagnose --model transformer --variant postnorm --depth 64 --json
@@ -22,34 +23,34 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import os
 
-import jax
 import numpy as np
-from flax import nnx
 
-import models
-from isometry import data as datasets
-from isometry import theory
-from isometry._diagnose import diagnose
-from isometry._diagnose_run import checkpoint_files, diagnose_run, run_config
-from isometry.cli import UsageError, _zoo
-from isometry.train import RunConfigError
+from isometry.cli import UsageError, output_dir
+from isometry.cli._model_args import GIVEN, StoreGiven, add_model_args, check_model_args, given
 from isometry.cli._report import table_stream, write_report
+
+# jax, flax, the models and the diagnosis are imported by the functions that use them, after
+# the checks of the arguments: an argument error answers without loading them.
 
 
 def register(sub) -> None:
     p = sub.add_parser("diagnose", help="diagnose a model's signal propagation: findings and fixes",
-                       description=__doc__)
-    _zoo.add_model_args(p, depth_default="32")
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, depth_default="32", one_model=True)
     p.add_argument("--sigma-w2", type=float, default=None,
-                   help="FC weight variance x width (default: the variant's; with --model fc the "
-                        "mean-field prediction is added)")
-    p.add_argument("--sigma-b2", type=float, default=0.0, help="FC bias variance (default: 0)")
+                   help="FC weight variance x width, > 0 (default: the variant's; with --model fc "
+                        "--variant plain the mean-field prediction is added)")
+    p.add_argument("--sigma-b2", type=float, default=0.0, action=StoreGiven,
+                   help="FC bias variance, >= 0 (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and input (default: 0)")
     p.add_argument("--x64", action="store_true", help="float64 weights and inputs")
     p.add_argument("--burn-in", type=int, default=0,
                    help="layers left out at the bottom of the ln chi_l slope (the transient "
-                        "while the probe's length settles to its fixed point; default: 0)")
+                        "while the probe's length settles to its fixed point; 0 <= N < depth; "
+                        "default: 0)")
     p.add_argument("--out", default="isometry-diagnose",
                    help="directory for diagnosis.json and diagnosis.png (default: "
                         "./isometry-diagnose)")
@@ -61,13 +62,50 @@ def register(sub) -> None:
     p.set_defaults(func=run, seq_len=8)
 
 
+def check_args(args) -> None:
+    """Every check the parsed arguments alone allow, before anything is imported or built."""
+    if args.burn_in < 0:
+        raise UsageError(f"--burn-in must be 0 or more layers, got {args.burn_in}")
+    if args.run is None:
+        check_model_args(args, one_model=True)
+        depth = _depth(args)
+        if not args.burn_in < depth:
+            raise UsageError(f"--burn-in must be in [0, depth) = [0, {depth}), got {args.burn_in}")
+        if args.sigma_w2 is not None and not (math.isfinite(args.sigma_w2) and args.sigma_w2 > 0):
+            raise UsageError(f"--sigma-w2 (weight variance x width) must be a positive number, "
+                             f"got {args.sigma_w2:g}")
+        if not (math.isfinite(args.sigma_b2) and args.sigma_b2 >= 0):
+            raise UsageError(f"--sigma-b2 (bias variance) must be 0 or a positive number, "
+                             f"got {args.sigma_b2:g}")
+        if args.model != "fc":
+            for option, typed in (("--sigma-w2", args.sigma_w2 is not None),
+                                  ("--sigma-b2", given(args, "sigma_b2"))):
+                if typed:
+                    raise UsageError(f"{option} applies to --model fc only")
+    elif not os.path.isfile(os.path.join(args.run, "config.json")):
+        what = ("is not a directory" if not os.path.isdir(args.run) else
+                "holds no config.json: it is not a run directory")
+        raise UsageError(f"--run {args.run!r} {what} (give a run directory of isometry train)")
+    output_dir(args.out)  # before computing: a path that cannot be written fails at once
+
+
+def _depth(args) -> int:
+    """The one depth of the arguments (a ResNet's --blocks: 2·sum + 2)."""
+    return 2 * sum(args.blocks) + 2 if args.blocks else args.depth[0]
+
+
 def compute(args):
     """(the Diagnosis, the JSON document) for the model the arguments describe."""
-    kind, variants = _zoo.resolve(args)
-    depths, dtype = _zoo.depths(args), _zoo.param_dtype(args)
-    if len(variants) != 1 or len(depths) != 1:
-        raise UsageError("diagnose looks at one model: give one --variant and one --depth")
-    variant, depth = variants[0], depths[0]
+    import jax
+    from flax import nnx
+
+    import models
+    from isometry import theory
+    from isometry._diagnose import diagnose
+    from isometry.cli import _zoo
+
+    (variant,) = check_model_args(args, one_model=True)
+    kind, depth, dtype = _zoo.MODEL_KINDS[args.model], _depth(args), _zoo.param_dtype(args)
     rngs = nnx.Rngs(args.seed)
     mean_field = None
     if args.model == "fc":
@@ -82,14 +120,10 @@ def compute(args):
             sw2 = args.sigma_w2 if args.sigma_w2 is not None else 2.0
             mean_field = dict(activation=args.activation, sigma_w2=sw2, sigma_b2=args.sigma_b2)
     else:
-        if args.sigma_w2 is not None:
-            raise UsageError("--sigma-w2 applies to --model fc only")
         net = kind.build(args, variant, depth, rngs)
         if hasattr(net, "eval"):
             net.eval()
     x = kind.probe_inputs(args, jax.random.key(10_000 + args.seed), 1, dtype)[0]
-    if not 0 <= args.burn_in < depth:
-        raise UsageError(f"--burn-in must be in [0, depth), got {args.burn_in}")
     try:
         diagnosis = diagnose(net, x, mean_field=mean_field, burn_in=args.burn_in)
     except FloatingPointError as err:
@@ -107,13 +141,16 @@ _MODEL_KEYS = ("model", "variant", "depth", "width", "alpha_init", "activation",
 def _run_model(args, config: dict):
     """(model, probe input) of the run that config.json describes, built as `isometry train`
     built it (same builder, sizes and seed)."""
+    from isometry import data as datasets
+    from isometry.cli import _zoo
+
     if "model" not in config or "data" not in config:
         raise UsageError(f"run dir {args.run!r} was not written by isometry train (its "
                          f"config.json names no model): use iso.diagnose_run(run_dir, model, x)")
     settings = {k: config[k] for k in _MODEL_KEYS if k in config}
     run_args = argparse.Namespace(**{**vars(args), **settings, "x64": bool(config.get("x64")),
                                      "variant": [settings["variant"]],
-                                     "depth": [settings["depth"]]})
+                                     "depth": [settings["depth"]], GIVEN: ()})
     kind, _ = _zoo.resolve(run_args)
     data = datasets.load_data(config["data"], seq_len=config.get("seq_len") or 128)
     model = _zoo.build_model(kind, run_args, settings["variant"], settings["depth"],
@@ -127,6 +164,11 @@ def _run_model(args, config: dict):
 
 def run_diagnosis(args):
     """(the RunDiagnosis, the JSON document) of `--run`; bad run directories are one line."""
+    import jax
+
+    from isometry._diagnose_run import checkpoint_files, diagnose_run, run_config
+    from isometry.train import RunConfigError
+
     try:
         config = run_config(args.run)
         if not checkpoint_files(args.run):
@@ -151,8 +193,11 @@ def _run_report(args) -> int:
 
 
 def run(args) -> int:
+    check_args(args)
     if args.run is not None:
         return _run_report(args)
+    import jax
+
     # --x64: float64 for this command only (scoped, the global setting is left alone)
     with jax.enable_x64(True) if args.x64 else contextlib.nullcontext():
         diagnosis, doc = compute(args)

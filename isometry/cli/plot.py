@@ -20,23 +20,27 @@ def register(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `isometry train`")
     p.add_argument("--out", default=None, help="where the PNGs go (default: RUN_DIR)")
     p.add_argument("--range", type=comma_list(float), default=None, metavar="LO,HI",
-                   help="log10 sigma range of spectra.png (default: the range of the data)")
+                   help="log10 sigma range of spectra.png, e.g. -3,1 (default: the range of the data)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    # imported here, not at the top: every command's parser is built at start, and other
-    # commands should not pay for matplotlib and the tracking module
+    if args.range is not None and (len(args.range) != 2 or not args.range[0] < args.range[1]):
+        raise UsageError(f"--range takes two numbers LO,HI with LO < HI (e.g. --range -3,1), "
+                         f"got {args.range}")
+    if not os.path.isfile(os.path.join(args.run_dir, "metrics.jsonl")):
+        what = "does not exist" if not os.path.exists(args.run_dir) else "holds no metrics.jsonl"
+        raise UsageError(f"RUN_DIR {args.run_dir!r} {what}: not a run directory of isometry train")
+    # imported here, after the checks of the arguments: an argument error answers without
+    # loading matplotlib and the tracking module
     from isometry import plot
     from isometry.tracking import read_metrics
 
-    if args.range is not None and (len(args.range) != 2 or not args.range[0] < args.range[1]):
-        raise UsageError(f"--range takes two numbers LO,HI with LO < HI, got {args.range}")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             records = read_metrics(args.run_dir)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # unreadable, or not a run's metrics
         raise UsageError(str(err)) from None
     for w in caught:
         print(f"isometry plot: {w.message}", file=sys.stderr)

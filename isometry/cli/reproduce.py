@@ -15,9 +15,10 @@ import argparse
 import os
 
 from isometry.cli import UsageError, output_dir
-from isometry.experiments import EXPERIMENTS, SCALES, reproduce, sweepable
-from isometry.tracking import RunDirError
-from isometry.train import RunConfigError
+from isometry.cli._names import EXPERIMENTS, SCALES, SWEEPABLE
+
+# The experiments (jax, flax, matplotlib) are imported by `run`, after the checks of the
+# arguments: an argument error answers without loading them.
 
 
 def register(sub) -> None:
@@ -49,12 +50,16 @@ def run(args) -> int:
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir!r} is not a folder")
     factors = _factors(args.lr_sweep)
-    if factors is not None and args.name not in sweepable():
+    if factors is not None and args.name not in SWEEPABLE:
         raise UsageError(f"{args.name} trains nothing with a shared learning rate to sweep; "
-                         f"--lr-sweep works with {', '.join(sweepable())}")
+                         f"--lr-sweep works with {', '.join(SWEEPABLE)}")
     output_dir(args.out)  # before computing: a path that cannot be written fails at once
     if args.runs is not None:
         output_dir(args.runs, "--runs")
+    from isometry.experiments import reproduce
+    from isometry.tracking import RunDirError
+    from isometry.train import RunConfigError
+
     try:
         paths = reproduce(args.name, args.scale, args.out, data_dir=args.data_dir, seed=args.seed,
                           runs_dir=args.runs, lr_sweep=factors)

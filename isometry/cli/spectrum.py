@@ -16,7 +16,9 @@ import sys
 import time
 
 from isometry._io import json_text, write_json
-from isometry.cli import UsageError, _zoo, output_dir
+from isometry.cli import UsageError, output_dir
+from isometry.cli._devices import add_mesh_arguments, check_device_args, mesh_from_args
+from isometry.cli._model_args import add_model_args, check_model_args
 
 #: Share of σ below the dtype's resolution above which the command warns (and says --x64).
 RESOLUTION_WARNING = 0.01
@@ -29,7 +31,7 @@ HEADER = ("model", "variant", "depth", "chi", "mean ln s", "std ln s", "s_max", 
 def register(sub) -> None:
     p = sub.add_parser("spectrum", help="Jacobian singular-value spectra of models at init",
                        description=__doc__)
-    _zoo.add_model_args(p)
+    add_model_args(p)
     p.add_argument("--samples", type=int, default=4, help="Gaussian inputs per model (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default: 0)")
     p.add_argument("--method", default="dense", choices=("dense", "lanczos", "auto"),
@@ -80,6 +82,7 @@ def compute_timed(args):
 
     import isometry as iso
     import models  # noqa: F401  (imported before the clock stops: part of import_s)
+    from isometry.cli import _zoo
     age = _process_age()
     timing = dict(import_s=time.perf_counter() - start if age is None else age, compile_s=0.0,
                   compute_s=0.0, compilations=0)
@@ -109,9 +112,8 @@ def compute_timed(args):
         if spec.exact:
             record["singular_values"] = jax.device_get(spec.singular_values).tolist()
         else:
-            for name in ("zero_share", "below_resolution"):  # the engine cannot tell
-                record.pop(name, None)
-                record["per_input"].pop(name, None)
+            record.pop("zero_share", None)  # the engine cannot tell a zero from a tiny σ
+            record["per_input"].pop("zero_share", None)
             record.update(_matrix_free_fields(spec))
         record["timing"] = cost
         results.append((record, spec))
@@ -148,6 +150,8 @@ def _progress(jobs):
 
 
 def _build(kind, args, variant, depth, mesh):
+    from isometry.cli import _zoo
+
     if mesh is None:
         module = _zoo.build_model(kind, args, variant, depth, args.seed)
     else:
@@ -237,75 +241,6 @@ def _matrix_free_fields(spec) -> dict:
                 figure=spec.statistics(), estimates=MATRIX_FREE_ESTIMATES)
 
 
-def add_mesh_arguments(p, mesh_help: str) -> None:
-    """--simulate-devices N, --mesh data=D[,model=M] and the --coordinator of several processes
-    (read back by `mesh_from_args`)."""
-    p.add_argument("--simulate-devices", type=int, default=0, metavar="N",
-                   help="on a CPU: offer N simulated devices (jax_num_cpu_devices) to try --mesh")
-    p.add_argument("--mesh", default=None, metavar="data=D[,model=M]", help=mesh_help)
-    p.add_argument("--coordinator", default=None, metavar="HOST:PORT|auto",
-                   help="one of several processes (jax.distributed.initialize): the address of "
-                        "process 0, with --num-processes and --process-id; 'auto' detects them "
-                        "(Cloud TPU, SLURM, Open MPI). Start the same command in every process; "
-                        "the mesh spans all their devices; process 0 prints and writes")
-    p.add_argument("--num-processes", type=int, default=None, metavar="N")
-    p.add_argument("--process-id", type=int, default=None, metavar="I")
-
-
-def _start_processes(args) -> None:
-    """jax.distributed.initialize for --coordinator (before anything starts jax's backend)."""
-    import jax
-
-    address = getattr(args, "coordinator", None)
-    n, rank = getattr(args, "num_processes", None), getattr(args, "process_id", None)
-    if address is None:
-        if n is not None or rank is not None:
-            raise UsageError("--num-processes and --process-id need --coordinator HOST:PORT")
-        return
-    if address != "auto" and (n is None or rank is None or not 0 <= rank < n):
-        raise UsageError(f"--coordinator {address} needs --num-processes N and --process-id I "
-                         f"with 0 <= I < N; got N={n}, I={rank}")
-    try:
-        if address == "auto":
-            jax.distributed.initialize()
-        else:
-            jax.distributed.initialize(coordinator_address=address, num_processes=n,
-                                       process_id=rank)
-    except (RuntimeError, ValueError) as err:
-        raise UsageError(f"--coordinator {address}: jax.distributed.initialize failed: "
-                         f"{str(err).splitlines()[0]}") from None
-
-
-def mesh_from_args(args, batch_size: int | None = None):
-    """The device mesh of --mesh (after --simulate-devices), or None for one device; with a
-    training `batch_size`, checks that it splits over the mesh's "data" axis."""
-    import jax
-
-    import isometry as iso
-
-    n = getattr(args, "simulate_devices", 0)
-    if n:
-        if n < 1:
-            raise UsageError(f"--simulate-devices must be positive, got {n}")
-        try:
-            iso.simulate_devices(n)
-        except RuntimeError as err:  # the backend already started
-            raise UsageError(f"--simulate-devices: {err}") from None
-    _start_processes(args)
-    text = getattr(args, "mesh", None)
-    if not text:
-        return None
-    try:
-        mesh = iso.parse_mesh(text)
-    except ValueError as err:
-        raise UsageError(f"--mesh {text}: {err} ({jax.device_count()} devices; on a CPU add "
-                         f"--simulate-devices N)") from None
-    if batch_size is not None and batch_size % mesh.shape["data"]:
-        raise UsageError(f"--batch-size {batch_size} does not split over the "
-                         f"{mesh.shape['data']} devices of --mesh {text}: use a multiple")
-    return mesh
-
-
 def compute_layerwise(args) -> dict:
     """{label: profile} for every (depth, variant): the Spectrum of every ∂x_l/∂x_0 with a depth
     axis (dense, when it fits and --method is not lanczos) or an array of chi_l (Hutchinson)."""
@@ -313,6 +248,7 @@ def compute_layerwise(args) -> dict:
     from flax import nnx
 
     import isometry as iso
+    from isometry.cli import _zoo
 
     kind, variants = _zoo.resolve(args)
     x = kind.probe_inputs(args, jax.random.key(args.seed), args.samples, _zoo.param_dtype(args))
@@ -370,10 +306,16 @@ _MATRIX_FREE_MARKS = {"chi": "~", "mean_log": "~", "std_log": "~", "sigma_min": 
                       "isometry_share": "~"}
 
 
+#: Where part of the matrix-free spectrum lies below the resolution, its log statistics are bounds.
+_BELOW_RESOLUTION_MARKS = {"mean_log": "<=", "std_log": ">="}
+
+
 def _cell(record, column) -> str:
     text = _fmt(record[column]) if record[column] is not None else "n/a"
     if record.get("engine") == "lanczos":
-        text = _MATRIX_FREE_MARKS.get(column, "") + text
+        marks = (_BELOW_RESOLUTION_MARKS if (record.get("below_resolution") or 0) > RESOLUTION_WARNING
+                 else {})
+        text = marks.get(column, _MATRIX_FREE_MARKS.get(column, "")) + text
     return text
 
 
@@ -389,18 +331,28 @@ def precision_warnings(records) -> list[str]:
             advice = ("rerun with --x64 (same --seed: same weights and inputs)"
                       if r["dtype"] != "float64" else "they are zero to float64 precision: J is rank-deficient there "
                       "(e.g. the mean direction a LayerNorm removes)")
+            effect = ("so mean ln s is an upper bound (<=) and std ln s a lower bound (>=)"
+                      if r.get("engine") == "lanczos" else "so mean/std ln s are partly round-off")
             lines.append(f"isometry spectrum: warning: {r['variant']} depth {r['depth']}: "
                          f"{share:.0%} of the singular values are below {r['dtype']} resolution "
-                         f"(sigma_max * eps * n), so mean/std ln s are partly round-off; {advice}")
+                         f"(sigma_max * eps * n), {effect}; {advice}")
     return lines
 
 
+def check_args(args) -> None:
+    """Every check the parsed arguments alone allow, before jax is imported."""
+    check_model_args(args)
+    _check_counts(args)
+    check_device_args(args)
+    output_dir(args.out)  # before computing: a path that cannot be written fails at once
+
+
 def run(args) -> int:
+    check_args(args)
     import jax
 
     from isometry import plot
 
-    output_dir(args.out)  # before computing: a path that cannot be written fails at once
     results, timing = compute_timed(args)
     if jax.process_index() != 0:  # one of several processes: process 0 prints and writes
         return 0
@@ -411,7 +363,7 @@ def run(args) -> int:
                     *(_cell(record, c) for c in COLUMNS), record["engine"]]), file=table)
     records = [r for r, _ in results]
     if any(r["engine"] == "lanczos" for r in records):
-        print("matrix-free rows: ~ estimate, <= upper bound (see 'estimates' in spectra.json)",
+        print("matrix-free rows: ~ estimate, <= upper bound, >= lower bound (see 'estimates' in spectra.json)",
               file=table)
     for line in precision_warnings(records):
         print(line, file=sys.stderr)

@@ -6,25 +6,33 @@ and, unless --samples 0, the same statistics measured on `--samples` float64 net
 `--width` (mean and standard error over nets, each probed at an input of length q*), plus an
 overlay PNG of measured against predicted densities of log10 σ.
 
+Example:
+
     isometry theory --activation relu --weights orthogonal --depth 4,16 --sigma-w2 2 --out DIR
+    isometry theory --variant rezero --alpha 0.1,0.3 --activation tanh --depth 8
 """
 
 from __future__ import annotations
 
-from isometry import theory
-from isometry.cli import UsageError, _theory_rezero, comma_list, output_dir
+import argparse
+
+from isometry.cli import UsageError, comma_list, output_dir
+from isometry.cli._names import ACTIVATIONS, WEIGHTS
 from isometry.cli._report import table_stream, write_report
 from isometry.cli._theory_config import TheoryConfig, sample
+
+# The theory (scipy, jax) and the figures (matplotlib) are imported by the functions that use
+# them, after the checks of the arguments: an argument error answers without loading them.
 
 KEYS = ("q_star", "chi_1", "m1", "m2", "m3", "nvar", "edge", "mean_sigma", "zero_mass")
 
 
 def register(sub) -> None:
     p = sub.add_parser("theory", help="predicted vs measured Jacobian spectra of plain FC nets",
-                       description=__doc__)
-    p.add_argument("--activation", default="relu", choices=sorted(theory.ACTIVATIONS),
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--activation", default="relu", choices=ACTIVATIONS,
                    help="activation (default: relu)")
-    p.add_argument("--weights", default="gaussian", choices=theory.WEIGHTS,
+    p.add_argument("--weights", default="gaussian", choices=WEIGHTS,
                    help="Gaussian N(0, σ_w²/N) or orthogonal σ_w·O weights (default: gaussian)")
     p.add_argument("--depth", type=comma_list(int), default=[4, 16],
                    help="comma list of depths (default: 4,16)")
@@ -42,12 +50,15 @@ def register(sub) -> None:
     p.add_argument("--variant", default="plain", choices=("plain", "rezero"),
                    help="plain nets, or ReZero nets x + α·φ(Wx + b) at the --alpha values")
     p.add_argument("--alpha", type=comma_list(float), default=None,
-                   help="comma list of α for --variant rezero, e.g. 0.1,0.3")
+                   help="comma list of α for --variant rezero, e.g. 0.1,0.3 (needed there; "
+                        "plain nets have no α)")
     p.set_defaults(func=run)
 
 
 def compute(config: TheoryConfig) -> tuple[dict, list, list]:
     """(the JSON document, the predictions, the measured singular values or Nones)."""
+    from isometry import theory
+
     try:
         sigma_w2 = (config.sigma_w2 if config.sigma_w2 is not None
                     else theory.critical_sigma_w2(config.activation, config.sigma_b2))
@@ -95,6 +106,8 @@ def run(args) -> int:
     config = TheoryConfig.from_args(args)
     output_dir(config.out)  # before computing: a path that cannot be written fails at once
     if config.variant == "rezero":  # residual nets at α > 0: moments (theory_residual)
+        from isometry.cli import _theory_rezero
+
         return _theory_rezero.run(config)
     # matplotlib: imported when the command runs, so that `isometry --help` starts fast
     from isometry import plot

@@ -9,27 +9,29 @@ learning rate and the fewest steps versus depth, residual (α = 1) against ReZer
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+from types import SimpleNamespace
 
 from isometry._io import write_json
 from isometry.cli import UsageError, comma_list, output_dir
+from isometry.cli._names import FIG2_DEFAULTS, SWEEP_DEFAULTS
 
-# The experiments (JAX, matplotlib) are imported inside the functions: every command's parser
-# is built at start, and `isometry --help` or another command should not pay for them.
+# The experiments (JAX, matplotlib) are imported inside the functions, after the checks of the
+# arguments: `isometry --help` and an argument error answer without loading them. The parser's
+# defaults are `_names`' copy of the experiments' settings.
 
 
 def register(sub) -> None:
-    from isometry.experiments import fig2 as fig2_experiment, toy_depth
-
-    fig2 = fig2_experiment.Figure2Settings()
-    sweep = toy_depth.DepthSweepSettings()
+    fig2, sweep = SimpleNamespace(**FIG2_DEFAULTS), SimpleNamespace(**SWEEP_DEFAULTS)
     p = sub.add_parser("toy", help="the (1 + αw)^L toy of the ReZero paper: Figure 2 and "
                                    "learning rate versus depth", description=__doc__)
     p.add_argument("--out", default="isometry-toy",
                    help="directory for fig2.png/json (default: ./isometry-toy)")
-    p.add_argument("--depth", type=int, default=fig2.depth, help="L (default: 5)")
-    p.add_argument("--target", type=float, default=fig2.target, help="target gain T (default: 50)")
+    p.add_argument("--depth", type=int, default=fig2.depth, help=f"L (default: {fig2.depth})")
+    p.add_argument("--target", type=float, default=fig2.target,
+                   help=f"target gain T (default: {fig2.target:g})")
     p.add_argument("--inputs", type=comma_list(float), default=list(fig2.inputs),
                    help="training inputs x_0 (default: 1.0,1.1,...,1.8)")
     p.add_argument("--lr", type=float, default=fig2.lr, help=f"learning rate (default: {fig2.lr:g})")
@@ -79,8 +81,28 @@ def _usage(err: ValueError, options: dict) -> UsageError:
     return UsageError(message)
 
 
+def check_args(args) -> None:
+    """The checks of the counts and ranges that need no experiment module (the settings'
+    own `check` does the rest)."""
+    for name in ("w-range", "alpha-range"):
+        lo, hi = _pair(name, getattr(args, name.replace("-", "_")))
+        if not lo < hi:
+            raise UsageError(f"--{name} must be 'low,high' with low < high, got {lo:g},{hi:g}")
+    for option, value, least in (("--depth", args.depth, 1), ("--steps", args.steps, 1),
+                                 ("--grid", args.grid, 2), ("--sweep-steps", args.sweep_steps, 1)):
+        if value < least:
+            raise UsageError(f"{option} must be at least {least}, got {value}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr:g}")
+    if not args.w_starts:
+        raise UsageError("--w-starts needs at least one initial w, e.g. --w-starts 0.5,1")
+    if args.depth_sweep and (not args.depths or min(args.depths) < 1):
+        raise UsageError(f"--depths needs positive depths, got {args.depths}")
+
+
 def settings(args):
-    """(Figure2Settings, DepthSweepSettings or None) from the arguments, checked."""
+    """(Figure2Settings, DepthSweepSettings or None) from the arguments, checked (after
+    `check_args`)."""
     from isometry.experiments import fig2 as fig2_experiment, toy_depth
 
     fig2 = fig2_experiment.Figure2Settings(
@@ -128,11 +150,12 @@ def _print_scaling(record: dict) -> None:
 
 
 def run(args) -> int:
+    check_args(args)
+    output_dir(args.out)  # before computing: a path that cannot be written fails at once
     from isometry import plot
     from isometry.experiments import fig2, toy_depth
 
     fig2_settings, sweep_settings = settings(args)
-    output_dir(args.out)  # before computing: a path that cannot be written fails at once
     record = fig2.record(fig2.figure2(fig2_settings))  # the schema of `reproduce fig2`
     _print_paths(record)
     written = [plot.save(fig2.figure(record), os.path.join(args.out, "fig2.png")),

@@ -19,14 +19,14 @@ import math
 import os
 import sys
 
-import jax
-
 from isometry import data as datasets
-from isometry.cli import UsageError, _zoo, comma_list, output_dir
-from isometry.cli.spectrum import add_mesh_arguments, mesh_from_args
-from isometry.tracking import RunDirError
-from isometry.train import (ADAGRAD_STYLES, OPTIMIZERS, SCHEDULES, RunConfigError, TrainConfig,
-                            train)
+from isometry.cli import UsageError, comma_list, output_dir
+from isometry.cli._devices import add_mesh_arguments, check_device_args, mesh_from_args
+from isometry.cli._model_args import StoreGiven, add_model_args, check_model_args, given
+from isometry.cli._names import ADAGRAD_STYLES, ALPHA_VARIANTS, OPTIMIZERS, SCHEDULES
+
+# jax, the models and the training loop are imported by `run`, after the checks of the
+# arguments: an argument error answers without loading them.
 
 #: Settings that define a run besides the training config (stored in config.json).
 _RUN_KEYS = ("model", "variant", "depth", "width", "alpha_init", "activation", "data", "seq_len",
@@ -36,7 +36,7 @@ _RUN_KEYS = ("model", "variant", "depth", "width", "alpha_init", "activation", "
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a model, tracking Jacobian spectra during training",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _zoo.add_model_args(p)
+    add_model_args(p, one_model=True)
     g = p.add_argument_group("data")
     g.add_argument("--data", default="synthetic",
                    help="synthetic[:HxWxC] | cifar10 | enwik8 | text:PATH (default: synthetic)")
@@ -56,13 +56,15 @@ def register(sub) -> None:
     g.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default: 0.01)")
     g.add_argument("--alpha-lr", type=float, default=None,
                    help="learning rate of the alpha's (default: --lr); alpha gets no weight decay")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    g.add_argument("--momentum", type=float, default=0.9, action=StoreGiven,
+                   help="SGD momentum in [0, 1) (default: 0.9; --optimizer sgd only)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="default: 0")
     g.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default: 0)")
     g.add_argument("--schedule", default="constant", choices=SCHEDULES, help="default: constant")
     g.add_argument("--decay-steps", type=comma_list(int), default=[],
                    help="steps at which --schedule step multiplies the rate by --decay-factor")
-    g.add_argument("--decay-factor", type=float, default=0.1, help="default: 0.1")
+    g.add_argument("--decay-factor", type=float, default=0.1, action=StoreGiven,
+                   help="> 0 (default: 0.1; --schedule step only)")
     g.add_argument("--clip", type=float, default=None, help="clip gradients to this global norm")
     g.add_argument("--seed", type=int, default=0, help="seed of weights and data order (default: 0)")
     g.add_argument("--x64", action="store_true", help="float64 weights and inputs")
@@ -78,25 +80,37 @@ def register(sub) -> None:
     g.add_argument("--run-dir", default="isometry-run", help="default: ./isometry-run")
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--stall-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="end the run (exit code 4, saying what it was doing and where it resumes "
+                        "from) when nothing progressed for this long (default: 1800; 0: never)")
     add_mesh_arguments(p, "data-parallel training over a device mesh: each batch split over "
                           "'data', parameters replicated; default: one device")
     p.set_defaults(func=run)
 
 
-def _single(values, name):
-    if len(values) != 1:
-        raise UsageError(f"train takes one {name}, got {','.join(map(str, values))}")
-    return values[0]
+def _check_optimizer_args(args, variant: str) -> None:
+    """Settings that do not apply to the chosen optimizer or schedule are errors, not ignored."""
+    if given(args, "momentum") and args.optimizer != "sgd":
+        raise UsageError(f"--momentum applies to --optimizer sgd only, not {args.optimizer} "
+                         f"(leave it out, or use --optimizer sgd)")
+    if given(args, "decay_factor") and args.schedule != "step":
+        raise UsageError(f"--decay-factor applies to --schedule step only, not {args.schedule} "
+                         f"(leave it out, or use --schedule step with --decay-steps)")
+    if args.alpha_lr is not None and variant not in ALPHA_VARIANTS[args.model]:
+        raise UsageError(f"--alpha-lr applies to variants with α only "
+                         f"({', '.join(ALPHA_VARIANTS[args.model])} for --model {args.model}), "
+                         f"not {variant}")
 
 
-def _default_variant(kind) -> str:
-    return "rezero" if "rezero" in kind.variants else kind.variants[0]
-
-
-def _check_run_args(args) -> None:
-    """The tracking intervals and the run directory, before anything is loaded or built."""
+def _check_run_args(args, variant: str) -> None:
+    """The settings and the run directory, before anything is loaded or built."""
+    _check_optimizer_args(args, variant)
+    if args.epochs is not None and not 0 < args.epochs < float("inf"):
+        raise UsageError(f"--epochs must be a positive number, got {args.epochs}")
     if args.probes < 0:
         raise UsageError(f"--probes must be 0 (no spectra) or more, got {args.probes}")
+    if not args.stall_timeout >= 0:
+        raise UsageError(f"--stall-timeout must be 0 (never) or more seconds, got {args.stall_timeout}")
     for option, value in (("--track-every", args.track_every), ("--log-every", args.log_every)):
         if value < 1:
             raise UsageError(f"{option} must be at least 1")
@@ -116,8 +130,10 @@ def _load_data(args):
         raise UsageError(str(err)) from None
 
 
-def _train_config(args, data) -> TrainConfig:
+def _train_config(args, data):
     """The `TrainConfig` the options ask for (--epochs counted in steps of --batch-size)."""
+    from isometry.train import TrainConfig
+
     if args.epochs is not None:
         steps = math.ceil(args.epochs * data.examples_per_epoch / args.batch_size)
     else:
@@ -139,18 +155,27 @@ def _build_model(kind, args, variant: str, depth: int, task):
     if task.kind not in kind.tasks:
         raise UsageError(f"--model {args.model} does not do {task.kind.replace('_', ' ')} "
                          f"(data {args.data}); it does: {', '.join(kind.tasks) or 'none yet'}")
+    from isometry.cli import _zoo
+
     # the model's inputs and outputs sized for the data (see _zoo.ModelKind)
     return _zoo.build_model(kind, args, variant, depth, args.seed, task=task)
 
 
 def run(args) -> int:
+    (variant,) = check_model_args(args, one_model=True)
+    check_device_args(args)
+    _check_run_args(args, variant)
+    import jax
+
+    from isometry.cli import _zoo
+    from isometry.tracking import RunDirError
+    from isometry.train import RunConfigError, train
+
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     mesh = mesh_from_args(args, batch_size=args.batch_size)  # before jax's backend starts
-    kind, variants = _zoo.resolve(args)
-    variant = _single(variants if args.variant else [_default_variant(kind)], "--variant")
-    depth = _single(_zoo.depths(args), "--depth")
-    _check_run_args(args)
+    kind = _zoo.MODEL_KINDS[args.model]
+    (depth,) = _zoo.depths(args)
     data = _load_data(args)
     config = _train_config(args, data)
     model = _build_model(kind, args, variant, depth, data.task)
@@ -161,7 +186,8 @@ def run(args) -> int:
                        run_info=run_info, input_shape=kind.train_input_shape(data.task),
                        probes=args.probes,
                        track_every=args.track_every, log_every=args.log_every, method=args.method,
-                       progress=False if args.no_progress else None, mesh=mesh)
+                       progress=False if args.no_progress else None, mesh=mesh,
+                       stall_timeout=args.stall_timeout)
     except (RunConfigError, RunDirError, FileExistsError) as err:
         raise UsageError(str(err)) from None
     except MemoryError as err:  # JacobianTooLargeError: a dense spectrum that does not fit

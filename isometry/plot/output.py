@@ -1,7 +1,8 @@
-"""The figure backend and the one way figures are written: `save(fig, path)`, atomically.
+"""The one way figures are written: `save(fig, path)`, atomically.
 
-Importing `isometry.plot` selects matplotlib's non-interactive Agg backend unless MPLBACKEND
-is set, so figures render on machines without a display.
+The library leaves matplotlib's backend to the user (a notebook keeps its inline backend);
+without a display matplotlib falls back to a non-interactive one by itself, and the
+`isometry` command selects Agg before it imports matplotlib.
 """
 
 from __future__ import annotations
@@ -9,13 +10,9 @@ from __future__ import annotations
 import io
 import os
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-if not os.environ.get("MPLBACKEND"):
-    matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-
-from isometry._io import atomic_write  # noqa: E402
+from isometry._io import atomic_write
 
 __all__ = ["save", "plt"]
 
