@@ -73,13 +73,13 @@ from isometry._diagnose_findings import (FINDING_CODES, Finding, alpha_findings,
                                          attention_finding, gradient_spread_finding,
                                          nonfinite_finding, phase_finding, rank_collapse_finding,
                                          resolution_finding, sort_findings)
-from isometry._diagnose_fns import (as_runs, cached_jit, dense_spectrum_fn, float_grad,
+from isometry._diagnose_fns import (cached_jit, dense_spectrum_fn, float_grad,
                                     group_norms, last_state_fn, layerwise_fns, module_fns)
 from isometry._diagnose_measures import (attention_gap, growth_rate, phase_of, resolution_share,
                                          token_statistics)
 from isometry._diagnose_result import Diagnosis, empty_diagnosis
 from isometry._jacobian import JacobianTooLargeError, output_shape
-from isometry._layerwise import depth_profile
+from isometry._layerwise import depth_profile, state_runs
 from isometry._numerics import check_setting
 from isometry._params import alpha_values
 from isometry._spectrum import Spectrum
@@ -147,7 +147,7 @@ def _dense_or_none(fn: Callable, memory_budget: float, params, x) -> Spectrum | 
 def _stack_profile(states_fn, params, x0, memory_budget, num_probes, key) -> _Profile:
     """χ_l of every ∂x_l/∂x_0 (dense when it fits, else Hutchinson) and the spectrum of J."""
     states = cached_jit(states_fn)(params, x0)
-    runs = as_runs(states)
+    runs = state_runs(states)
     n_layers = sum(r.shape[0] for r in runs) - len(runs)
     n_total = sum(int(np.size(r)) for r in runs)
     fns = layerwise_fns(states_fn, memory_budget, num_probes)
@@ -158,7 +158,7 @@ def _stack_profile(states_fn, params, x0, memory_budget, num_probes, key) -> _Pr
                         None, spec, states)
     prof = fns["spectrum"](params, x0)
     dp = depth_profile(prof)
-    last = as_runs(prof)[-1]
+    last = state_runs(prof)[-1]
     top = jax.tree.map(lambda a: a[-1], last) if last.singular_values.ndim > 1 else last
     spec = Spectrum(top.singular_values, top.chi, top.n_nonfinite, last.n_in, last.n_out)
     return _Profile(n_layers, dp["chi"], np.zeros_like(dp["chi"]), dp["log10_sigma_quantiles"],

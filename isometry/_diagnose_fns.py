@@ -21,17 +21,12 @@ import numpy as np
 from flax import nnx
 
 from isometry._cpu_mesh import lapack_safe
-from isometry._layerwise import layerwise_chi_fn, layerwise_spectrum_fn
+from isometry._layerwise import layerwise_chi_fn, layerwise_spectrum_fn, state_runs
 from isometry._spectrum import spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY
 
 __all__ = ["module_fns", "cached_jit", "float_grad", "group_norms", "layerwise_fns",
-           "dense_spectrum_fn", "last_state_fn", "as_runs"]
-
-
-def as_runs(states) -> tuple:
-    """The depth-stacked runs of a `states` result, as a tuple (one array: a 1-tuple)."""
-    return tuple(states) if isinstance(states, (tuple, list)) else (states,)
+           "dense_spectrum_fn", "last_state_fn"]
 
 
 def _names(path) -> list[str]:
@@ -140,5 +135,5 @@ def dense_spectrum_fn(fn: Callable, memory_budget: float) -> Callable:
 @functools.lru_cache(maxsize=32)
 def last_state_fn(states_fn: Callable) -> Callable:
     """(params, x0) ↦ x_L, the top of the last run of `states_fn`."""
-    return lambda p, xx: as_runs(states_fn(p, xx))[-1][-1]
+    return lambda p, xx: state_runs(states_fn(p, xx))[-1][-1]
 

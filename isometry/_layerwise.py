@@ -31,7 +31,7 @@ from jax.flatten_util import ravel_pytree
 
 from isometry._cpu_mesh import lapack_safe
 from isometry._jacobian import JacobianTooLargeError, check_floating, dense_jacobian, flat_sizes
-from isometry._numerics import log10_sigma, tiny
+from isometry._numerics import check_setting, log10_sigma, tiny
 from isometry._spectra import raise_if_nonfinite
 from isometry._spectrum import DEFAULT_MEMORY_BUDGET, Spectrum, check_dense_fits, svd_spectrum
 from isometry._stack import LayerStack
@@ -107,10 +107,14 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
       jitted core `(params, x0) -> spectra` without the checks.
     """
 
+    check_setting("chunk_size", chunk_size, low=1, integer=True, optional=True)
+    check_setting("memory_budget", memory_budget, low=0, low_open=True)
+
     def one(params, x0):
         fn = lambda x: states_fn(params, x)  # noqa: E731
         n_in, _, _ = flat_sizes(fn, x0)
-        jt = dense_jacobian(fn, x0, mode="fwd", chunk_size=chunk_size, transposed_ok=True)
+        jt = dense_jacobian(fn, x0, mode="fwd", chunk_size=chunk_size, transposed_ok=True,
+                            memory_budget=memory_budget)
         spectra, start = [], 0
         for run in state_runs(jax.eval_shape(fn, x0)):
             depth, n_out = run.shape[0], math.prod(run.shape[1:])

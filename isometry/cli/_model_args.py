@@ -68,8 +68,9 @@ def add_model_args(parser: argparse.ArgumentParser, depth_default: str = "32",
                         "2*sum+2; default: the layout of --depth, 6n+2 or 18/34)")
     g.add_argument("--channels", type=int, default=None,
                    help="ResNet channels of the first stage (default: 16 for 6n+2, 64 for 18/34)")
-    g.add_argument("--image-size", type=int, default=32,
-                   help="ResNet probe image height and width for spectra (default: 32)")
+    g.add_argument("--image-size", type=int, default=32, action=StoreGiven,
+                   help="ResNet probe image height and width for spectra (default: 32; training "
+                        "takes the size of --data)")
     g.add_argument("--seq-len", type=int, default=128,
                    help="Transformer sequence length (default: 4 for spectra, 128 for training)")
     g.add_argument("--d-model", type=int, default=16,

@@ -90,6 +90,9 @@ def register(sub) -> None:
 
 def _check_optimizer_args(args, variant: str) -> None:
     """Settings that do not apply to the chosen optimizer or schedule are errors, not ignored."""
+    if given(args, "image_size"):
+        raise UsageError("--image-size sets the probe images of `isometry spectrum`; training "
+                         "takes its images from --data (e.g. --data synthetic:24x24x3)")
     if given(args, "momentum") and args.optimizer != "sgd":
         raise UsageError(f"--momentum applies to --optimizer sgd only, not {args.optimizer} "
                          f"(leave it out, or use --optimizer sgd)")
