@@ -90,13 +90,6 @@ class LanczosSpectrum(SpectrumStatistics):
         return jnp.log(jnp.maximum(self.nodes, self.resolution[..., None, None]))
 
     @property
-    def resolution(self) -> Array:
-        """σ_max · ε · max(n_in, n_out), as for the dense result: nodes below it are round-off
-        of the products (an exact zero and a σ of 1e-200 look the same to the engine)."""
-        eps = jnp.finfo(self.nodes.dtype).eps
-        return self.top_singular_values[..., 0] * eps * max(self.n_in, self.n_out)
-
-    @property
     def below_resolution(self) -> Array:
         """SLQ estimate of the share of σ below `resolution` (zeros included): where it is
         above 0, `mean_log` is an upper bound and `std_log` a lower bound, not estimates."""

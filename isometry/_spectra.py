@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy.special import ndtr
 
@@ -113,6 +114,13 @@ class SpectrumStatistics:
 
     def log10_measure(self) -> tuple[np.ndarray, np.ndarray, float]:
         raise NotImplementedError
+
+    @property
+    def resolution(self) -> Array:
+        """σ_max · ε · max(n_in, n_out), ε of the result's dtype: σ below it are round-off of
+        the SVD (dense) or of the products (matrix-free), not the network's spectrum."""
+        sigma_max = self.sigma_max
+        return sigma_max * jnp.finfo(sigma_max.dtype).eps * max(self.n_in, self.n_out)
 
     @property
     def mean_sigma2(self) -> Array:

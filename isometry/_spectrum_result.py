@@ -113,12 +113,6 @@ class Spectrum(SpectrumStatistics):
         return jnp.mean(s == 0, axis=-1, dtype=s.dtype)
 
     @property
-    def resolution(self) -> Array:
-        """σ_max · ε · max(n_in, n_out): σ below it are round-off of the SVD in this dtype."""
-        s = self.singular_values
-        return self.sigma_max * jnp.finfo(s.dtype).eps * max(self.n_in, self.n_out)
-
-    @property
     def below_resolution(self) -> Array:
         """Share of σ below `resolution` (zeros included): noise, not the network's spectrum.
 

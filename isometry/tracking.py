@@ -281,6 +281,11 @@ class Tracker:
         """Whether `update(step, ...)` writes a record (without `force`)."""
         return step % self.log_every == 0 or step % self.every == 0
 
+    def takes_spectrum(self, step: int, spectrum: bool | None = None) -> bool:
+        """Whether `update(step, spectrum=spectrum)` computes a spectrum (None: every `every`)."""
+        due = step % self.every == 0 if spectrum is None else spectrum
+        return self.spectrum_fn is not None and bool(due)
+
     def update(self, step: int, params: Any = None, *, loss=None, force: bool = False,
                spectrum: bool | None = None, **scalars) -> dict | None:
         """Records step `step` if it is due (or `force`): scalars, α's, and the spectrum.
@@ -296,9 +301,7 @@ class Tracker:
         Returns:
           The record written, or None when the step was not due.
         """
-        if spectrum is None:
-            spectrum = step % self.every == 0
-        spectrum_due = self.spectrum_fn is not None and spectrum
+        spectrum_due = self.takes_spectrum(step, spectrum)
         if not (force or spectrum_due or step % self.log_every == 0):
             return None
         if self.last_step is not None and step <= self.last_step:

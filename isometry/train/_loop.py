@@ -229,8 +229,7 @@ class _Run:
         if self.tracker is None or not (force or self.tracker.due(step)):
             return None
         self.watchdog.beat(f"recording step {step}" + (
-            " (its Jacobian spectrum)" if spectrum or (spectrum is None and step % self.tracker.every == 0)
-            else ""))
+            " (its Jacobian spectrum)" if self.tracker.takes_spectrum(step, spectrum) else ""))
         m = {k: float(v) for k, v in to_host(metrics or {}).items()}
         params, rest, _ = self.state if self.mesh is None else to_host(self.state)
         rec = self.tracker.update(step, nnx.merge_state(params, rest), force=force,
