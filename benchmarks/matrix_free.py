@@ -109,7 +109,7 @@ def dense_jacobian_measured(apply_fn, params, x, chunk: int, svd_n: int):
     cost from an svd_n² SVD scaled by (d / svd_n)³ (the full SVD takes about an hour here)."""
     from scipy.sparse.linalg import svds
 
-    from isometry._jacobian import dense_jacobian
+    from isometry.linalg._jacobian import dense_jacobian
 
     jac = jax.jit(lambda p, x: dense_jacobian(lambda z: apply_fn(p, z), x, mode="fwd",
                                               chunk_size=chunk, transposed_ok=True))

@@ -144,9 +144,9 @@ def top_k_methods(apply_fn, params, x, ref, repeats: int) -> dict:
     from scipy.sparse.linalg import LinearOperator, svds
 
     import isometry as iso
-    from isometry._jacobian import jacobian_operator
-    from isometry._golub_kahan_block import auto_block_size
-    from isometry._lanczos import golub_kahan
+    from isometry.linalg._jacobian import jacobian_operator
+    from isometry.linalg._golub_kahan_block import auto_block_size
+    from isometry.spectrum._lanczos import golub_kahan
     from _timing import interleaved_medians
 
     n = x.size
@@ -298,8 +298,8 @@ def density_methods(apply_fn, params, x, chi_exact, seeds: int, repeats: int) ->
     import jax.numpy as jnp
     from matfree import decomp
 
-    from isometry._jacobian import jacobian_operator
-    from isometry._lanczos import lanczos_spectrum
+    from isometry.linalg._jacobian import jacobian_operator
+    from isometry.spectrum._lanczos import lanczos_spectrum
     from _timing import interleaved_medians
 
     n, m, p = x.size, DENSITY["num_steps"], DENSITY["num_probes"]

@@ -133,7 +133,7 @@ def train_step_times(counts, *, depth, width, in_features, batch, repeats) -> di
     import isometry as iso
     import models
     from _timing import interleaved_medians
-    from isometry._sharding import replicate, shard_batch
+    from isometry.parallel._sharding import replicate, shard_batch
     from isometry.train import TrainConfig, make_optimizer, make_train_step
 
     net = models.FullyConnected(depth, width, variant="rezero", in_features=in_features,

@@ -38,7 +38,7 @@ import models  # noqa: E402
 from _timing import median_time  # noqa: E402
 from isometry._io import write_json  # noqa: E402
 from isometry.data import SyntheticImages  # noqa: E402
-from isometry.tracking import Tracker  # noqa: E402
+from isometry.train._tracking import Tracker  # noqa: E402
 from isometry.train import TrainConfig, make_optimizer, make_train_step  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "tracking_overhead.json")

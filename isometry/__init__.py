@@ -19,6 +19,7 @@ this import); set it yourself to override.
 
 import importlib
 import os
+import warnings
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -28,52 +29,55 @@ __version__ = "0.1.0"
 _NAMES = {
     "from_linen": "isometry._adapters",
     "from_nnx": "isometry._adapters",
-    "JacobianOperator": "isometry._jacobian",
-    "JacobianTooLargeError": "isometry._jacobian",
-    "dense_jacobian": "isometry._jacobian",
-    "jacobian_operator": "isometry._jacobian",
+    "JacobianOperator": "isometry.linalg._jacobian",
+    "JacobianTooLargeError": "isometry.linalg._jacobian",
+    "dense_jacobian": "isometry.linalg._jacobian",
+    "jacobian_operator": "isometry.linalg._jacobian",
     "alpha_mask": "isometry._params",
     "alpha_values": "isometry._params",
-    "ISOMETRY_BAND": "isometry._spectrum",
-    "METHODS": "isometry._spectrum",
-    "Spectrum": "isometry._spectrum",
-    "jacobian_spectrum": "isometry._spectrum",
-    "spectrum_fn": "isometry._spectrum",
-    "SpectrumFunction": "isometry._spectrum",
-    "SpectrumResult": "isometry._spectra",
-    "LanczosSpectrum": "isometry._lanczos",
-    "TopSingularValues": "isometry._lanczos",
-    "hutchinson_chi": "isometry._lanczos",
-    "lanczos_spectrum": "isometry._lanczos",
-    "top_singular_values": "isometry._lanczos",
-    "depth_profile": "isometry._layerwise",
-    "from_stack": "isometry._layerwise",
-    "layerwise_chi_fn": "isometry._layerwise",
-    "layerwise_spectrum_fn": "isometry._layerwise",
+    "ISOMETRY_BAND": "isometry.spectrum._function",
+    "METHODS": "isometry.spectrum._function",
+    "Spectrum": "isometry.spectrum._function",
+    "jacobian_spectrum": "isometry.spectrum._function",
+    "spectrum_fn": "isometry.spectrum._function",
+    "SpectrumFunction": "isometry.spectrum._function",
+    "SpectrumResult": "isometry.spectrum._protocol",
+    "LanczosSpectrum": "isometry.spectrum._lanczos",
+    "TopSingularValues": "isometry.spectrum._lanczos",
+    "hutchinson_chi": "isometry.spectrum._lanczos",
+    "lanczos_spectrum": "isometry.spectrum._lanczos",
+    "top_singular_values": "isometry.spectrum._lanczos",
+    "depth_profile": "isometry.spectrum._layerwise",
+    "from_stack": "isometry.spectrum._layerwise",
+    "layerwise_chi_fn": "isometry.spectrum._layerwise",
+    "layerwise_spectrum_fn": "isometry.spectrum._layerwise",
     "LAYER_AXIS_KEY": "isometry._stack",
     "LayerStack": "isometry._stack",
-    "batch_mesh": "isometry._sharding",
-    "collective_counts": "isometry._sharding",
-    "device_mesh": "isometry._sharding",
-    "parse_mesh": "isometry._sharding",
-    "sharded_spectrum_fn": "isometry._sharding",
-    "simulate_devices": "isometry._sharding",
-    "to_host": "isometry._sharding",
-    "Diagnosis": "isometry._diagnose",
-    "Finding": "isometry._diagnose",
-    "diagnose": "isometry._diagnose",
+    "batch_mesh": "isometry.parallel._sharding",
+    "collective_counts": "isometry.parallel._sharding",
+    "device_mesh": "isometry.parallel._sharding",
+    "parse_mesh": "isometry.parallel._sharding",
+    "sharded_spectrum_fn": "isometry.parallel._sharding",
+    "simulate_devices": "isometry.parallel._sharding",
+    "to_host": "isometry.parallel._sharding",
+    "Diagnosis": "isometry.diagnosis._diagnose",
+    "Finding": "isometry.diagnosis._diagnose",
+    "diagnose": "isometry.diagnosis._diagnose",
     "diagnosis_figure": "isometry.plot.diagnosis",
-    "RunDiagnosis": "isometry._diagnose_run",
-    "diagnose_run": "isometry._diagnose_run",
-    "TuneResult": "isometry._tune",
-    "tune_init": "isometry._tune",
-    "Tracker": "isometry.tracking",
-    "read_metrics": "isometry.tracking",
+    "RunDiagnosis": "isometry.diagnosis._run",
+    "diagnose_run": "isometry.diagnosis._run",
+    "TuneResult": "isometry.diagnosis._tune",
+    "tune_init": "isometry.diagnosis._tune",
+    "Tracker": "isometry.train._tracking",
+    "read_metrics": "isometry.train._tracking",
     "TrainConfig": "isometry.train",
 }
 
 #: Public submodules, as `iso.toy`, `iso.theory`, `iso.data`, `iso.train` (the loop: `iso.train.train`).
-_SUBMODULES = ("data", "theory", "theory_residual", "toy", "train")
+_SUBMODULES = ("data", "theory", "toy", "train")
+
+#: Modules that moved into a concept package: old name -> where its names live now.
+_MOVED = {"theory_residual": "isometry.theory", "tracking": "isometry.train._tracking"}
 
 __all__ = sorted([*_NAMES, *_SUBMODULES])
 
@@ -87,6 +91,10 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'isometry' has no attribute {name!r}")
     if name in _NAMES:
         value = getattr(importlib.import_module(_NAMES[name]), name)
+    elif name in _MOVED:
+        warnings.warn(f"isometry.{name} moved to {_MOVED[name].split('._')[0]}; import the names "
+                      f"from there", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(_MOVED[name])
     else:
         try:
             value = importlib.import_module(f"isometry.{name}")

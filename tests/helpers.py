@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isometry._jacobian import jacobian_operator
+from isometry.linalg._jacobian import jacobian_operator
 
 
 def known_spectrum_map(key, s, n_in: int, n_out: int, dtype=jnp.float64):

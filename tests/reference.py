@@ -23,7 +23,7 @@ from flax import nnx
 
 import isometry as iso
 import models
-from isometry._layerwise import state_runs
+from isometry.spectrum._layerwise import state_runs
 
 PATH = os.path.join(os.path.dirname(__file__), "data", "reference.npz")
 

@@ -336,5 +336,5 @@ def test_full_disk_while_training_is_one_line_and_the_run_resumes(tmp_path, monk
     monkeypatch.setattr(_checkpoint, "atomic_write", real_write)
     assert main([*TRAIN, "--run-dir", str(run), "--resume"]) == 0
     assert int(np.load(run / "checkpoint.npz")["step"]) == 20
-    from isometry.tracking import read_metrics
+    from isometry.train._tracking import read_metrics
     assert read_metrics(str(run))[-1]["step"] == 20

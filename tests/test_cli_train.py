@@ -9,7 +9,7 @@ import time
 import pytest
 
 from isometry.cli import main
-from isometry.tracking import read_metrics
+from isometry.train._tracking import read_metrics
 
 ARGS = ["train", "--model", "fc", "--variant", "rezero", "--depth", "3", "--width", "8",
         "--data", "synthetic:2x2x3", "--batch-size", "8", "--lr", "0.05", "--steps", "400",

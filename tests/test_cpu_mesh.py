@@ -9,7 +9,7 @@ from flax import nnx
 
 import isometry as iso
 import models
-from isometry._cpu_mesh import batched_lapack_calls, lapack_safe, unbatch_lapack
+from isometry.linalg._lapack import batched_lapack_calls, lapack_safe, unbatch_lapack
 
 
 def _program(a):

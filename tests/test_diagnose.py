@@ -15,8 +15,8 @@ from flax import nnx
 import isometry as iso
 import models
 from isometry import plot, theory
-from isometry._diagnose import FINDING_CODES, attention_gap, growth_rate, token_statistics
-from isometry._diagnose_fns import cached_jit, module_fns
+from isometry.diagnosis._diagnose import FINDING_CODES, attention_gap, growth_rate, token_statistics
+from isometry.diagnosis._programs import cached_jit, module_fns
 from isometry.cli import main
 
 F64 = jnp.float64
@@ -150,7 +150,7 @@ def test_rezero_overlay_from_residual_theory():
     """ReZero ReLU nets at α = 0.3, width 256, 3 seeds: the theory diagnose overlays is
     `theory_residual`'s; the measured χ of the bulk (all σ but the top one, the outlier of ReLU
     residual nets) matches it within 4 se over nets plus one bulk value σ₂²/N."""
-    from isometry import theory_residual
+    from isometry import theory as theory_residual
 
     width, depth, bulk, top2 = 256, 16, [], []
     for seed in range(3):
@@ -170,7 +170,7 @@ def test_rezero_overlay_from_residual_theory():
 
 def test_rezero_sigma_panel_overlays_the_predicted_density():
     """With mean_field α, diagnose carries `theory_residual`'s density and panel (b) draws it."""
-    from isometry import theory_residual
+    from isometry import theory as theory_residual
 
     net = _fc("rezero", "relu", 2.0, alpha_init=0.3, width=64, depth=8)
     d = iso.diagnose(net, _x(64), mean_field=dict(activation="relu", sigma_w2=2.0, alpha=0.3))

@@ -1,4 +1,4 @@
-"""Block Golub–Kahan (`isometry._golub_kahan_block`) on matrices with prescribed spectra.
+"""Block Golub–Kahan (`isometry.linalg._golub_kahan_block`) on matrices with prescribed spectra.
 
 Everything in float64 (conftest): the relations J V = U B and Jᵀ U = V Bᵀ + V_{s+1} C_sᵀ E_sᵀ
 to 1e-10, a block of one against `golub_kahan`, restarts on rank deficiency, the stopping
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import isometry as iso
-from isometry._golub_kahan import golub_kahan
-from isometry._golub_kahan_block import (MIN_BLOCK_STEPS, auto_block_size, block_golub_kahan,
+from isometry.linalg._golub_kahan import golub_kahan
+from isometry.linalg._golub_kahan_block import (MIN_BLOCK_STEPS, auto_block_size, block_golub_kahan,
                                          certified_block_run, product_intensity)
-from isometry._jacobian import jacobian_operator
+from isometry.linalg._jacobian import jacobian_operator
 from helpers import KNOWN_SPECTRA, N_KNOWN, fewest_columns, known_operator, known_spectrum_map
 
 F64_RTOL = 1e-10

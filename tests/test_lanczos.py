@@ -1,4 +1,4 @@
-"""Matrix-free spectra (`isometry._lanczos`) against known spectra and the dense engine.
+"""Matrix-free spectra (`isometry.spectrum._lanczos`) against known spectra and the dense engine.
 
 The accuracy tests of issue 5 run at d ≈ 2,000: a fully connected net (d = 2,000) and
 `models.Transformer` (32 tokens × 64 = 2,048 inputs): top-10 σ
@@ -15,8 +15,8 @@ from flax import nnx
 import isometry as iso
 import models
 from isometry import plot
-from isometry._lanczos import golub_kahan, hutchinson_chi, lanczos_spectrum
-from isometry._jacobian import jacobian_operator
+from isometry.spectrum._lanczos import golub_kahan, hutchinson_chi, lanczos_spectrum
+from isometry.linalg._jacobian import jacobian_operator
 from helpers import (KNOWN_SPECTRA, N_KNOWN, count_traces, fewest_columns, known_operator,
                      known_spectrum_map)
 

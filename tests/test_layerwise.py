@@ -1,4 +1,4 @@
-"""Layer-by-layer spectra (`isometry._layerwise`): ∂x_l/∂x_0 for every l in one pass."""
+"""Layer-by-layer spectra (`isometry.spectrum._layerwise`): ∂x_l/∂x_0 for every l in one pass."""
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,7 @@ import pytest
 from isometry import plot
 from isometry.cli import main
 from isometry.experiments import depth
-from isometry.tracking import read_metrics
+from isometry.train._tracking import read_metrics
 
 FIGURES = ("loss.png", "spectra.png", "alpha.png", "chi.png")
 

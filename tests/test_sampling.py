@@ -1,9 +1,9 @@
-"""isometry._sampling: measured nets in float64 without touching the global x64 setting."""
+"""isometry.experiments._sampling: measured nets in float64 without touching the global x64 setting."""
 
 import jax
 import numpy as np
 
-from isometry._sampling import probe_input, sample_singular_values
+from isometry.experiments._sampling import probe_input, sample_singular_values
 
 
 def test_float64_is_scoped():

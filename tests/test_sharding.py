@@ -25,14 +25,14 @@ from flax import nnx
 
 import isometry as iso
 import models
-from isometry.tracking import read_metrics
+from isometry.train._tracking import read_metrics
 
 HEADER = """
 import jax, jax.numpy as jnp, numpy as np, re
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_enable_x64", True)
 import isometry as iso
-from isometry._cpu_mesh import batched_lapack_calls
+from isometry.linalg._lapack import batched_lapack_calls
 assert jax.device_count() == 8, jax.devices()
 """
 
@@ -310,7 +310,7 @@ jax.config.update("jax_enable_x64", True)
 from flax import nnx
 import isometry as iso, models
 from isometry import data as D
-from isometry.tracking import read_metrics
+from isometry.train._tracking import read_metrics
 from isometry.train import TrainConfig, train
 data = D.load_data("synthetic:2x2x3")
 cfg = TrainConfig(steps=20, batch_size=16, lr=0.1, alpha_lr=0.1, checkpoint_every=10)

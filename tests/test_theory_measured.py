@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from isometry import theory
-from isometry._sampling import sample_singular_values
+from isometry.experiments._sampling import sample_singular_values
 
 WIDTH = 256
 K_SE = 4.0

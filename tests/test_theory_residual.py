@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from isometry import theory
-from isometry import theory_residual as tr
-from isometry._sampling import sample_singular_values
+from isometry import theory as tr
+from isometry.experiments._sampling import sample_singular_values
 
 
 def test_one_factor_closed_forms():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry.tracking import Tracker, read_metrics, read_spectrum
+from isometry.train._tracking import Tracker, read_metrics, read_spectrum
 
 S = jnp.array([3.0, 2.0, 1.0, 0.5])
 
@@ -150,7 +150,7 @@ def test_figure4_statistics_agree_between_engines_within_the_stated_error():
 def test_tracker_summarizes_either_engine_from_the_whole_spectrum(tmp_path):
     import jax
 
-    from isometry.tracking import load_spectrum
+    from isometry.train._tracking import load_spectrum
 
     with jax.enable_x64(True):
         apply_fn = _small_resnet_like(jnp.float64)

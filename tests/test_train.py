@@ -12,7 +12,7 @@ from flax import nnx
 import models
 from models.transformer import Transformer
 from isometry import data as D
-from isometry.tracking import read_metrics
+from isometry.train._tracking import read_metrics
 from isometry.train import (RunConfigError, TrainConfig, learning_rate_schedule, load_checkpoint,
                             make_optimizer, save_checkpoint, train)
 

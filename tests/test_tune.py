@@ -13,7 +13,7 @@ from flax import nnx
 import isometry as iso
 import models
 from isometry import theory
-from isometry._tune import Evaluator, objective
+from isometry.diagnosis._tune import Evaluator, objective
 
 F64 = jnp.float64
 CRITICAL = 1.760955  # docs/theory.md §1: tanh, σ_b² = 0.05

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from isometry.tracking import read_metrics
+from isometry.train._tracking import read_metrics
 from isometry.train._watchdog import STALL_EXIT_CODE, Watchdog
 
 

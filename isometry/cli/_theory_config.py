@@ -66,7 +66,7 @@ class TheoryConfig:
 
 def sample(config: TheoryConfig, depth: int, sigma_w2: float, q_star: float, **net):
     """Singular values of the `config.samples` measured nets of depth `depth`."""
-    from isometry._sampling import sample_singular_values  # jax: after the checks
+    from isometry.experiments._sampling import sample_singular_values  # jax: after the checks
 
     return sample_singular_values(activation=config.activation, weights=config.weights,
                                   depth=depth, width=config.width, sigma_w2=sigma_w2,

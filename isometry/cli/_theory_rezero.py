@@ -1,9 +1,9 @@
 """`isometry theory --variant rezero --alpha 0.1,0.3`: residual nets x + α φ(W x + b) at α > 0.
 
-For every depth and α: the predicted moments m1..m4 of JJᵀ (`isometry.theory_residual`), the
+For every depth and α: the predicted moments m1..m4 of JJᵀ (`isometry.theory`), the
 scaling time t = Σ_l α² σ_w² μ₁ and the scaling-limit moments at that t, beside the moments
 measured on `--samples` float64 nets (mean and standard error over nets); the predicted density
-of log10 σ (`theory_residual.residual_density`) with the measured histogram; theory.json and a
+of log10 σ (`theory.residual_density`) with the measured histogram; theory.json and a
 PNG of (a) log10 m_k against k and (b) the densities (`isometry.plot.residual_theory_figure`).
 """
 
@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from isometry import theory, theory_residual
+from isometry import theory
 from isometry._numerics import log10_sigma
 from isometry.cli import UsageError
 from isometry.cli._report import table_stream, write_report
@@ -34,19 +34,19 @@ def histogram_record(sv) -> dict:
 def _record(config: TheoryConfig, depth: int, alpha: float, sigma_w2: float) -> dict:
     """Predicted, scaling-limit and (with samples) measured moments at one (depth, α)."""
     try:
-        pred = theory_residual.residual_moments(config.activation, depth, alpha, sigma_w2,
+        pred = theory.residual_moments(config.activation, depth, alpha, sigma_w2,
                                                 config.sigma_b2, k=4)
-        t = theory_residual.scaling_time(config.activation, depth, alpha, sigma_w2,
+        t = theory.scaling_time(config.activation, depth, alpha, sigma_w2,
                                          config.sigma_b2)
     except ValueError as err:
         raise UsageError(str(err)) from None
     rec = dict(depth=depth, alpha=alpha, t=t,
                predicted={k: float(v) for k, v in zip(KEYS, pred)},
                scaling_limit={k: float(v) for k, v in
-                              zip(KEYS, theory_residual.scaling_limit_moments(t, 4))})
+                              zip(KEYS, theory.scaling_limit_moments(t, 4))})
     rec["predicted"]["nvar"] = float(pred[1] / pred[0] ** 2 - 1)
     try:
-        rec["density"] = theory_residual.density_points(theory_residual.residual_density(
+        rec["density"] = theory.density_points(theory.residual_density(
             config.activation, depth, alpha, sigma_w2, config.sigma_b2), DENSITY_POINTS)
     except FloatingPointError as err:  # far from α ≪ 1/σ_w the truncated S-transform fails
         rec["density_error"] = str(err)

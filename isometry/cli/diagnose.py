@@ -101,7 +101,7 @@ def compute(args):
 
     import models
     from isometry import theory
-    from isometry._diagnose import diagnose
+    from isometry.diagnosis._diagnose import diagnose
     from isometry.cli import _zoo
 
     (variant,) = check_model_args(args, one_model=True)
@@ -166,7 +166,7 @@ def run_diagnosis(args):
     """(the RunDiagnosis, the JSON document) of `--run`; bad run directories are one line."""
     import jax
 
-    from isometry._diagnose_run import checkpoint_files, diagnose_run, run_config
+    from isometry.diagnosis._run import checkpoint_files, diagnose_run, run_config
     from isometry.train import RunConfigError
 
     try:

@@ -34,7 +34,7 @@ def run(args) -> int:
     # imported here, after the checks of the arguments: an argument error answers without
     # loading matplotlib and the tracking module
     from isometry import plot
-    from isometry.tracking import read_metrics
+    from isometry.train._tracking import read_metrics
 
     try:
         with warnings.catch_warnings(record=True) as caught:

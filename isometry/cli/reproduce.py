@@ -57,7 +57,7 @@ def run(args) -> int:
     if args.runs is not None:
         output_dir(args.runs, "--runs")
     from isometry.experiments import reproduce
-    from isometry.tracking import RunDirError
+    from isometry.train._tracking import RunDirError
     from isometry.train import RunConfigError
 
     try:

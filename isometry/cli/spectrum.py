@@ -175,7 +175,7 @@ def _spectrum(args, module, x, mesh, programs: dict):
 
     import isometry as iso
     import models
-    from isometry._jacobian import flat_sizes
+    from isometry.linalg._jacobian import flat_sizes
 
     if (mesh is None and args.model == "fc" and getattr(module, "input_proj", None) is None
             and getattr(module, "output_proj", None) is None):
@@ -231,7 +231,7 @@ def _matrix_free_fields(spec) -> dict:
     """What the matrix-free engine knows, per probe input, with what each number is."""
     import numpy as np
 
-    from isometry.tracking import MATRIX_FREE_ESTIMATES
+    from isometry.train._tracking import MATRIX_FREE_ESTIMATES
 
     return dict(top_singular_values=np.asarray(spec.top_singular_values).tolist(),
                 residual_bounds=np.asarray(spec.residual_bounds).tolist(),

@@ -105,7 +105,7 @@ def print_table(doc: dict, stream) -> None:
 def run(args) -> int:
     config = TheoryConfig.from_args(args)
     output_dir(config.out)  # before computing: a path that cannot be written fails at once
-    if config.variant == "rezero":  # residual nets at α > 0: moments (theory_residual)
+    if config.variant == "rezero":  # residual nets at α > 0: moments (isometry.theory)
         from isometry.cli import _theory_rezero
 
         return _theory_rezero.run(config)

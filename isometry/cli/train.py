@@ -171,7 +171,7 @@ def run(args) -> int:
     import jax
 
     from isometry.cli import _zoo
-    from isometry.tracking import RunDirError
+    from isometry.train._tracking import RunDirError
     from isometry.train import RunConfigError, train
 
     if args.x64:

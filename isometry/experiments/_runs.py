@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from isometry.data import ByteCorpus, SyntheticImages, load_cifar10, load_data, permutation_position
-from isometry.tracking import read_metrics
+from isometry.train._tracking import read_metrics
 from isometry.train import CONFIG_FILE, RunConfigError, train
 
 __all__ = ["train_run", "first_crossing", "smooth", "text_corpus", "language_data",

@@ -31,7 +31,7 @@ from flax import nnx
 from matplotlib.patheffects import Normal, Stroke
 
 import models
-from isometry._layerwise import depth_profile, from_stack, layerwise_spectrum_fn
+from isometry.spectrum._layerwise import depth_profile, from_stack, layerwise_spectrum_fn
 from isometry.experiments import fig7
 from isometry.experiments._report import fmt, markdown_table, paper_differences
 from isometry.experiments._runs import FixedTrainingSet, image_data, language_data, train_run

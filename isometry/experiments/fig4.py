@@ -29,11 +29,11 @@ from flax import nnx
 import models
 from isometry import plot
 from isometry._adapters import from_nnx
-from isometry._spectra import VANISHED
-from isometry._spectrum import spectrum_fn
+from isometry.spectrum._protocol import VANISHED
+from isometry.spectrum._function import spectrum_fn
 from isometry.experiments._report import fmt, markdown_table, paper_differences
 from isometry.experiments._runs import image_data, language_data, train_run
-from isometry.tracking import load_spectrum, spectrum_arrays, spectrum_from_arrays
+from isometry.train._tracking import load_spectrum, spectrum_arrays, spectrum_from_arrays
 from isometry.train import TrainConfig
 
 PAPER = {"a": "shallow encoders peak near σ = 1; deep ones have many σ vanishing to machine precision",

@@ -2,7 +2,7 @@
 
 A causal ReZero Transformer (one α per layer, shared by its attention and feed-forward
 sublayers, α = 0 at init) is trained with Adam on enwik8 or a local text; every α is logged
-every `log_every` steps (`isometry.tracking`). Derived numbers: mean |α| over layers at the
+every `log_every` steps (`isometry.train._tracking`). Derived numbers: mean |α| over layers at the
 end against 1/L, and the step at which each layer's |α| peaks.
 
 Paper (§5.3, Figure 8): |α_i| rises fast to a peak (higher layers earlier), then decays; mean

@@ -1,4 +1,4 @@
-"""Figures of a training run's records (`isometry.tracking.read_metrics`): loss curves, the
+"""Figures of a training run's records (`isometry.train._tracking.read_metrics`): loss curves, the
 log10 σ histograms over steps (Figure 4b–d as a heat map), |α| over layers and steps
 (Figure 8), and chi over steps. They take the records (and optionally the run directory's
 saved σ files) and compute no experiment.

@@ -22,7 +22,7 @@ One module per concept:
 | `_prediction` | `predict_spectrum`: mean field plus free probability |
 | `_closed_forms` | Fuss–Catalan, Bernoulli moments, linear residual m₁ (§2, §3) |
 | `_measured` | statistics of measured singular values |
-| `_residual` | residual/ReZero nets at α > 0 (§3; `isometry.theory_residual`) |
+| `_residual` | residual/ReZero nets at α > 0 (§3) |
 
 Example:
     >>> from isometry import theory
@@ -48,6 +48,10 @@ from isometry.theory._mean_field import (MeanField, c_map, c_star, chi_1, critic
 from isometry.theory._measured import MEASURED, mean_and_sem, measured_summary, spectrum_moments
 from isometry.theory._prediction import SpectralPrediction, predict_spectrum
 from isometry.theory._quadrature import gaussian_expectation
+from isometry.theory._residual import (d_moments, density_points, factor_moments,
+                                       free_product_moments, layer_variances, residual_density,
+                                       residual_log_s, residual_m1, residual_moments,
+                                       residual_nvar, scaling_limit_moments, scaling_time)
 
 __all__ = [
     "ACTIVATIONS", "WEIGHTS", "Activation", "ClosedForms", "resolve_activation",
@@ -58,4 +62,7 @@ __all__ = [
     "fuss_catalan_moments", "fuss_catalan_density", "fuss_catalan_edge",
     "fuss_catalan_mean_sigma", "bernoulli_moments", "residual_linear_m1",
     "spectrum_moments", "mean_and_sem", "measured_summary", "MEASURED",
+    "factor_moments", "free_product_moments", "residual_moments", "residual_nvar",
+    "residual_m1", "scaling_limit_moments", "scaling_time", "layer_variances",
+    "d_moments", "residual_log_s", "residual_density", "density_points",
 ]

@@ -49,7 +49,7 @@ cross term E[x φ(Wx+b)] vanishes at large N); ReLU with σ_b² = 0 and linear l
 depend on q.
 
 Example:
-    >>> from isometry import theory_residual as tr
+    >>> from isometry import theory as tr
     >>> tr.residual_moments("relu", depth=16, alpha=0.3, sigma_w2=2.0, k=2).round(4)
     array([ 3.9703, 57.4132])
     >>> tr.scaling_limit_moments(16 * 0.3**2 * 2.0 * 0.5, k=2).round(4)  # α → 0 at equal t

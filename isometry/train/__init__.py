@@ -22,7 +22,7 @@ One module per concern:
   _run_dir      config.json and where a resumed run starts
   _loop         `train`: step, evaluate, record, checkpoint, stop
 
-Run directory (see `isometry.tracking` for metrics.jsonl and spectra/):
+Run directory (see `isometry.train._tracking` for metrics.jsonl and spectra/):
 
   config.json      the run's settings; `resume=True` with different settings raises
                    `RunConfigError` naming the keys that differ.

@@ -27,10 +27,10 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from isometry._numerics import check_setting
-from isometry._sharding import replicate, shard_batch, to_host
+from isometry.parallel._sharding import replicate, shard_batch, to_host
 from isometry._stack import LayerStack
 from isometry.calibrate import batchnorm_calibration, has_batchnorm
-from isometry.tracking import Tracker, is_writer
+from isometry.train._tracking import Tracker, is_writer
 from isometry.train._checkpoint import save_checkpoint
 from isometry.train._config import (CHECKPOINT_FILE, PARAM_LAYOUT, TrainConfig,
                                     TrainingInterrupted)

@@ -16,7 +16,7 @@ import warnings
 from typing import Any
 
 from isometry._io import jsonable, write_json
-from isometry.tracking import METRICS_FILE, read_metrics
+from isometry.train._tracking import METRICS_FILE, read_metrics
 from isometry.train._checkpoint import load_checkpoint
 from isometry.train._config import (CHECKPOINT_FILE, CONFIG_FILE, OLD_LAYOUT, RESUMABLE_CHANGES,
                                     RunConfigError, TrainConfig)

@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from isometry._jacobian import JacobianOperator
+from isometry.linalg._jacobian import JacobianOperator
 
 __all__ = ["Bidiagonalization", "bidiagonalize_runs", "bucket_index", "bucket_sizes",
            "certified_run", "error_bounds", "golub_kahan", "hashed_normal", "stopping_loop",
@@ -424,7 +424,7 @@ def golub_kahan(op: JacobianOperator, v0: Array, num_steps: int, key: Array, *,
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from isometry._jacobian import jacobian_operator
+      >>> from isometry.linalg._jacobian import jacobian_operator
       >>> a = jnp.diag(jnp.arange(1.0, 21.0))
       >>> op = jacobian_operator(lambda x: a @ x, jnp.ones(20))
       >>> bd = golub_kahan(op, jnp.ones(20), 20, jax.random.key(0), k=3, rtol=1e-5)

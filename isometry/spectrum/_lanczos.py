@@ -1,7 +1,7 @@
 """Matrix-free spectra: top singular values, SLQ density and chi, from Golub–Kahan runs.
 
 The runs themselves (bidiagonalization J V = U B, Ritz values, error bounds, the stopping rule)
-are in `isometry._golub_kahan`. From the SVD B = P Σ Qᵀ:
+are in `isometry.linalg._golub_kahan`. From the SVD B = P Σ Qᵀ:
 
 * **Top singular values.** σ_i(B) ≤ σ_i(J) (B is J restricted to span V), and the Ritz
   triplet leaves the residual ‖Jᵀ(U p_i) − σ_i V q_i‖ = |β_m P_{m,i}|, so some singular value
@@ -55,11 +55,11 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from isometry._golub_kahan import (Bidiagonalization, bidiagonalize_runs, certified_run,
+from isometry.linalg._golub_kahan import (Bidiagonalization, bidiagonalize_runs, certified_run,
                                    error_bounds, golub_kahan)
-from isometry._golub_kahan_block import auto_block_size, certified_block_run
-from isometry._jacobian import JacobianOperator, jacobian_operator
-from isometry._lanczos_result import DEFAULT_BANDWIDTH, LanczosSpectrum
+from isometry.linalg._golub_kahan_block import auto_block_size, certified_block_run
+from isometry.linalg._jacobian import JacobianOperator, jacobian_operator
+from isometry.spectrum._lanczos_result import DEFAULT_BANDWIDTH, LanczosSpectrum
 from isometry._numerics import check_setting
 
 __all__ = [

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from isometry._numerics import log10_sigma
-from isometry._spectra import ISOMETRY_BAND, SpectrumStatistics
+from isometry.spectrum._protocol import ISOMETRY_BAND, SpectrumStatistics
 
 __all__ = ["Spectrum"]
 

@@ -2,10 +2,10 @@
 
 Two engines describe the singular values σ_1 ≥ … ≥ σ_k of a Jacobian J (k = min(n_in, n_out)):
 
-* the dense engine knows every σ (`Spectrum`, in `isometry._spectrum_result`);
+* the dense engine knows every σ (`Spectrum`, in `isometry.spectrum._dense`);
 * the matrix-free engine knows a *density* of log10 σ (stochastic Lanczos quadrature: Gauss
   nodes and weights, smoothed by a kernel of `bandwidth` decades), χ, and only the top few σ
-  (`LanczosSpectrum`, in `isometry._lanczos_result`, under `top_singular_values`).
+  (`LanczosSpectrum`, in `isometry.spectrum._lanczos_result`, under `top_singular_values`).
 
 `SpectrumResult` is the interface both implement; `SpectrumStatistics` implements, once, every
 statistic that follows from a result's *measure* — the distribution of log10 σ it stands for:
@@ -14,7 +14,7 @@ Statistics of the whole spectrum therefore never come from a top-k list.
 
 Example:
     >>> import jax.numpy as jnp
-    >>> from isometry._spectrum_result import Spectrum
+    >>> from isometry.spectrum._dense import Spectrum
     >>> spec = Spectrum.from_singular_values(jnp.array([2.0, 1.0, 1e-8]), 3, 3)
     >>> isinstance(spec, SpectrumResult), spec.engine
     (True, 'dense')

@@ -28,7 +28,7 @@ On CPU, simulate devices with `jax.config.update("jax_num_cpu_devices", n)` befo
 backend starts (`simulate_devices`).
 
 CPU runtime: on a mesh of several CPU devices, every batched SVD/eigh of the program is
-computed one matrix at a time (`isometry._cpu_mesh.unbatch_lapack`). jaxlib's CPU LAPACK
+computed one matrix at a time (`isometry.linalg._lapack.unbatch_lapack`). jaxlib's CPU LAPACK
 kernels split a batch into tasks on XLA's intra-op pool (max(#cores, #devices) threads, one
 per running device program) and block until the tasks are done; devices that leave a
 collective together and enter a batched SVD at once used all the pool's threads to wait, so
@@ -49,10 +49,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from isometry._cpu_mesh import unbatch_lapack
-from isometry._jacobian import JacobianTooLargeError, check_floating
-from isometry._spectra import raise_if_nonfinite, raise_if_nonfinite_values
-from isometry._spectrum import spectrum_fn
+from isometry.linalg._lapack import unbatch_lapack
+from isometry.linalg._jacobian import JacobianTooLargeError, check_floating
+from isometry.spectrum._protocol import raise_if_nonfinite, raise_if_nonfinite_values
+from isometry.spectrum._function import spectrum_fn
 
 __all__ = ["DATA_AXIS", "MODEL_AXIS", "batch_mesh", "collective_counts", "device_mesh",
            "parse_mesh", "replicate", "shard_batch",

@@ -55,12 +55,12 @@ import jax
 import numpy as np
 
 from isometry._io import atomic_write, json_text, to_python
-from isometry._lanczos_result import LanczosSpectrum
+from isometry.spectrum._lanczos_result import LanczosSpectrum
 from isometry._numerics import check_setting
 from isometry._params import alpha_values
-from isometry._sharding import sharded_spectrum_fn, to_host
-from isometry._spectrum import spectrum_fn
-from isometry._spectrum_result import Spectrum
+from isometry.parallel._sharding import sharded_spectrum_fn, to_host
+from isometry.spectrum._function import spectrum_fn
+from isometry.spectrum._dense import Spectrum
 
 __all__ = ["Tracker", "RunDirError", "is_writer", "read_metrics", "read_spectrum",
            "load_spectrum", "spectrum_arrays", "spectrum_from_arrays",

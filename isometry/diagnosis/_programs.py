@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isometry._cpu_mesh import lapack_safe
-from isometry._layerwise import layerwise_chi_fn, layerwise_spectrum_fn, state_runs
-from isometry._spectrum import spectrum_fn
+from isometry.linalg._lapack import lapack_safe
+from isometry.spectrum._layerwise import layerwise_chi_fn, layerwise_spectrum_fn, state_runs
+from isometry.spectrum._function import spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY
 
 __all__ = ["module_fns", "cached_jit", "float_grad", "group_norms", "layerwise_fns",

@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 
-from isometry._diagnose_findings import Finding
+from isometry.diagnosis._findings import Finding
 from isometry._io import jsonable
 from isometry.plot.diagnosis import diagnosis_figure
-from isometry._spectrum import Spectrum
+from isometry.spectrum._function import Spectrum
 
 __all__ = ["Diagnosis", "empty_diagnosis"]
 

@@ -37,9 +37,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from isometry._golub_kahan import (BREAKDOWN_ULPS, CHUNK, bucket_index, bucket_sizes,
+from isometry.linalg._golub_kahan import (BREAKDOWN_ULPS, CHUNK, bucket_index, bucket_sizes,
                                    hashed_normal, stopping_loop, sweep_chunks)
-from isometry._jacobian import JacobianOperator
+from isometry.linalg._jacobian import JacobianOperator
 
 __all__ = ["BlockBidiagonalization", "auto_block_size", "block_golub_kahan",
            "certified_block_run", "product_intensity"]
@@ -306,7 +306,7 @@ def block_golub_kahan(op: JacobianOperator, v0: Array, num_steps: int, key: Arra
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from isometry._jacobian import jacobian_operator
+      >>> from isometry.linalg._jacobian import jacobian_operator
       >>> a = jnp.diag(jnp.arange(1.0, 21.0))
       >>> op = jacobian_operator(lambda x: a @ x, jnp.ones(20))
       >>> v0 = jax.random.normal(jax.random.key(0), (4, 20))

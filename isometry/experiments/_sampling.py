@@ -24,7 +24,7 @@ from flax import nnx
 
 import models
 from isometry._adapters import from_nnx
-from isometry._spectrum import spectrum_fn
+from isometry.spectrum._function import spectrum_fn
 
 __all__ = ["probe_input", "sample_singular_values"]
 

@@ -68,21 +68,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isometry import theory, theory_residual
-from isometry._diagnose_findings import (FINDING_CODES, Finding, alpha_findings,
+from isometry import theory
+from isometry.diagnosis._findings import (FINDING_CODES, Finding, alpha_findings,
                                          attention_finding, gradient_spread_finding,
                                          nonfinite_finding, phase_finding, rank_collapse_finding,
                                          resolution_finding, sort_findings)
-from isometry._diagnose_fns import (cached_jit, dense_spectrum_fn, float_grad,
+from isometry.diagnosis._programs import (cached_jit, dense_spectrum_fn, float_grad,
                                     group_norms, last_state_fn, layerwise_fns, module_fns)
-from isometry._diagnose_measures import (attention_gap, growth_rate, phase_of, resolution_share,
+from isometry.diagnosis._measures import (attention_gap, growth_rate, phase_of, resolution_share,
                                          token_statistics)
-from isometry._diagnose_result import Diagnosis, empty_diagnosis
-from isometry._jacobian import JacobianTooLargeError, output_shape
-from isometry._layerwise import depth_profile, state_runs
+from isometry.diagnosis._result import Diagnosis, empty_diagnosis
+from isometry.linalg._jacobian import JacobianTooLargeError, output_shape
+from isometry.spectrum._layerwise import depth_profile, state_runs
 from isometry._numerics import check_setting
 from isometry._params import alpha_values
-from isometry._spectrum import Spectrum
+from isometry.spectrum._function import Spectrum
 from isometry._stack import LayerStack
 
 __all__ = ["Diagnosis", "Finding", "diagnose", "token_statistics", "attention_gap",
@@ -97,7 +97,7 @@ def mean_field_theory(spec: dict, n_layers: int) -> dict:
     out = dict(activation=activation, sigma_w2=sw2, sigma_b2=sb2)
     if spec.get("alpha") is not None:
         alpha, depth, q0 = float(spec["alpha"]), max(n_layers, 1), float(spec.get("q0", 1.0))
-        m1 = theory_residual.residual_m1(activation, depth, alpha, sw2, sb2, q0=q0)
+        m1 = theory.residual_m1(activation, depth, alpha, sw2, sb2, q0=q0)
         g = math.log(m1) / depth
         out.update(alpha=alpha, chi_1=math.exp(g))
     else:
@@ -106,7 +106,7 @@ def mean_field_theory(spec: dict, n_layers: int) -> dict:
     out.update(growth_rate=g, depth_scale=1 / abs(g) if g else math.inf,
                phase=phase_of(g, 0.0, n_layers) if n_layers else "")
     if spec.get("alpha") is not None:
-        out.update(nvar=theory_residual.residual_nvar(activation, depth, alpha, sw2, sb2, q0=q0),
+        out.update(nvar=theory.residual_nvar(activation, depth, alpha, sw2, sb2, q0=q0),
                    critical_sigma_w2=math.nan, density=_residual_density(out, depth, q0))
         return out
     try:
@@ -119,7 +119,7 @@ def mean_field_theory(spec: dict, n_layers: int) -> dict:
 def _residual_density(spec: dict, depth: int, q0: float) -> dict | None:
     """The predicted density of log10 σ of a ReZero FC net (None where it cannot be had)."""
     try:
-        return theory_residual.density_points(theory_residual.residual_density(
+        return theory.density_points(theory.residual_density(
             spec["activation"], depth, spec["alpha"], spec["sigma_w2"], spec["sigma_b2"], q0=q0))
     except (FloatingPointError, ValueError):
         return None
@@ -244,7 +244,7 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
         `(params, x0) -> (L, …, T, T)` for a pure function with layers (`isometry.from_stack`).
       loss_fn: `y -> scalar` for the gradients (default ½·mean (y − t)², t fixed N(0, 1)).
       mean_field: {"activation", "sigma_w2", "sigma_b2"} of a plain FC net (adds the mean-field
-        χ₁, ξ, critical σ_w²); with "alpha" (and "q0") of a ReZero FC net (`theory_residual`).
+        χ₁, ξ, critical σ_w²); with "alpha" (and "q0") of a ReZero FC net (`theory`).
       tokens: treat each x_l (T, d) as a token sequence (default: when x_l is 2-D).
       burn_in: layers skipped at the bottom of the growth-rate fit.
       num_probes, memory_budget: Hutchinson probes of χ_l when the dense Jacobians exceed the

@@ -2,7 +2,7 @@
 
 `spectrum_fn` builds a `SpectrumFunction`: a pure, jitted `(params, x[, key])` that returns a
 dense `Spectrum` (the Jacobian and its SVD) or, matrix-free, a `LanczosSpectrum`
-(`isometry._lanczos`); both implement `isometry.SpectrumResult`. `jacobian_spectrum` does the
+(`isometry.spectrum._lanczos`); both implement `isometry.SpectrumResult`. `jacobian_spectrum` does the
 same for a plain function `x -> y`.
 
 Precision: a deep network's small singular values sit far below float32 resolution
@@ -22,15 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isometry._cpu_mesh import lapack_safe
-from isometry._jacobian import (DEFAULT_MEMORY_BUDGET, JacobianTooLargeError, describe_shapes,
+from isometry.linalg._lapack import lapack_safe
+from isometry.linalg._jacobian import (DEFAULT_MEMORY_BUDGET, JacobianTooLargeError, describe_shapes,
                                 batch_size, check_floating, check_program_fits, dense_jacobian,
                                 flat_sizes, resolve_mode)
-from isometry._lanczos import lanczos_spectrum
+from isometry.spectrum._lanczos import lanczos_spectrum
 from isometry._numerics import check_setting
-from isometry._spectra import (ISOMETRY_BAND, PRECISION_STATISTICS, SUMMARY_STATISTICS,
+from isometry.spectrum._protocol import (ISOMETRY_BAND, PRECISION_STATISTICS, SUMMARY_STATISTICS,
                                raise_if_nonfinite, raise_if_nonfinite_values, summarize)
-from isometry._spectrum_result import Spectrum
+from isometry.spectrum._dense import Spectrum
 
 __all__ = ["Spectrum", "ISOMETRY_BAND", "spectrum_fn", "SpectrumFunction", "jacobian_spectrum",
            "METHODS", "SUMMARY_STATISTICS", "PRECISION_STATISTICS", "summarize"]

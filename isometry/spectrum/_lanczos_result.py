@@ -25,7 +25,7 @@ from jax.scipy.special import ndtr
 from scipy.special import ndtr as np_ndtr
 
 from isometry._numerics import log10_sigma
-from isometry._spectra import ISOMETRY_BAND, VANISHED, SpectrumStatistics
+from isometry.spectrum._protocol import ISOMETRY_BAND, VANISHED, SpectrumStatistics
 
 __all__ = ["LanczosSpectrum", "DEFAULT_BANDWIDTH"]
 

@@ -29,8 +29,8 @@ import os
 import numpy as np
 from flax import nnx
 
-from isometry._diagnose import diagnose
-from isometry._diagnose_result import Diagnosis
+from isometry.diagnosis._diagnose import diagnose
+from isometry.diagnosis._result import Diagnosis
 from isometry._io import jsonable
 from isometry.plot.diagnosis import run_diagnosis_figure
 from isometry.train import (CHECKPOINT_FILE, CONFIG_FILE, PARAM_LAYOUT, RunConfigError,

@@ -29,11 +29,11 @@ import numpy as np
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from isometry._cpu_mesh import lapack_safe
-from isometry._jacobian import JacobianTooLargeError, check_floating, dense_jacobian, flat_sizes
+from isometry.linalg._lapack import lapack_safe
+from isometry.linalg._jacobian import JacobianTooLargeError, check_floating, dense_jacobian, flat_sizes
 from isometry._numerics import check_setting, log10_sigma, tiny
-from isometry._spectra import raise_if_nonfinite
-from isometry._spectrum import DEFAULT_MEMORY_BUDGET, Spectrum, check_dense_fits, svd_spectrum
+from isometry.spectrum._protocol import raise_if_nonfinite
+from isometry.spectrum._function import DEFAULT_MEMORY_BUDGET, Spectrum, check_dense_fits, svd_spectrum
 from isometry._stack import LayerStack
 
 __all__ = ["from_stack", "layerwise_chi_fn", "layerwise_spectrum_fn", "depth_profile", "state_runs"]

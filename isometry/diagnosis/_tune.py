@@ -50,9 +50,9 @@ from flax import nnx
 from scipy import optimize
 
 from isometry import theory
-from isometry._diagnose_fns import cached_jit, module_fns
+from isometry.diagnosis._programs import cached_jit, module_fns
 from isometry._numerics import check_setting
-from isometry._spectrum import ISOMETRY_BAND, Spectrum, spectrum_fn
+from isometry.spectrum._function import ISOMETRY_BAND, Spectrum, spectrum_fn
 from isometry._stack import LayerStack
 
 __all__ = ["TuneResult", "tune_init", "Evaluator", "objective"]
