@@ -43,7 +43,7 @@ _NAMES = {
     "SpectrumFunction": "isometry.spectrum._function",
     "SpectrumResult": "isometry.spectrum._protocol",
     "LanczosSpectrum": "isometry.spectrum._lanczos",
-    "TopSingularValues": "isometry.spectrum._lanczos",
+    "TopSingularValues": "isometry.spectrum._lanczos_result",
     "hutchinson_chi": "isometry.spectrum._lanczos",
     "lanczos_spectrum": "isometry.spectrum._lanczos",
     "top_singular_values": "isometry.spectrum._lanczos",

@@ -47,7 +47,6 @@ stochastic Lanczos quadrature" (2017); Hutchinson (1989).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable
 
@@ -59,7 +58,7 @@ from isometry.linalg._golub_kahan import (Bidiagonalization, bidiagonalize_runs,
                                    error_bounds, golub_kahan)
 from isometry.linalg._golub_kahan_block import auto_block_size, certified_block_run
 from isometry.linalg._jacobian import JacobianOperator, jacobian_operator
-from isometry.spectrum._lanczos_result import DEFAULT_BANDWIDTH, LanczosSpectrum
+from isometry.spectrum._lanczos_result import DEFAULT_BANDWIDTH, LanczosSpectrum, TopSingularValues
 from isometry._numerics import check_setting
 
 __all__ = [
@@ -83,36 +82,6 @@ DEFAULT_RTOL = 1e-6
 DEFAULT_NUM_STEPS = 64
 DEFAULT_NUM_PROBES = 8
 DEFAULT_CHI_PROBES = 64
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class TopSingularValues:
-    """The largest singular values of J from `top_singular_values`, with their certificates.
-
-    Leading batch axes are kept (under `vmap`).
-
-    Attributes:
-      singular_values: θ_1 ≥ … ≥ θ_k, Ritz values: lower bounds on σ_1..σ_k, (..., k).
-      error_bounds: σ_i − θ_i ≤ error_bounds_i (`error_bounds`: residual, gap and cluster
-        bounds; round-off of the products, ≈ eps · σ_1, not included), (..., k).
-      residual_bounds: the plain residuals |β_s P_{s,i}| (a singular value of J lies within
-        each of θ_i), (..., k).
-      converged: whether every error bound is ≤ rtol · θ_i, (...).
-      steps: vectors of each Krylov basis: Golub–Kahan steps × block size, the products
-        with J (and as many with Jᵀ), (...).
-    """
-
-    singular_values: Array
-    error_bounds: Array
-    residual_bounds: Array
-    converged: Array
-    steps: Array
-
-    @property
-    def relative_error_bounds(self) -> Array:
-        """error_bounds / singular_values."""
-        return self.error_bounds / self.singular_values
 
 
 def top_singular_values(fn: Callable, x: Any, k: int = DEFAULT_K, rtol: float = DEFAULT_RTOL, *,

@@ -27,7 +27,7 @@ from scipy.special import ndtr as np_ndtr
 from isometry._numerics import log10_sigma
 from isometry.spectrum._protocol import ISOMETRY_BAND, VANISHED, SpectrumStatistics
 
-__all__ = ["LanczosSpectrum", "DEFAULT_BANDWIDTH"]
+__all__ = ["LanczosSpectrum", "TopSingularValues", "DEFAULT_BANDWIDTH"]
 
 Array = Any
 
@@ -219,3 +219,33 @@ class LanczosSpectrum(SpectrumStatistics):
     def summary(self) -> dict[str, Any]:
         """The statistics as plain Python floats (lists for a batch): the keys of `Spectrum`."""
         return super().summary()
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TopSingularValues:
+    """The largest singular values of J from `top_singular_values`, with their certificates.
+
+    Leading batch axes are kept (under `vmap`).
+
+    Attributes:
+      singular_values: θ_1 ≥ … ≥ θ_k, Ritz values: lower bounds on σ_1..σ_k, (..., k).
+      error_bounds: σ_i − θ_i ≤ error_bounds_i (`error_bounds`: residual, gap and cluster
+        bounds; round-off of the products, ≈ eps · σ_1, not included), (..., k).
+      residual_bounds: the plain residuals |β_s P_{s,i}| (a singular value of J lies within
+        each of θ_i), (..., k).
+      converged: whether every error bound is ≤ rtol · θ_i, (...).
+      steps: vectors of each Krylov basis: Golub–Kahan steps × block size, the products
+        with J (and as many with Jᵀ), (...).
+    """
+
+    singular_values: Array
+    error_bounds: Array
+    residual_bounds: Array
+    converged: Array
+    steps: Array
+
+    @property
+    def relative_error_bounds(self) -> Array:
+        """error_bounds / singular_values."""
+        return self.error_bounds / self.singular_values
