@@ -70,8 +70,8 @@ def matrix_free(apply_fn, params, x, options):
     return seconds, spec, dict(
         seconds=seconds, options=options,
         top10=np.asarray(spec.top_singular_values).tolist(),
-        top10_residual_bounds=np.asarray(spec.residual_bounds).tolist(),
-        top10_certified_to_1e_3=bool(np.all(np.asarray(spec.converged(1e-3)))),
+        top10_residual_bounds=np.asarray(spec.error_bounds).tolist(),  # the key older results use
+        top10_certified_to_1e_3=bool(np.all(np.asarray(spec.relative_error_bounds) <= 1e-3)),
         chi=float(spec.chi), chi_stderr=float(spec.chi_stderr),
         mean_log=float(spec.mean_log), std_log=float(spec.std_log),
         sigma_min_estimate=float(spec.sigma_min))
@@ -163,7 +163,7 @@ def part_a(args):
     else:
         out["dense"] = dense_pieces(apply_fn, params, x, args.dense_chunk, args.svd_n)
         out["top10_max_rel_err_bound"] = float(np.max(
-            np.asarray(spec.residual_bounds) / np.asarray(spec.top_singular_values)))
+            np.asarray(spec.relative_error_bounds)))
     out["speedup"] = out["dense"]["seconds"] / seconds
     out["peak_rss_gib"] = peak_rss_gib()
     return out

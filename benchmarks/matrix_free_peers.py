@@ -145,8 +145,7 @@ def top_k_methods(apply_fn, params, x, ref, repeats: int) -> dict:
 
     import isometry as iso
     from isometry.linalg._jacobian import jacobian_operator
-    from isometry.linalg._golub_kahan_block import auto_block_size
-    from isometry.spectrum._lanczos import golub_kahan
+    from isometry.spectrum._lanczos import auto_block_size, golub_kahan
     from _timing import interleaved_medians
 
     n = x.size

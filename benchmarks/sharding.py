@@ -78,9 +78,9 @@ def main(argv=None) -> int:
             sfn = iso.sharded_spectrum_fn(apply_fn, method, mesh=mesh, **options)
             call_args, static = sfn.arguments(params, xs, key)
             hlo[n] = iso.collective_counts(
-                sfn.jitted.lower(*call_args, **static).compile().as_text())
+                sfn.program.lower(*call_args, **static).compile().as_text())
             calls[n] = (lambda s=sfn, a=call_args, st=static:
-                        jax.block_until_ready(s.jitted(*a, **st)))
+                        jax.block_until_ready(s.program(*a, **st)))
         times = interleaved_medians({str(n): calls[n] for n in counts}, args.repeats)
         entry = {"seconds": times, "collectives": {str(n): hlo[n] for n in counts}}
         if 1 in counts and counts[-1] > 1:
@@ -115,7 +115,7 @@ def jit_vmap_collectives(apply_fn, params, xs, key, options, n) -> dict:
 
     mesh = iso.device_mesh(devices=jax.devices()[:n])
     one = iso.spectrum_fn(apply_fn, "lanczos", **options)
-    naive = jax.jit(jax.vmap(one.jitted, in_axes=(None, 0, 0)))
+    naive = jax.jit(jax.vmap(one.program, in_axes=(None, 0, 0)))
     batch = NamedSharding(mesh, P("data"))
     return iso.collective_counts(naive.lower(
         jax.device_put(params, NamedSharding(mesh, P())), jax.device_put(xs, batch),

@@ -11,10 +11,9 @@ matplotlib; each public name below is imported from its module the first time it
 the package starts fast. `dir(isometry)` and `__all__` list every public name.
 
 Threads: σ comes from LAPACK's SVD (OpenBLAS, through jax and scipy), whose default threading
-thrashes on the small matrices of per-input spectra: on a 2-core machine, 8 SVDs of 256x256
-took 0.02 s with one thread and 0.7-7.8 s with OpenBLAS's default. Importing isometry sets
-OPENBLAS_NUM_THREADS=1 unless it is already set (it acts only if no LAPACK routine ran before
-this import); set it yourself to override.
+thrashes on the small matrices of per-input spectra (many times slower than one thread).
+Importing isometry sets OPENBLAS_NUM_THREADS=1 unless it is already set (it acts only if no
+LAPACK routine ran before this import); set it yourself to override.
 """
 
 import importlib
@@ -36,12 +35,20 @@ _NAMES = {
     "alpha_mask": "isometry._params",
     "alpha_values": "isometry._params",
     "ISOMETRY_BAND": "isometry.spectrum._function",
-    "METHODS": "isometry.spectrum._function",
+    "METHODS": "isometry.spectrum._engine",
     "Spectrum": "isometry.spectrum._function",
     "jacobian_spectrum": "isometry.spectrum._function",
     "spectrum_fn": "isometry.spectrum._function",
     "SpectrumFunction": "isometry.spectrum._function",
     "SpectrumResult": "isometry.spectrum._protocol",
+    "Auto": "isometry.spectrum._engine",
+    "Dense": "isometry.spectrum._engine",
+    "Lanczos": "isometry.spectrum._engine",
+    "auto": "isometry.spectrum._engine",
+    "dense": "isometry.spectrum._engine",
+    "engine_of": "isometry.spectrum._engine",
+    "lanczos": "isometry.spectrum._engine",
+    "DEFAULT_MEMORY_BUDGET": "isometry.linalg._memory",
     "LanczosSpectrum": "isometry.spectrum._lanczos",
     "TopSingularValues": "isometry.spectrum._lanczos_result",
     "hutchinson_chi": "isometry.spectrum._lanczos",
@@ -85,7 +92,7 @@ __all__ = sorted([*_NAMES, *_SUBMODULES])
 def __getattr__(name: str):
     """Imports a public name's module on first use (PEP 562) and caches the value here.
 
-    Any other submodule is found the same way (`iso.plot`, as the eager facade once gave).
+    Any other submodule is found the same way (`iso.plot`).
     """
     if name.startswith("__"):
         raise AttributeError(f"module 'isometry' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import flax
 from flax import nnx
 from flax.errors import TraceContextError
 
-__all__ = ["from_nnx", "from_linen"]
+__all__ = ["from_nnx", "from_linen", "graph_fn"]
 
 
 def from_nnx(module: nnx.Module) -> tuple[Callable, Any]:
@@ -38,17 +38,40 @@ def from_nnx(module: nnx.Module) -> tuple[Callable, Any]:
                         f"Linen module use iso.from_linen(module, variables), for a plain "
                         f"function x -> y pass it to iso.jacobian_spectrum directly")
     graphdef, state = nnx.split(module)
+    return graph_fn(graphdef), state
 
-    def apply_fn(params, x):
+
+def graph_fn(graphdef, method: str | None = None, *, with_state=None) -> Callable:
+    """The pure function of an NNX graph: `fn(params, *args) = nnx.merge(graphdef, params)(*args)`,
+    or the module's `method` (e.g. "embed", "states", "stack") when given.
+
+    This is the one place the library turns an `nnx.split` graph back into a function of its
+    state (`from_nnx`, `from_stack`, the diagnosis' and the tracker's programs, BatchNorm
+    calibration): each call merges a fresh module, so the module `nnx.split` came from is
+    never mutated. With `with_state` (an nnx filter, e.g. `nnx.BatchStat`) `fn` returns
+    `(output, nnx.state(module, with_state))`, the variables the call left in the module.
+    A call that updates the module's own state under a JAX transform (BatchNorm statistics
+    or Dropout in training mode, inside a Jacobian) raises ValueError: call `module.eval()`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> graphdef, params = nnx.split(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+      >>> graph_fn(graphdef)(params, jnp.ones(3)).shape
+      (2,)
+    """
+
+    def fn(params, *args):
+        module = nnx.merge(graphdef, params)
         try:
-            return nnx.merge(graphdef, params)(x)
+            out = (module if method is None else getattr(module, method))(*args)
         except TraceContextError:
             raise ValueError(
                 f"the {type(module).__name__} updates its own state when called (BatchNorm "
                 f"statistics or Dropout in training mode), which a Jacobian cannot trace: call "
-                f"module.eval() before iso.from_nnx(module)") from None
+                f"module.eval() first (before iso.from_nnx(module))") from None
+        return out if with_state is None else (out, nnx.state(module, with_state))
 
-    return apply_fn, state
+    return fn
 
 
 def from_linen(module, variables: Any, **apply_kwargs) -> tuple[Callable, Any]:

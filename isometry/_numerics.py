@@ -4,12 +4,20 @@
 log10 of the dtype's smallest normal number instead of -inf, so histograms and summaries of
 log10 σ never see -inf or NaN.
 
+`resolution_of` and `numerically_zero` are the one definition of "below resolution": a σ of a
+Jacobian with n_in inputs and n_out outputs below σ_max · ε · max(n_in, n_out) (numpy's
+`matrix_rank` tolerance) is round-off of the SVD or of the products, indistinguishable from 0.
+Every spectrum result counts such σ as zero (`zero_share`), and `diagnose` reports their share.
+
 Examples:
     >>> import numpy as np
     >>> log10_sigma(np.array([1.0, 100.0]))
     array([0., 2.])
     >>> float(log10_sigma(np.array([0.0]))[0]) == float(np.log10(np.finfo(np.float64).tiny))
     True
+    >>> floor = resolution_of(np.float64(2.0), 4, 4)
+    >>> numerically_zero(np.array([1.0, 1e-17, 0.0]), floor).tolist()
+    [False, True, True]
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_setting", "log10_sigma", "tiny"]
+__all__ = ["check_setting", "log10_sigma", "tiny", "resolution_of", "numerically_zero"]
 
 
 def tiny(x) -> float:
@@ -33,6 +41,19 @@ def log10_sigma(s):
         return jnp.log10(jnp.maximum(s, jnp.finfo(s.dtype).tiny))
     s = np.asarray(s)
     return np.log10(np.clip(s, tiny(s), None))
+
+
+def resolution_of(sigma_max, n_in: int, n_out: int, dtype=None):
+    """σ_max · ε · max(n_in, n_out), ε of `dtype` (default: σ_max's): the smallest σ an SVD (or
+    the products of the matrix-free engine) in that dtype resolves; numpy or JAX like σ_max."""
+    eps = float(jnp.finfo(sigma_max.dtype if dtype is None else dtype).eps)
+    return sigma_max * eps * max(n_in, n_out)
+
+
+def numerically_zero(s, floor):
+    """Which σ count as zero: below `floor` (a `resolution_of`, broadcast against s), or 0 when
+    the floor is 0 (every σ vanished). Numpy or JAX, like `s`."""
+    return (s < floor) | (s == 0)
 
 
 def check_setting(name: str, value, *, low=None, high=None, low_open: bool = False,

@@ -19,7 +19,7 @@ import numpy as np
 
 from isometry._stack import LAYER_AXIS_KEY
 
-__all__ = ["alpha_values", "alpha_mask", "is_alpha_path"]
+__all__ = ["alpha_values", "alpha_mask", "is_alpha_path", "path_names"]
 
 ALPHA_NAME = "alpha"
 
@@ -31,9 +31,24 @@ def _key_name(k) -> str:
     return str(k)
 
 
+def path_names(path) -> list[str]:
+    """The key names on a pytree path, as strings, without nnx's `value` keys: the one reader
+    of parameter paths (α, per-layer gradient norms, per-name learning rates).
+
+    Dict keys, attribute names and sequence indices all give their name:
+
+      >>> import jax
+      >>> from flax import nnx
+      >>> state = nnx.state(nnx.Sequential(nnx.Linear(1, 1, rngs=nnx.Rngs(0))))
+      >>> [path_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]
+      [['layers', '0', 'bias'], ['layers', '0', 'kernel']]
+    """
+    return [name for name in map(_key_name, path) if name != "value"]
+
+
 def is_alpha_path(path) -> bool:
     """True when one of the keys on a pytree path is named `alpha`."""
-    return any(_key_name(k) == ALPHA_NAME for k in path)
+    return ALPHA_NAME in path_names(path)
 
 
 def alpha_mask(params: Any) -> Any:
@@ -71,7 +86,7 @@ def alpha_values(params: Any) -> dict[str, np.ndarray]:
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         if not is_alpha_path(path):
             continue
-        names = [_key_name(k) for k in path if _key_name(k) != "value"]
+        names = path_names(path)
         value = np.asarray(leaf)
         if LAYER_AXIS_KEY not in names:
             out["/".join(names)] = value

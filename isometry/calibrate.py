@@ -21,6 +21,8 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
+from isometry._adapters import graph_fn
+
 __all__ = ["batchnorm_calibration", "calibrate_batchnorm", "has_batchnorm"]
 
 
@@ -62,12 +64,10 @@ def batchnorm_calibration(model: nnx.Module, x: Any) -> Callable[[Any], Any]:
     for bn in _batchnorms(probe):
         bn.use_running_average = False
         bn.momentum = 0.0
-    graphdef = nnx.graphdef(probe)
+    train_pass = graph_fn(nnx.graphdef(probe), with_state=nnx.BatchStat)
 
     def calibrated(state):
-        module = nnx.merge(graphdef, jax.tree_util.tree_map(lambda a: a, state))  # no aliasing
-        module(x)
-        stats = nnx.state(module, nnx.BatchStat)
+        _, stats = train_pass(jax.tree_util.tree_map(lambda a: a, state), x)  # no aliasing
         return nnx.merge_state(state, stats)
 
     return calibrated

@@ -274,6 +274,12 @@ class Layers(nnx.Module):
         return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
 
     def _scan(self, x, args: tuple, kwargs: dict, keep_states: bool):
+        # A hand-written `jax.lax.scan` over nnx.split/merge, not `nnx.scan`: with flax's
+        # default graph mode, `jax.jvp`/`jax.linearize` through `nnx.scan` fails ("Cannot
+        # extract graph node from different trace level"), and every engine pushes tangents
+        # through this scan. Splitting the graph once outside the JAX transform and merging
+        # each layer's slice inside the body works under any outer trace and keeps the
+        # program one scan, whatever the depth.
         graphdef, state = nnx.split(self.stacked)
         before, treedef = jax.tree.flatten(state)
         changed: list[int] = []

@@ -141,6 +141,41 @@ class FrozenAlpha(nnx.Variable):
     """A residual weight α that the optimizer does not train (`train_alpha=False`)."""
 
 
+#: flax's LayerNorm epsilon, for the variants without a norm (their LayerNorm is not used).
+FC_NORM_EPSILON = 1e-6
+#: Fully connected variants as data, x ↦ post(r · x + a · φ(W pre(x) + b)) per block, with
+#: pre/post a LayerNorm or the identity: (r, pre, post); a = α for rezero, else 1.
+FC_VARIANT_FLAGS = {"plain": (0, False, False), "residual": (1, False, False),
+                    "norm": (0, False, True), "prenorm": (1, True, False),
+                    "postnorm": (1, False, True), "rezero": (1, False, False)}
+
+
+def fc_block(x, branch, norm, flags: tuple, alpha=None):
+    """One block, x ↦ post(r · x + α · F(pre(x))), F = `branch`, pre/post `norm` or the
+    identity, `flags` = (r, pre, post) of `FC_VARIANT_FLAGS` (α None: 1) — the one definition
+    behind `Block` and `fc_blocks_apply_fn`.
+
+    Python flags (one variant, `Block`) trace only that variant's operations, so
+    `plain` is F(x) and `rezero` x + α F(x); array flags (`fc_blocks_as_data`) compute
+    both sides of each choice and `where` picks one (the Jacobian of the unused side never
+    enters), one program for every variant.
+    """
+    residual, pre, post = flags
+
+    def maybe_norm(flag, h):
+        if isinstance(flag, bool):
+            return norm(h) if flag else h
+        return jnp.where(flag, norm(h), h)
+
+    y = branch(maybe_norm(pre, x))
+    y = y if alpha is None else alpha * y
+    if isinstance(residual, int):
+        y = x + y if residual else y
+    else:
+        y = residual * x + y
+    return maybe_norm(post, y)
+
+
 class Block(nnx.Module):
     """One layer x_i ↦ x_{i+1} of a fully connected net (see the module docstring).
 
@@ -172,20 +207,8 @@ class Block(nnx.Module):
         return self.phi(self.linear(x))
 
     def __call__(self, x):
-        F = self.branch
-        match self.variant:
-            case "plain":
-                return F(x)
-            case "residual":
-                return x + F(x)
-            case "norm":
-                return self.norm(F(x))
-            case "prenorm":
-                return x + F(self.norm(x))
-            case "postnorm":
-                return self.norm(x + F(x))
-            case "rezero":
-                return x + self.alpha * F(x)
+        return fc_block(x, self.branch, getattr(self, "norm", None),
+                        FC_VARIANT_FLAGS[self.variant], getattr(self, "alpha", None))
 
 
 class FullyConnected(Stack):
@@ -265,15 +288,6 @@ class FullyConnected(Stack):
         return x if self.output_proj is None else self.output_proj(x)
 
 
-#: flax's LayerNorm epsilon, for the variants without a norm (their LayerNorm is not used).
-FC_NORM_EPSILON = 1e-6
-#: Fully connected variants as data, x ↦ post(r · x + a · φ(W pre(x) + b)) per block, with
-#: pre/post a LayerNorm or the identity: (r, pre, post); a = α for rezero, else 1.
-FC_VARIANT_FLAGS = {"plain": (0, False, False), "residual": (1, False, False),
-                    "norm": (0, False, True), "prenorm": (1, True, False),
-                    "postnorm": (1, False, True), "rezero": (1, False, False)}
-
-
 def fc_blocks_as_data(module: "FullyConnected") -> dict:
     """The blocks of a `models.FullyConnected` as arrays with a leading depth axis: weights,
     biases, α (1 unless rezero), LayerNorm scale and bias (1 and 0 without a norm), and the
@@ -293,10 +307,9 @@ def fc_blocks_as_data(module: "FullyConnected") -> dict:
 
 def fc_blocks_apply_fn(activation_name: str, eps: float = 1e-6):
     """`(data, x) -> y` of the blocks of a fully connected net from `fc_blocks_as_data`: one
-    scan over the blocks, `eps` the LayerNorm's epsilon, the variant chosen by the flags (both
-    LayerNorm branches are computed and `where` picks one: the Jacobian of the unused one
-    never enters). It mirrors `Block.__call__` (a test holds them equal for every variant), so
-    that `isometry spectrum` compiles one program for all variants of one shape."""
+    scan over the blocks, `eps` the LayerNorm's epsilon, each block `fc_block` (as `Block`'s)
+    with the variant's flags as arrays, so that `isometry spectrum` compiles one program for
+    all variants of one shape (a test holds it equal to the modules for every variant)."""
     phi = activation(activation_name)
 
     def layer_norm(h, p):  # flax's LayerNorm (fast variance), scale and bias per feature
@@ -305,9 +318,9 @@ def fc_blocks_apply_fn(activation_name: str, eps: float = 1e-6):
         return (h - mean) * (jax.lax.rsqrt(var + eps) * p["scale"]) + p["norm_bias"]
 
     def block(h, p):
-        inner = jnp.where(p["pre"], layer_norm(h, p), h)
-        y = p["residual"] * h + p["alpha"] * phi(inner @ p["kernel"] + p["bias"])
-        return jnp.where(p["post"], layer_norm(y, p), y), None
+        return fc_block(h, lambda z: phi(z @ p["kernel"] + p["bias"]),
+                        lambda z: layer_norm(z, p), (p["residual"], p["pre"], p["post"]),
+                        p["alpha"]), None
 
     def apply(data, x):
         return jax.lax.scan(block, x, data)[0]

@@ -1,4 +1,7 @@
-"""Constructions with known spectra, shared by the tests."""
+"""Constructions with known spectra, and waits on a running process, shared by the tests."""
+
+import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -57,3 +60,32 @@ def count_traces(fn):
 
     wrapper.traces = 0
     return wrapper
+
+
+def wait_until(ready, proc=None, *, what: str = "the awaited state", timeout: float = 900.0,
+               poll: float = 0.005) -> None:
+    """Polls `ready()` until it is true: a wait on a state the test can observe (a record in
+    metrics.jsonl, a checkpoint on disk), not on a clock. Fails, with the end of the process's
+    stderr, if `proc` ends before that state is reached. `timeout` is only a safety net against
+    a hung process (far above any expected run time), never a deadline the test relies on."""
+    end = time.monotonic() + timeout
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr is not None else ""
+            err = err.decode(errors="replace") if isinstance(err, bytes) else err
+            raise AssertionError(f"the process ended (exit code {proc.returncode}) before "
+                                 f"{what}:\n{err[-3000:]}")
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached within {timeout:.0f} s (hung?)")
+        time.sleep(poll)
+
+
+def last_step(metrics_path) -> int | None:
+    """The step of the last complete record of a metrics.jsonl (None: no complete record)."""
+    try:
+        with open(metrics_path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    complete = data[: data.rfind(b"\n") + 1].splitlines()
+    return json.loads(complete[-1])["step"] if complete else None

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 import isometry as iso
+import isometry.train
 import models
 from isometry.spectrum._layerwise import state_runs
 
@@ -45,8 +46,9 @@ def _spectra(out: dict) -> None:
     apply_fn, params = iso.from_nnx(_fc("plain"))
     fn = lambda v: apply_fn(params, v)  # noqa: E731
     lz = iso.lanczos_spectrum(fn, x, jax.random.PRNGKey(3), k=3, num_probes=4, num_steps=8)
-    for name in ("top_singular_values", "residual_bounds", "nodes", "weights", "chi", "chi_stderr"):
+    for name in ("top_singular_values", "nodes", "weights", "chi", "chi_stderr"):
         out[f"lanczos/{name}"] = getattr(lz, name)
+    out["lanczos/residual_bounds"] = lz.error_bounds  # saved under the name it had then
     top = iso.top_singular_values(fn, x, k=3, key=jax.random.PRNGKey(5))
     out["top/values"] = top.singular_values
     out["top/error_bounds"] = top.error_bounds
@@ -105,7 +107,7 @@ def _training(out: dict) -> None:
         train(model, data, config, run_dir=run_dir, log_every=1, probes=2, track_every=3,
               progress=False, stall_timeout=None)
         records = iso.read_metrics(run_dir)
-        sv = [iso.tracking.read_spectrum(run_dir, r) for r in records if "spectrum_file" in r]
+        sv = [isometry.train.read_spectrum(run_dir, r) for r in records if "spectrum_file" in r]
     out["train/losses"] = [r["loss"] for r in records if "loss" in r]
     out["train/chi"] = [r["spectrum"]["chi"] for r in records if "spectrum" in r]
     out["train/sv"] = np.stack(sv)

@@ -178,7 +178,7 @@ def test_rezero_sigma_panel_overlays_the_predicted_density():
     np.testing.assert_array_equal(d.theory["density"]["density"], want["density"])
     labels = [line.get_label() for line in d.figure().axes[1].get_lines()]
     assert "theory (residual net, bulk)" in labels
-    json.dumps(d.to_json(), allow_nan=False)
+    json.dumps(d.to_dict(), allow_nan=False)
 
 
 # --- phase and depth scale against mean field ------------------------------------------------
@@ -280,7 +280,7 @@ def test_transformer_attention_weights_match_its_attention():
 
 def test_json_table_and_figure(tmp_path):
     d = diagnosis("postnorm")
-    doc = d.to_json()
+    doc = d.to_dict()
     json.dumps(doc, allow_nan=False)
     assert [f["code"] for f in doc["findings"]] == d.codes
     assert len(doc["token_cosine"]) == 13 and "rank_collapse" in d.table()

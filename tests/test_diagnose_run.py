@@ -80,7 +80,7 @@ def test_table_json_and_figure(run_dir, tmp_path):
     assert result.steps == (2, 4)
     lines = result.table().splitlines()
     assert lines[0].split()[:3] == ["step", "chi", "mean_log"] and len(lines) == 3
-    doc = result.to_json()
+    doc = result.to_dict()
     json.dumps(doc, allow_nan=False)
     assert doc["steps"] == [2, 4] and len(doc["diagnoses"]) == 2
     assert doc["rows"][1]["step"] == 4

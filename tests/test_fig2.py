@@ -28,7 +28,7 @@ def test_result_is_made_of_the_toys_dataclasses(result):
     assert isinstance(result.grid, toy.GradientGrid)
     assert isinstance(result.rezero, toy.Trajectory) and isinstance(result.residual, toy.Trajectory)
     assert result.rezero.steps.shape == (2,) and result.grid.log_grad_norm.shape == (12, 12)
-    assert result.to_json() == fig2.record(result)
+    assert result.to_dict() == fig2.record(result)
 
 
 def test_record_is_strict_json_and_the_figure_draws_its_paths(result):

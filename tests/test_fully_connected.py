@@ -131,32 +131,44 @@ def test_projections_and_bad_arguments():
 
 # --- the authors' notebook details (issue 15, item 7) -------------------------------------
 
-def _golden_net(**kw):
+def _small_net(**kw):
     return models.FullyConnected(3, 8, variant="rezero", alpha_init=0.5, sigma_b2=0.01,
                                  in_features=5, out_features=4, param_dtype=jnp.float64,
                                  rngs=nnx.Rngs(42), **kw)
 
 
-def test_defaults_are_bit_identical_to_before_the_options():
-    """Weights and outputs of the default net, recorded before `input_activation` and
-    `torch_init` existed (jax.random is the same on every platform)."""
-    net = _golden_net()
-    x = jax.random.normal(jax.random.key(7), (5,), jnp.float64)
-    np.testing.assert_array_equal(net(x), [-1.9235255843388501, 0.8621075208190941,
-                                           -0.7162145941078985, 2.2574754716474428])
+def _forward_in_numpy(net, x):
+    """The default net by hand from its parameters: x_0 = W_in x + b_in (no φ), then
+    x_{i+1} = x_i + α_i relu(W_i x_i + b_i), then W_out x_L + b_out (flax's kernels: x @ W)."""
     layers = net.blocks.layers
-    for leaf, first, last in [(layers.linear.bias, 0.04886499262698313, 0.1992498543458304),
-                              (layers.linear.kernel, 0.21186610621941815, 0.5954087422640476),
-                              (net.input_proj.kernel, 0.4430157706382837, 0.04443543288041386),
-                              (net.output_proj.kernel, 0.07104941817323958, -0.7275544145597101)]:
-        flat = np.asarray(leaf[...]).ravel()
-        assert (flat[0], flat[-1]) == (first, last)
+    proj_in, proj_out = net.input_proj, net.output_proj
+    h = np.asarray(x) @ np.asarray(proj_in.kernel[...]) + np.asarray(proj_in.bias[...])
+    for kernel, bias, alpha in zip(np.asarray(layers.linear.kernel[...]),
+                                   np.asarray(layers.linear.bias[...]),
+                                   np.asarray(layers.alpha[...])):
+        h = h + alpha * np.maximum(h @ kernel + bias, 0.0)
+    return h @ np.asarray(proj_out.kernel[...]) + np.asarray(proj_out.bias[...])
+
+
+def test_the_defaults_are_the_options_off_and_compute_the_documented_net():
+    """`input_activation` and `torch_init` default to off: the same weights drawn, the same
+    outputs, and those outputs are the module docstring's formula computed in numpy."""
+    net = _small_net()
+    off = _small_net(input_activation=False, torch_init=False)
+    for a, b in zip(jax.tree.leaves(nnx.state(net)), jax.tree.leaves(nnx.state(off))):
+        np.testing.assert_array_equal(a, b)
+    x = jax.random.normal(jax.random.key(7), (3, 5), jnp.float64)
+    np.testing.assert_array_equal(net(x), off(x))
+    np.testing.assert_allclose(net(x), _forward_in_numpy(net, x), rtol=1e-13, atol=1e-14)
+    # projections' biases are zero by default; the blocks' are drawn N(0, σ_b²) with σ_b² > 0
     assert np.all(np.asarray(net.input_proj.bias[...]) == 0)
     assert np.all(np.asarray(net.output_proj.bias[...]) == 0)
+    assert np.all(np.asarray(net.blocks.layers.linear.bias[...]) != 0)
+    np.testing.assert_array_equal(net.blocks.layers.alpha[...], [0.5, 0.5, 0.5])
 
 
 def test_input_activation_applies_phi_after_the_input_layer_and_changes_nothing_else():
-    plain, authors = _golden_net(), _golden_net(input_activation=True)
+    plain, authors = _small_net(), _small_net(input_activation=True)
     for a, b in zip(jax.tree.leaves(nnx.state(plain)), jax.tree.leaves(nnx.state(authors))):
         np.testing.assert_array_equal(a, b)
     x = jax.random.normal(jax.random.key(7), (3, 5), jnp.float64)
@@ -213,3 +225,20 @@ def test_notebook_options_need_what_they_use():
         models.FullyConnected(2, 8, input_activation=True, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="torch_init draws the biases"):
         models.FullyConnected(2, 8, torch_init=True, sigma_b2=0.1, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variants_as_data_equal_the_modules_in_float64(variant):
+    """`fc_blocks_apply_fn` runs `Block`'s own `fc_block`: the same values and Jacobians as the
+    modules on the same weights (generic LayerNorm parameters, α ≠ 0), to 1e-12."""
+    alpha_init = 0.3 if variant == "rezero" else 0.0
+    net = models.FullyConnected(4, 16, variant=variant, alpha_init=alpha_init, activation="tanh",
+                                param_dtype=jnp.float64, rngs=nnx.Rngs(2))
+    nnx.update(net, jax.tree_util.tree_map(
+        lambda a: a + 0.1 * jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape),
+        nnx.state(net)))
+    apply_fn, data = models.fc_blocks_apply_fn("tanh"), models.fc_blocks_as_data(net)
+    x = _x(16)
+    np.testing.assert_allclose(apply_fn(data, x), net(x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(jax.jacfwd(lambda z: apply_fn(data, z))(x), jax.jacfwd(net)(x),
+                               rtol=1e-12, atol=1e-12)

@@ -201,7 +201,8 @@ LAZY_IMPORTS = {
     "isometry.cli": {("build_parser", "isometry.cli")},
     "isometry.cli._devices": {("_start_processes", "jax"), ("mesh_from_args", "jax"),
                               ("mesh_from_args", "isometry")},
-    "isometry.cli._report": {("write_report", "isometry.plot")},
+    "isometry.cli._engine_args": {("engine_from_args", "isometry.spectrum._engine")},
+    "isometry.cli._report": {("report", "isometry.plot")},
     "isometry.cli._theory_config": {("sample", "isometry.experiments._sampling")},
     "isometry.cli.diagnose": {
         ("compute", "jax"), ("compute", "flax"), ("compute", "models"),

@@ -33,8 +33,9 @@ def test_cli_help_loads_no_heavy_dependency():
 
 @pytest.mark.parametrize("name", isometry.__all__)
 def test_every_public_name_imports(name):
-    exec(f"from isometry import {name}", {})
-    assert getattr(isometry, name) is not None
+    namespace = {}
+    exec(f"from isometry import {name}", namespace)
+    assert namespace[name] is getattr(isometry, name)  # one object, however it is reached
     assert name in dir(isometry)
 
 
@@ -44,7 +45,10 @@ def test_unknown_name_is_an_attribute_error():
 
 
 def test_train_is_the_module_with_the_loop():
-    assert isometry.train.train is not None and isometry.TrainConfig is isometry.train.TrainConfig
+    import isometry.train._loop
+
+    assert isometry.train.train is isometry.train._loop.train
+    assert isometry.TrainConfig is isometry.train.TrainConfig
 
 
 def test_submodules_are_attributes_on_first_use():

@@ -188,7 +188,7 @@ def test_relu_prediction_at_criticality():
         assert pred.moments[0] == pytest.approx(1.0)
         assert pred.nvar == pytest.approx(nvar)
         assert pred.density.zero_mass == 0.5
-        assert set(pred.summary()) >= {"q_star", "chi_1", "m1", "m2", "m3", "nvar", "edge",
+        assert set(pred.to_dict()) >= {"q_star", "chi_1", "m1", "m2", "m3", "nvar", "edge",
                                        "mean_sigma"}
 
 

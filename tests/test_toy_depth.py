@@ -9,7 +9,7 @@ def test_depth_sweep_records_and_scaling():
     settings = toy_depth.DepthSweepSettings(depths=(2, 3, 12), max_steps=20_000, grid_points=21,
                                       iterations=10, lr_range=(1e-11, 1e-1))
     sweep = toy_depth.depth_sweep(settings)
-    record = sweep.to_json()
+    record = sweep.to_dict()
     assert record["depths"] == [2, 3, 12]
     rezero, residual = record["rezero"], record["residual"]
     assert all(v is not None for v in rezero["lr_max"] + residual["lr_max"])

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import isometry as iso
 from isometry.train._tracking import Tracker, read_metrics, read_spectrum
 
 S = jnp.array([3.0, 2.0, 1.0, 0.5])
@@ -156,9 +157,10 @@ def test_tracker_summarizes_either_engine_from_the_whole_spectrum(tmp_path):
         apply_fn = _small_resnet_like(jnp.float64)
         x = jax.random.normal(jax.random.key(1), (2, 48), jnp.float64)
         records = {}
-        for method, opts in (("dense", {}), ("lanczos", dict(k=10, num_steps=48, num_probes=16))):
+        for method, engine in (("dense", iso.dense()),
+                               ("lanczos", iso.lanczos(k=10, num_steps=48, num_probes=16))):
             with Tracker(str(tmp_path / method), apply_fn=apply_fn, probes=x, every=1,
-                         method=method, bins=40, **opts) as t:
+                         engine=engine, bins=40) as t:
                 records[method] = t.update(1, jnp.float64(1.0), loss=1.0)
         d, f = records["dense"], records["lanczos"]
         assert d["spectrum"]["engine"] == "dense" and f["spectrum"]["engine"] == "lanczos"

@@ -59,7 +59,7 @@ def _check_reaches_chi_one(build, name, x, result, fresh_seeds):
     """ln(mean χ) on fresh nets at the tuned value is 0 within its sampling error plus the
     tuned value's own (the slope from the search's central difference)."""
     s, se_s = result.values[name], result.stderr[name]
-    spectra = Evaluator(build, x, fresh_seeds, 2**28).spectra({**result.defaults, name: s})
+    spectra = Evaluator(build, x, fresh_seeds, iso.dense()).spectra({**result.defaults, name: s})
     f, se_f, _ = objective(spectra, "chi")
     evals = sorted(result.evaluations)
     (s1, f1, _), (s2, f2, _) = min(zip(evals, evals[1:]),
@@ -101,7 +101,7 @@ def test_isometry_target_and_errors():
     r = iso.tune_init(build, "sigma_w2", x, target="isometry", defaults={"sigma_w2": 0.5},
                       seeds=(0, 1))
     assert r.objective >= r.default_objective and r.objective > 0.1
-    summary = r.summary()
+    summary = r.to_dict()
     assert summary["tuned_spectrum"]["isometry_share"] == pytest.approx(
         float(np.mean(r.spectra["tuned"].isometry_share)))
     with pytest.raises(ValueError, match="target"):

@@ -1,7 +1,7 @@
 """The names and defaults the command line offers, without importing what defines them.
 
 Parsing the arguments of any command (and every argument error) must answer without loading
-jax, flax, scipy or matplotlib (issue #31). The packages that define these names import them
+jax, flax, scipy or matplotlib. The packages that define these names import them
 at their top (`models`, `isometry.train`, `isometry.theory`, `isometry.experiments`), so the
 parsers read this copy instead; `tests/test_cli_errors.py` checks that it equals the
 library's tables, so a name added there and forgotten here fails a test, not a user.
@@ -53,9 +53,8 @@ SWEEP_DEFAULTS = dict(depths=(2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 32), w0=
                       max_steps=200000)
 
 #: The most devices `--simulate-devices` offers. The CPU backend's start grows faster than
-#: linearly in the device count (measured on 2 cores: 1,024 devices 4 s, 2,048 8 s, 4,096
-#: 22 s; 100,000 ran for minutes and was killed), and 4,096 is already larger than the
-#: meshes the option exists to rehearse.
+#: linearly in the device count (a hundred thousand devices take minutes), and 4,096 is
+#: already larger than the meshes the option exists to rehearse.
 MAX_SIMULATED_DEVICES = 4096
 
 

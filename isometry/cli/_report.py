@@ -7,13 +7,12 @@ document on stdout), write a figure and a strict-JSON document (`isometry._io`) 
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TextIO
 
-from isometry._io import json_text, write_json
+from isometry._io import json_text
 
-__all__ = ["table_stream", "write_report"]
+__all__ = ["table_stream", "report"]
 
 
 def table_stream(echo_json: bool) -> TextIO:
@@ -21,26 +20,25 @@ def table_stream(echo_json: bool) -> TextIO:
     return sys.stderr if echo_json else sys.stdout
 
 
-def write_report(out: str, name: str, figure, doc: dict, echo_json: bool) -> tuple[str, str]:
-    """Writes `out`/NAME.png and `out`/NAME.json (strict JSON), and echoes the JSON on stdout.
+def report(out: str, name: str, figure, doc: dict, echo_json: bool) -> dict[str, str]:
+    """Writes `out`/NAME.png and `out`/NAME.json (`isometry.plot.write_report`), says where on
+    stderr, and echoes the JSON on stdout with `echo_json` (the same text as the file).
 
     Args:
       out: the output folder (created if missing).
       name: the files' stem ("theory", "diagnosis").
       figure: a matplotlib figure.
       doc: the document (NaN/Inf become null with the reason beside them).
-      echo_json: also print the document on stdout (the same text as the file).
+      echo_json: also print the document on stdout.
 
     Returns:
-      The paths of the PNG and the JSON file.
+      {"json": path, "png": path}.
     """
     # matplotlib is heavy: imported when a report is written, so `isometry --help` starts fast
     from isometry import plot
 
-    os.makedirs(out, exist_ok=True)
-    png = plot.save(figure, os.path.join(out, f"{name}.png"))
-    path = write_json(os.path.join(out, f"{name}.json"), doc, indent=1)
-    print(f"wrote {png} and {path}", file=sys.stderr)
+    paths = plot.write_report(out, name, doc, figure)
+    print(f"wrote {paths['png']} and {paths['json']}", file=sys.stderr)
     if echo_json:
         sys.stdout.write(json_text(doc) + "\n")
-    return png, path
+    return paths

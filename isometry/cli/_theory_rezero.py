@@ -16,7 +16,7 @@ import numpy as np
 from isometry import theory
 from isometry._numerics import log10_sigma
 from isometry.cli import UsageError
-from isometry.cli._report import table_stream, write_report
+from isometry.cli._report import report, table_stream
 from isometry.cli._theory_config import TheoryConfig, sample
 from isometry.plot.theory import residual_theory_figure
 
@@ -91,5 +91,5 @@ def run(config: TheoryConfig) -> int:
     doc = compute(config)
     print_table(doc, table_stream(config.json))
     fig = residual_theory_figure(doc["records"], doc["activation"], doc["width"])
-    write_report(config.out, "theory", fig, doc, config.json)
+    report(config.out, "theory", fig, doc, config.json)
     return 0

@@ -29,8 +29,9 @@ import os
 import numpy as np
 
 from isometry.cli import UsageError, output_dir
+from isometry.cli._engine_args import add_engine_args, engine_from_args
 from isometry.cli._model_args import GIVEN, StoreGiven, add_model_args, check_model_args, given
-from isometry.cli._report import table_stream, write_report
+from isometry.cli._report import report, table_stream
 
 # jax, flax, the models and the diagnosis are imported by the functions that use them, after
 # the checks of the arguments: an argument error answers without loading them.
@@ -47,6 +48,7 @@ def register(sub) -> None:
                    help="FC bias variance, >= 0 (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and input (default: 0)")
     p.add_argument("--x64", action="store_true", help="float64 weights and inputs")
+    add_engine_args(p, dense_only=True)
     p.add_argument("--burn-in", type=int, default=0,
                    help="layers left out at the bottom of the ln chi_l slope (the transient "
                         "while the probe's length settles to its fixed point; 0 <= N < depth; "
@@ -125,11 +127,12 @@ def compute(args):
             net.eval()
     x = kind.probe_inputs(args, jax.random.key(10_000 + args.seed), 1, dtype)[0]
     try:
-        diagnosis = diagnose(net, x, mean_field=mean_field, burn_in=args.burn_in)
+        diagnosis = diagnose(net, x, mean_field=mean_field, burn_in=args.burn_in,
+                             engine=engine_from_args(args))
     except FloatingPointError as err:
         raise UsageError(str(err)) from None
     doc = dict(model=args.model, variant=variant, depth=depth, seed=args.seed,
-               dtype=diagnosis.dtype, diagnosis=diagnosis.to_json())
+               dtype=diagnosis.dtype, diagnosis=diagnosis.to_dict())
     return diagnosis, doc
 
 
@@ -166,11 +169,11 @@ def run_diagnosis(args):
     """(the RunDiagnosis, the JSON document) of `--run`; bad run directories are one line."""
     import jax
 
-    from isometry.diagnosis._run import checkpoint_files, diagnose_run, run_config
-    from isometry.train import RunConfigError
+    from isometry.diagnosis._run import checkpoint_files, diagnose_run
+    from isometry.train import RunConfigError, run_config
 
     try:
-        config = run_config(args.run)
+        config = run_config(args.run, "diagnose")
         if not checkpoint_files(args.run):
             raise RunConfigError(f"run dir {args.run!r} holds no checkpoint: nothing to diagnose")
         with jax.enable_x64(True) if config.get("x64") else contextlib.nullcontext():
@@ -180,7 +183,7 @@ def run_diagnosis(args):
         raise UsageError(str(err) if isinstance(err, RunConfigError) else
                          f"run dir {args.run!r}: config.json lacks or mistypes {err}") from None
     return result, dict(run_dir=args.run, model=config["model"], variant=config["variant"],
-                        depth=config["depth"], diagnosis=result.to_json())
+                        depth=config["depth"], diagnosis=result.to_dict())
 
 
 def _run_report(args) -> int:
@@ -188,7 +191,7 @@ def _run_report(args) -> int:
     print(f"run {args.run}: {doc['model']} {doc['variant']} depth {doc['depth']}",
           file=table_stream(args.json))
     print(result.table(), file=table_stream(args.json))
-    write_report(args.out, "diagnosis_run", result.figure(), doc, args.json)
+    report(args.out, "diagnosis_run", result.figure(), doc, args.json)
     return 0
 
 
@@ -206,5 +209,5 @@ def run(args) -> int:
         fig = diagnosis.figure(title=f"{args.model} {doc['variant']}, depth {doc['depth']}: "
                                      f"{diagnosis.phase or 'no stack'}; "
                                      f"{', '.join(diagnosis.codes) or 'no findings'}")
-        write_report(args.out, "diagnosis", fig, doc, args.json)
+        report(args.out, "diagnosis", fig, doc, args.json)
     return 0

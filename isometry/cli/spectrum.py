@@ -18,6 +18,7 @@ import time
 from isometry._io import json_text, write_json
 from isometry.cli import UsageError, output_dir
 from isometry.cli._devices import add_mesh_arguments, check_device_args, mesh_from_args
+from isometry.cli._engine_args import add_engine_args, engine_from_args
 from isometry.cli._model_args import add_model_args, check_model_args
 
 #: Share of σ below the dtype's resolution above which the command warns (and says --x64).
@@ -34,14 +35,7 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--samples", type=int, default=4, help="Gaussian inputs per model (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default: 0)")
-    p.add_argument("--method", default="dense", choices=("dense", "lanczos", "auto"),
-                   help="dense Jacobian + SVD, matrix-free Lanczos, or auto by size (dense up to "
-                        "4096 dimensions); records say which engine ran")
-    p.add_argument("--k", type=int, default=None,
-                   help="matrix-free: top singular values to compute (default: 10, at most the "
-                        "smaller side of J)")
-    p.add_argument("--lanczos-steps", type=int, default=None,
-                   help="matrix-free: Golub-Kahan steps per density probe (default: the engine's)")
+    add_engine_args(p, default="auto")
     p.add_argument("--x64", action="store_true",
                    help="float64 weights and inputs (resolves singular values below ~1e-7)")
     p.add_argument("--bins", type=int, default=50, help="histogram bins (default: 50)")
@@ -112,8 +106,6 @@ def compute_timed(args):
         if spec.exact:
             record["singular_values"] = jax.device_get(spec.singular_values).tolist()
         else:
-            record.pop("zero_share", None)  # the engine cannot tell a zero from a tiny σ
-            record["per_input"].pop("zero_share", None)
             record.update(_matrix_free_fields(spec))
         record["timing"] = cost
         results.append((record, spec))
@@ -187,19 +179,18 @@ def _spectrum(args, module, x, mesh, programs: dict):
     else:
         (apply_fn, params), sign = iso.from_nnx(module), None
     n_in, n_out, _ = flat_sizes(lambda xx: apply_fn(params, xx), x[0])
-    options = _lanczos_options(args, min(n_in, n_out))
+    engine = engine_from_args(args, min(n_in, n_out))
     if mesh is not None:
         start = time.perf_counter()
-        spec = iso.to_host(iso.sharded_spectrum_fn(apply_fn, args.method, mesh=mesh,
-                                                   **options)(params, x))
+        spec = iso.to_host(iso.sharded_spectrum_fn(apply_fn, engine=engine, mesh=mesh)(params, x))
         return spec, dict(compile_s=0.0, compute_s=time.perf_counter() - start, compiled=0)
     shapes = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), params)
     sign = None if sign is None else (sign, str(jax.tree_util.tree_structure(params)),
-                                      str(shapes), tuple(sorted(options.items())))
+                                      str(shapes), engine)
     compiled, compile_s = programs.get(sign), 0.0
     if compiled is None:
         start = time.perf_counter()
-        sfn = iso.spectrum_fn(apply_fn, args.method, batched=True, **options)
+        sfn = iso.spectrum_fn(apply_fn, engine=engine, batched=True)
         compiled = sfn.compile(params, x)
         compile_s = time.perf_counter() - start
         if sign is not None:
@@ -210,23 +201,6 @@ def _spectrum(args, module, x, mesh, programs: dict):
                       compiled=int(compile_s > 0))
 
 
-def _lanczos_options(args, n_short: int) -> dict:
-    """--k and --lanczos-steps for the matrix-free engine, checked against the size of J."""
-    if args.method == "dense":
-        return {}
-    options = {}
-    k = 10 if args.k is None else args.k
-    if k > n_short:
-        if args.k is not None:
-            raise UsageError(f"--k {args.k} is more than the {n_short} singular values J has "
-                             f"(the smaller of its input and output sizes)")
-        k = n_short  # the default asks for 10: a small J has fewer
-    options["k"] = k
-    if args.lanczos_steps is not None:
-        options["num_steps"] = args.lanczos_steps
-    return options
-
-
 def _matrix_free_fields(spec) -> dict:
     """What the matrix-free engine knows, per probe input, with what each number is."""
     import numpy as np
@@ -234,8 +208,8 @@ def _matrix_free_fields(spec) -> dict:
     from isometry.train._tracking import MATRIX_FREE_ESTIMATES
 
     return dict(top_singular_values=np.asarray(spec.top_singular_values).tolist(),
-                residual_bounds=np.asarray(spec.residual_bounds).tolist(),
-                converged=np.asarray(spec.converged()).tolist(),
+                error_bounds=np.asarray(spec.error_bounds).tolist(),
+                converged=np.asarray(spec.converged).tolist(), rtol=spec.rtol,
                 chi_stderr=np.asarray(spec.chi_stderr).tolist(),
                 sigma_min_residual=np.asarray(spec.sigma_min_residual).tolist(),
                 figure=spec.statistics(), estimates=MATRIX_FREE_ESTIMATES)
@@ -295,8 +269,9 @@ def _mean_summary(spec) -> dict:
     """Each statistic averaged over the probe inputs (per-input values kept under `per_input`)."""
     import numpy as np
 
-    per_input = spec.summary()
-    out = {k: float(np.mean(v)) for k, v in per_input.items()}
+    stats = spec.to_dict()  # strict JSON: a non-finite value is None (nan in the mean)
+    per_input = {k: stats[k] for k in spec.statistic_names}
+    out = {k: float(np.mean(np.asarray(v, np.float64))) for k, v in per_input.items()}
     out["per_input"] = per_input
     return out
 
@@ -306,16 +281,10 @@ _MATRIX_FREE_MARKS = {"chi": "~", "mean_log": "~", "std_log": "~", "sigma_min": 
                       "isometry_share": "~"}
 
 
-#: Where part of the matrix-free spectrum lies below the resolution, its log statistics are bounds.
-_BELOW_RESOLUTION_MARKS = {"mean_log": "<=", "std_log": ">="}
-
-
 def _cell(record, column) -> str:
     text = _fmt(record[column]) if record[column] is not None else "n/a"
     if record.get("engine") == "lanczos":
-        marks = (_BELOW_RESOLUTION_MARKS if (record.get("below_resolution") or 0) > RESOLUTION_WARNING
-                 else {})
-        text = marks.get(column, _MATRIX_FREE_MARKS.get(column, "")) + text
+        text = _MATRIX_FREE_MARKS.get(column, "") + text
     return text
 
 
@@ -323,16 +292,14 @@ def precision_warnings(records) -> list[str]:
     """One line per record whose σ are largely below the dtype's resolution."""
     lines = []
     for r in records:
-        share = r.get("below_resolution")
+        share = r.get("zero_share")  # below σ_max·eps·n, exact zeros included
         if share is None or share != share:
             continue
-        share -= r.get("zero_share") or 0.0  # exact zeros are no precision problem
         if share > RESOLUTION_WARNING:
             advice = ("rerun with --x64 (same --seed: same weights and inputs)"
                       if r["dtype"] != "float64" else "they are zero to float64 precision: J is rank-deficient there "
                       "(e.g. the mean direction a LayerNorm removes)")
-            effect = ("so mean ln s is an upper bound (<=) and std ln s a lower bound (>=)"
-                      if r.get("engine") == "lanczos" else "so mean/std ln s are partly round-off")
+            effect = "counted as zero (zero_share) and left out of mean/std ln s"
             lines.append(f"isometry spectrum: warning: {r['variant']} depth {r['depth']}: "
                          f"{share:.0%} of the singular values are below {r['dtype']} resolution "
                          f"(sigma_max * eps * n), {effect}; {advice}")

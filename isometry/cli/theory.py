@@ -18,7 +18,7 @@ import argparse
 
 from isometry.cli import UsageError, comma_list, output_dir
 from isometry.cli._names import ACTIVATIONS, WEIGHTS
-from isometry.cli._report import table_stream, write_report
+from isometry.cli._report import report, table_stream
 from isometry.cli._theory_config import TheoryConfig, sample
 
 # The theory (scipy, jax) and the figures (matplotlib) are imported by the functions that use
@@ -68,7 +68,7 @@ def compute(config: TheoryConfig) -> tuple[dict, list, list]:
         raise UsageError(str(err)) from None
     records, measured = [], []
     for pred in preds:
-        record = dict(depth=pred.depth, predicted=pred.summary())
+        record = dict(depth=pred.depth, predicted=pred.to_dict())
         sv = sample(config, pred.depth, sigma_w2, pred.q_star) if config.samples else None
         if sv is not None:
             record["measured"] = theory.measured_summary(sv)
@@ -117,5 +117,5 @@ def run(args) -> int:
     title = (f"{config.activation}, {config.weights} weights, σ_w²={doc['sigma_w2']:.6g}, "
              f"σ_b²={config.sigma_b2:g}: measured (N={config.width}) vs theory")
     fig = plot.theory_overlay(preds, measured, bins=config.bins, title=title)
-    write_report(config.out, "theory", fig, doc, config.json)
+    report(config.out, "theory", fig, doc, config.json)
     return 0

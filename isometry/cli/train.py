@@ -22,6 +22,7 @@ import sys
 from isometry import data as datasets
 from isometry.cli import UsageError, comma_list, output_dir
 from isometry.cli._devices import add_mesh_arguments, check_device_args, mesh_from_args
+from isometry.cli._engine_args import add_engine_args, engine_from_args
 from isometry.cli._model_args import StoreGiven, add_model_args, check_model_args, given
 from isometry.cli._names import ADAGRAD_STYLES, ALPHA_VARIANTS, OPTIMIZERS, SCHEDULES
 
@@ -71,8 +72,7 @@ def register(sub) -> None:
     g = p.add_argument_group("tracking and run directory")
     g.add_argument("--track-every", type=int, default=100, help="spectra every N steps (default: 100)")
     g.add_argument("--probes", type=int, default=8, help="fixed probe inputs for spectra (default: 8; 0: none)")
-    g.add_argument("--method", default="auto", choices=("auto", "dense", "lanczos"),
-                   help="spectrum method (default: auto, dense below 4096 dimensions)")
+    add_engine_args(g, default="auto")
     g.add_argument("--log-every", type=int, default=10, help="loss and alpha every N steps (default: 10)")
     g.add_argument("--eval-every", type=int, default=0, help="held-out evaluation every N steps (default: at the end)")
     g.add_argument("--eval-batches", type=int, default=10, help="held-out batches per evaluation (default: 10)")
@@ -179,6 +179,7 @@ def run(args) -> int:
     mesh = mesh_from_args(args, batch_size=args.batch_size)  # before jax's backend starts
     kind = _zoo.MODEL_KINDS[args.model]
     (depth,) = _zoo.depths(args)
+    engine = engine_from_args(args)  # a bad engine setting fails before data and model load
     data = _load_data(args)
     config = _train_config(args, data)
     model = _build_model(kind, args, variant, depth, data.task)
@@ -188,7 +189,8 @@ def run(args) -> int:
         result = train(model, data, config, run_dir=args.run_dir, resume=args.resume,
                        run_info=run_info, input_shape=kind.train_input_shape(data.task),
                        probes=args.probes,
-                       track_every=args.track_every, log_every=args.log_every, method=args.method,
+                       track_every=args.track_every, log_every=args.log_every,
+                       engine=engine,
                        progress=False if args.no_progress else None, mesh=mesh,
                        stall_timeout=args.stall_timeout)
     except (RunConfigError, RunDirError, FileExistsError) as err:

@@ -79,6 +79,8 @@ from isometry.diagnosis._measures import (attention_gap, growth_rate, phase_of, 
                                          token_statistics)
 from isometry.diagnosis._result import Diagnosis, empty_diagnosis
 from isometry.linalg._jacobian import JacobianTooLargeError, output_shape
+from isometry.linalg._memory import memory_budget_of
+from isometry.spectrum._engine import Auto, Dense, dense_settings
 from isometry.spectrum._layerwise import depth_profile, state_runs
 from isometry._numerics import check_setting
 from isometry._params import alpha_values
@@ -137,23 +139,24 @@ class _Profile:
     states: Any = None
 
 
-def _dense_or_none(fn: Callable, memory_budget: float, params, x) -> Spectrum | None:
+def _dense_or_none(fn: Callable, engine: Dense, params, x) -> Spectrum | None:
     try:
-        return dense_spectrum_fn(fn, memory_budget)(params, x)
+        return dense_spectrum_fn(fn, engine)(params, x)
     except JacobianTooLargeError:
         return None
 
 
-def _stack_profile(states_fn, params, x0, memory_budget, num_probes, key) -> _Profile:
+def _stack_profile(states_fn, params, x0, engine: Dense, num_probes, key) -> _Profile:
     """χ_l of every ∂x_l/∂x_0 (dense when it fits, else Hutchinson) and the spectrum of J."""
     states = cached_jit(states_fn)(params, x0)
     runs = state_runs(states)
     n_layers = sum(r.shape[0] for r in runs) - len(runs)
     n_total = sum(int(np.size(r)) for r in runs)
-    fns = layerwise_fns(states_fn, memory_budget, num_probes)
-    if 3 * int(np.size(x0)) * n_total * jnp.dtype(runs[-1].dtype).itemsize > memory_budget:
+    fns = layerwise_fns(states_fn, engine.memory_budget, num_probes)
+    dense_bytes = 3 * int(np.size(x0)) * n_total * jnp.dtype(runs[-1].dtype).itemsize
+    if dense_bytes > memory_budget_of(engine.memory_budget):
         chi, err = fns["chi"](params, x0, key)
-        spec = _dense_or_none(last_state_fn(states_fn), memory_budget, params, x0)
+        spec = _dense_or_none(last_state_fn(states_fn), engine, params, x0)
         return _Profile(n_layers, np.asarray(chi, np.float64), np.asarray(err, np.float64),
                         None, spec, states)
     prof = fns["spectrum"](params, x0)
@@ -230,7 +233,8 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
              embed_fn: Callable | None = None, attention_fn: Callable | None = None,
              loss_fn: Callable | None = None, mean_field: dict | None = None,
              tokens: bool | None = None, burn_in: int = 0, num_probes: int = 16,
-             memory_budget: float = 2**28, key=None) -> Diagnosis:
+             engine: Dense | Auto | None = None, memory_budget: float | None = None,
+             key=None) -> Diagnosis:
     """Measures a model's signal propagation and says in plain words what to change.
 
     `diagnose(apply_fn, params, x)` for a pure function (the whole-network part, unless
@@ -247,13 +251,17 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
         χ₁, ξ, critical σ_w²); with "alpha" (and "q0") of a ReZero FC net (`theory`).
       tokens: treat each x_l (T, d) as a token sequence (default: when x_l is 2-D).
       burn_in: layers skipped at the bottom of the growth-rate fit.
-      num_probes, memory_budget: Hutchinson probes of χ_l when the dense Jacobians exceed the
-        budget (bytes). key: for the loss target and probes (default PRNGKey(0)).
+      num_probes: Hutchinson probes of χ_l when the dense Jacobians exceed the budget.
+      engine: the dense engine's settings (`iso.dense(memory_budget=...)`; an `iso.auto(...)`
+        gives its dense part): spectra are dense where they fit the budget, χ_l Hutchinson
+        beyond. memory_budget: the shorthand for `engine=iso.dense(memory_budget=...)`.
+      key: for the loss target and probes (default PRNGKey(0)).
 
     Returns:
-      A `Diagnosis` (`.findings`, `.table()`, `.to_json()`, `.figure()`).
+      A `Diagnosis` (`.findings`, `.table()`, `.to_dict()`, `.figure()`).
     """
     check_setting("burn_in", burn_in, low=0, integer=True)
+    engine = dense_settings(engine, memory_budget, "diagnose")
     key = jax.random.key(0) if key is None else key
     fns = dict(states_fn=states_fn, embed_fn=embed_fn, attention_fn=attention_fn)
     if isinstance(apply_fn, nnx.Module):
@@ -270,9 +278,9 @@ def diagnose(apply_fn, params=None, x=None, *, states_fn: Callable | None = None
         return empty_diagnosis([nonfinite_finding(bad, total)], out_dtype)
     x0 = x if fns["embed_fn"] is None else cached_jit(fns["embed_fn"])(params, x)
     if fns["states_fn"] is not None:
-        profile = _stack_profile(fns["states_fn"], params, x0, memory_budget, num_probes, key)
+        profile = _stack_profile(fns["states_fn"], params, x0, engine, num_probes, key)
     else:
-        profile = _Profile(spectrum=_dense_or_none(apply_fn, memory_budget, params, x))
+        profile = _Profile(spectrum=_dense_or_none(apply_fn, engine, params, x))
     return _assemble(profile, grads, params, x0, fns["attention_fn"], out_dtype,
                      mean_field, tokens, burn_in)
 
@@ -302,8 +310,13 @@ def _assemble(profile: _Profile, grads, params, x0, attention_fn, out_dtype, mea
         gradient_spread_finding(layer_norms),
         rank_collapse_finding(tok["cosine"], tok["stable_rank"], profile.n_layers, n_tokens),
         attention_finding(att_ratio)]
-    return Diagnosis(spec, dtype, profile.n_layers, res_share, f32_share, profile.chi,
-                     profile.chi_err, profile.quantiles, g, g_se, phase, xi, xi_se, alphas,
-                     alpha_grads, layer_norms, tok["cosine"], tok["inverse_stable_rank"],
-                     tok["stable_rank"], tok["rank_one_residual"], att_sigma, att_ratio,
-                     theory_info, sort_findings(f for f in findings if f is not None))
+    return Diagnosis(
+        spectrum=spec, dtype=dtype, n_layers=profile.n_layers, resolution_share=res_share,
+        float32_share=f32_share, chi_profile=profile.chi, chi_profile_stderr=profile.chi_err,
+        log10_sigma_quantiles=profile.quantiles, growth_rate=g, growth_rate_stderr=g_se,
+        phase=phase, depth_scale=xi, depth_scale_stderr=xi_se, alphas=alphas,
+        alpha_grads=alpha_grads, layer_grad_norms=layer_norms, token_cosine=tok["cosine"],
+        inverse_stable_rank=tok["inverse_stable_rank"], stable_rank=tok["stable_rank"],
+        rank_one_residual=tok["rank_one_residual"], attention_sigma=att_sigma,
+        attention_ratio=att_ratio, theory=theory_info,
+        findings=sort_findings(f for f in findings if f is not None))

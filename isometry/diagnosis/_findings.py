@@ -17,7 +17,12 @@ import dataclasses
 import math
 
 import jax.numpy as jnp
+
+from isometry._numerics import resolution_of
 import numpy as np
+
+from isometry._io import jsonable
+from isometry.spectrum._protocol import deprecated
 
 __all__ = ["Finding", "FINDING_CODES", "nonfinite_finding", "phase_finding",
            "resolution_finding", "alpha_findings", "gradient_spread_finding",
@@ -52,8 +57,14 @@ class Finding:
     value: float
     suggestion: str
 
+    def to_dict(self) -> dict:
+        """The finding as plain data, strict-JSON-ready (a non-finite value as null)."""
+        return jsonable(dataclasses.asdict(self))
+
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        """Deprecated: `to_dict()`."""
+        deprecated("Finding.to_json()", "to_dict()")
+        return self.to_dict()
 
 
 
@@ -95,7 +106,7 @@ def resolution_finding(share: float, dtype: str, n_in: int, n_out: int) -> Findi
     """More than `RESOLUTION_SHARE` of σ(J) below the dtype's resolution."""
     if not share > RESOLUTION_SHARE:
         return None
-    eps = float(jnp.finfo(dtype).eps) * max(n_in, n_out)
+    eps = resolution_of(1.0, n_in, n_out, dtype)  # relative to σ_max
     if dtype == "float64":
         sug = ("these directions are lost even in float64: move the model toward isometry "
                "(see the phase finding, iso.tune_init)")

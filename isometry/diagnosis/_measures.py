@@ -15,22 +15,25 @@ from __future__ import annotations
 
 import math
 
-import jax.numpy as jnp
 import numpy as np
+
+from isometry._numerics import numerically_zero, resolution_of
 
 __all__ = ["resolution_share", "growth_rate", "phase_of", "token_statistics", "attention_gap"]
 
 
 def resolution_share(singular_values, n_in: int, n_out: int, dtype) -> float:
-    """Share of σ with σ < σ_max · max(n_in, n_out) · ε(dtype), pooled over batch axes.
+    """Share of σ below the resolution of `dtype`, σ_max · ε(dtype) · max(n_in, n_out)
+    (`isometry._numerics.numerically_zero`), pooled over batch axes: a spectrum result's
+    `zero_share` when `dtype` is its own.
 
     The tolerance is numpy's `matrix_rank` default: an SVD in `dtype` has absolute error of
     about that size, so such σ are indistinguishable from 0 (rounding noise).
     """
     s = np.asarray(singular_values, np.float64)
     s = s.reshape(-1, s.shape[-1])
-    tol = s.max(axis=-1, keepdims=True) * max(n_in, n_out) * float(jnp.finfo(dtype).eps)
-    return float(np.mean(s < tol))
+    floor = resolution_of(s.max(axis=-1, keepdims=True), n_in, n_out, dtype)
+    return float(np.mean(numerically_zero(s, floor)))
 
 
 def growth_rate(chi, burn_in: int = 0) -> tuple[float, float]:

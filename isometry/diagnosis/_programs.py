@@ -18,21 +18,17 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from isometry.linalg._lapack import lapack_safe
 from isometry.spectrum._layerwise import layerwise_chi_fn, layerwise_spectrum_fn, state_runs
+from isometry.spectrum._engine import Dense
 from isometry.spectrum._function import spectrum_fn
 from isometry._stack import LAYER_AXIS_KEY
+from isometry._adapters import graph_fn
+from isometry._params import path_names
 
 __all__ = ["module_fns", "cached_jit", "float_grad", "group_norms", "layerwise_fns",
            "dense_spectrum_fn", "last_state_fn"]
-
-
-def _names(path) -> list[str]:
-    """The key names on a pytree path, without nnx's "value" leaves."""
-    return [n for n in jax.tree_util.keystr(path, simple=True, separator="/").split("/")
-            if n != "value"]
 
 
 def group_norms(grads) -> dict[str, float]:
@@ -42,7 +38,7 @@ def group_norms(grads) -> dict[str, float]:
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         if g is None or not jnp.issubdtype(jnp.result_type(g), jnp.inexact):
             continue
-        names = _names(path)
+        names = path_names(path)
         g = np.asarray(g, np.float64)
         if LAYER_AXIS_KEY in names and g.ndim >= 1:
             at = names.index(LAYER_AXIS_KEY)
@@ -96,21 +92,11 @@ def float_grad(apply_fn: Callable, loss_fn, params, x, target) -> tuple:
 @functools.lru_cache(maxsize=32)
 def module_fns(graphdef) -> dict:
     """Pure functions of a module's graph, one object per graph (so their compilations are
-    reused across seeds and scales of the same architecture)."""
-
-    def apply(p, xx):
-        return nnx.merge(graphdef, p)(xx)
-
-    def states(p, x0):
-        return nnx.merge(graphdef, p).states(x0)
-
-    def embed(p, xx):
-        return nnx.merge(graphdef, p).embed(xx)
-
-    def attention(p, x0):
-        return nnx.merge(graphdef, p).attention_weights(x0)
-
-    return dict(apply=apply, states=states, embed=embed, attention=attention)
+    reused across seeds and scales of the same architecture): "apply" (the module's call),
+    "embed", "stack", "states" and "attention" (`attention_weights`)."""
+    methods = dict(apply=None, embed="embed", stack="stack", states="states",
+                   attention="attention_weights")
+    return {name: graph_fn(graphdef, method) for name, method in methods.items()}
 
 
 @functools.lru_cache(maxsize=32)
@@ -120,16 +106,16 @@ def cached_jit(fn: Callable) -> Callable:
 
 
 @functools.lru_cache(maxsize=32)
-def layerwise_fns(states_fn: Callable, memory_budget: float, num_probes: int) -> dict:
+def layerwise_fns(states_fn: Callable, memory_budget: float | None, num_probes: int) -> dict:
     """{"spectrum": dense spectra of every ∂x_l/∂x_0, "chi": Hutchinson χ_l} of a stack."""
     return dict(spectrum=layerwise_spectrum_fn(states_fn, memory_budget=memory_budget),
                 chi=layerwise_chi_fn(states_fn, num_probes=num_probes))
 
 
 @functools.lru_cache(maxsize=32)
-def dense_spectrum_fn(fn: Callable, memory_budget: float) -> Callable:
-    """The dense `spectrum_fn` of `fn`, one object per (function, budget)."""
-    return spectrum_fn(fn, "dense", memory_budget=memory_budget)
+def dense_spectrum_fn(fn: Callable, engine: Dense) -> Callable:
+    """The dense `spectrum_fn` of `fn`, one object per (function, engine settings)."""
+    return spectrum_fn(fn, engine=engine)
 
 
 @functools.lru_cache(maxsize=32)

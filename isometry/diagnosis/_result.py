@@ -2,7 +2,7 @@
 
 Example:
     >>> d = empty_diagnosis([], "float32")
-    >>> d.codes, d.phase, d.to_json()["growth_rate"]
+    >>> d.codes, d.phase, d.to_dict()["growth_rate"]
     ([], '', None)
 """
 
@@ -17,6 +17,7 @@ from isometry.diagnosis._findings import Finding
 from isometry._io import jsonable
 from isometry.plot.diagnosis import diagnosis_figure
 from isometry.spectrum._function import Spectrum
+from isometry.spectrum._protocol import deprecated, summarize
 
 __all__ = ["Diagnosis", "empty_diagnosis"]
 
@@ -76,18 +77,24 @@ class Diagnosis:
         """The codes of the findings."""
         return [f.code for f in self.findings]
 
-    def to_json(self) -> dict:
-        """Everything as plain lists, floats and strings (NaN/Inf become None via `_io`)."""
+    def to_dict(self) -> dict:
+        """Everything as plain lists, floats and strings, strict-JSON-ready (NaN/Inf become
+        None via `isometry._io.jsonable`): the spectrum as its `to_dict()` with every σ."""
         out = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name == "spectrum":
                 value = None if value is None else dict(
-                    value.summary(), singular_values=np.asarray(value.singular_values))
+                    value.to_dict(), singular_values=np.asarray(value.singular_values))
             elif field.name == "findings":
-                value = [f.to_json() for f in value]
+                value = [f.to_dict() for f in value]
             out[field.name] = value
         return jsonable(out)
+
+    def to_json(self) -> dict:
+        """Deprecated: `to_dict()`."""
+        deprecated("Diagnosis.to_json()", "to_dict()")
+        return self.to_dict()
 
     def figure(self, title: str | None = None):
         """The four-panel figure (see `isometry.diagnosis_figure`)."""
@@ -97,7 +104,7 @@ class Diagnosis:
         """A plain-text report: the measurements, then the findings."""
         rows = []
         if self.spectrum is not None:
-            s = self.spectrum.summary()
+            s = summarize(self.spectrum)
             rows += [("chi of J", _g(s["chi"])), ("mean ln sigma", _g(s["mean_log"])),
                      ("std ln sigma", _g(s["std_log"])),
                      ("sigma max / min", f"{_g(s['sigma_max'])} / {_g(s['sigma_min'])}"),

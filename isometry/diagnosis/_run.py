@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
+import warnings
 
 import numpy as np
 from flax import nnx
@@ -32,35 +32,16 @@ from flax import nnx
 from isometry.diagnosis._diagnose import diagnose
 from isometry.diagnosis._result import Diagnosis
 from isometry._io import jsonable
+from isometry.spectrum._protocol import summarize
 from isometry.plot.diagnosis import run_diagnosis_figure
-from isometry.train import (CHECKPOINT_FILE, CONFIG_FILE, PARAM_LAYOUT, RunConfigError,
-                            TrainConfig, load_checkpoint, make_optimizer)
+from isometry.train import (CHECKPOINT_FILE, RunConfigError, TrainConfig, load_checkpoint,
+                            make_optimizer, run_config)
 
-__all__ = ["RunDiagnosis", "diagnose_run", "checkpoint_files", "run_config"]
+__all__ = ["RunDiagnosis", "diagnose_run", "checkpoint_files"]
 
 #: The columns of `RunDiagnosis.rows()` (and of the table), one row per step.
 ROW_KEYS = ("step", "chi", "mean_log", "std_log", "isometry_share", "growth_rate", "phase",
             "depth_scale", "alpha_min", "alpha_max", "dead_branches", "findings")
-
-
-def run_config(run_dir: str) -> dict:
-    """config.json of a run directory of this parameter layout (`RunConfigError` otherwise)."""
-    path = os.path.join(run_dir, CONFIG_FILE)
-    for bad, problem in ((not os.path.isdir(run_dir), "is not a directory"),
-                         (not os.path.exists(path), f"holds no {CONFIG_FILE}: it is not a run "
-                                                    f"directory")):
-        if bad:
-            raise RunConfigError(f"{run_dir!r} {problem} (give a run directory of isometry train)")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-        layout = config.get("param_layout") if isinstance(config, dict) else None
-    except (ValueError, OSError) as err:
-        raise RunConfigError(f"{path} is not readable JSON ({err})") from None
-    if layout != PARAM_LAYOUT:
-        raise RunConfigError(f"run dir {run_dir!r} has parameter layout {layout!r}, this isometry "
-                             f"reads {PARAM_LAYOUT!r} only: it cannot be diagnosed")
-    return config
 
 
 def checkpoint_files(run_dir: str) -> list[str]:
@@ -89,7 +70,7 @@ def _dead_branches(d: Diagnosis) -> int:
 
 def _row(step: int, d: Diagnosis) -> dict:
     """One step's main numbers (nan where not measured)."""
-    s = d.spectrum.summary() if d.spectrum is not None else {}
+    s = summarize(d.spectrum) if d.spectrum is not None else {}
     alphas = [float(np.mean(v)) for v in d.alphas.values()]
     return dict(step=step, chi=s.get("chi", np.nan), mean_log=s.get("mean_log", np.nan),
                 std_log=s.get("std_log", np.nan), isometry_share=s.get("isometry_share", np.nan),
@@ -122,10 +103,15 @@ class RunDiagnosis:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
+        """Deprecated: `to_dict()`."""
+        warnings.warn("to_json() is deprecated: use to_dict()", DeprecationWarning, stacklevel=2)
+        return self.to_dict()
+
+    def to_dict(self) -> dict:
         """Strict-JSON-ready: the rows and every step's full diagnosis."""
         return jsonable(dict(run_dir=self.run_dir, steps=list(self.steps), rows=self.rows(),
                              files=list(self.files),
-                             diagnoses=[d.to_json() for d in self.diagnoses]))
+                             diagnoses=[d.to_dict() for d in self.diagnoses]))
 
     def figure(self, title: str | None = None):
         """The main numbers over training (`isometry.plot.run_diagnosis_figure`)."""
@@ -168,14 +154,14 @@ def diagnose_run(run_dir: str, model: nnx.Module, x, *, initial: bool = False,
       **diagnose_kwargs: passed to `diagnose` (mean_field, burn_in, loss_fn, …).
 
     Returns:
-      A `RunDiagnosis` (`.rows()`, `.table()`, `.to_json()`, `.figure()`), sorted by step; a
+      A `RunDiagnosis` (`.rows()`, `.table()`, `.to_dict()`, `.figure()`), sorted by step; a
       step found in two files is diagnosed once.
 
     Raises:
       RunConfigError: not a run directory, no checkpoint in it, or a checkpoint of another
         layout or of another model (one line each).
     """
-    config = run_config(run_dir)
+    config = run_config(run_dir, "diagnose")
     files = checkpoint_files(run_dir)
     if not files:
         raise RunConfigError(f"run dir {run_dir!r} holds no checkpoint ({CHECKPOINT_FILE}): "

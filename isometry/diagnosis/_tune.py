@@ -51,8 +51,11 @@ from scipy import optimize
 
 from isometry import theory
 from isometry.diagnosis._programs import cached_jit, module_fns
+from isometry._io import jsonable
 from isometry._numerics import check_setting
+from isometry.spectrum._engine import Dense, dense_settings
 from isometry.spectrum._function import ISOMETRY_BAND, Spectrum, spectrum_fn
+from isometry.spectrum._protocol import deprecated
 from isometry._stack import LayerStack
 
 __all__ = ["TuneResult", "tune_init", "Evaluator", "objective"]
@@ -88,25 +91,31 @@ class TuneResult:
     spectra: dict
     evaluations: list
 
-    def summary(self) -> dict:
-        """Plain floats for tables and JSON (no spectra)."""
+    def to_dict(self) -> dict:
+        """Plain data, strict-JSON-ready: every field, the spectra as their `to_dict()` under
+        "default_spectrum" and "tuned_spectrum" (statistics, not every σ)."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "spectra"}
         for name in ("default", "tuned"):
-            out[f"{name}_spectrum"] = self.spectra[name].summary()
-        return out
+            out[f"{name}_spectrum"] = self.spectra[name].to_dict()
+        return jsonable(out)
+
+    def summary(self) -> dict:
+        """Deprecated: `to_dict()`."""
+        deprecated("TuneResult.summary()", "to_dict()")
+        return self.to_dict()
 
 
 class Evaluator:
     """Builds the model at given scales for every seed and measures J = ∂x_L/∂x_0."""
 
-    def __init__(self, build: Callable, x, seeds: Sequence[int], memory_budget: float):
+    def __init__(self, build: Callable, x, seeds: Sequence[int], engine: Dense):
         self.build, self.x, self.seeds = build, x, tuple(seeds)
-        self.memory_budget = memory_budget
+        self.engine = engine
         self._sfns: dict = {}
 
     def _spectrum_fn(self, key, fn: Callable) -> Callable:
         if key not in self._sfns:
-            self._sfns[key] = spectrum_fn(fn, "dense", memory_budget=self.memory_budget)
+            self._sfns[key] = spectrum_fn(fn, engine=self.engine)
         return self._sfns[key]
 
     def spectra(self, scales: dict) -> list[Spectrum]:
@@ -119,7 +128,7 @@ class Evaluator:
             graphdef, params = nnx.split(module)
             fns = module_fns(graphdef)
             if isinstance(module, LayerStack):
-                sfn = self._spectrum_fn(("stack", graphdef), _stack_fn(graphdef))
+                sfn = self._spectrum_fn(("stack", graphdef), fns["stack"])
                 x0 = cached_jit(fns["embed"])(params, self.x)
             else:
                 sfn, x0 = self._spectrum_fn(("apply", graphdef), fns["apply"]), self.x
@@ -131,12 +140,6 @@ class Evaluator:
         spectra = self.spectra(scales)
         mean, se, _ = objective(spectra, target)
         return mean, se, spectra
-
-
-@functools.lru_cache(maxsize=32)
-def _stack_fn(graphdef) -> Callable:
-    """(params, x0) ↦ the stack's output, one function object per graph."""
-    return lambda p, x0: nnx.merge(graphdef, p).stack(x0)
 
 
 def objective(spectra: list[Spectrum], target) -> tuple[float, float, np.ndarray]:
@@ -183,8 +186,8 @@ def _critical_line(mean_field: dict, names: tuple, target) -> float:
 def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="chi",
               defaults: dict | None = None, bracket: tuple[float, float] | None = None,
               seeds: Sequence[int] = (0, 1, 2), mean_field: dict | None = None,
-              xtol: float = 1e-2, max_expansions: int = 12,
-              memory_budget: float = 2**28) -> TuneResult:
+              xtol: float = 1e-2, max_expansions: int = 12, engine: Dense | None = None,
+              memory_budget: float | None = None) -> TuneResult:
     """Finds the initialization scale that puts a model at χ = 1 (or the most σ in [0.5, 2]).
 
     Args:
@@ -199,7 +202,9 @@ def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="c
       seeds: the networks averaged over (common random numbers at every value).
       mean_field: {"activation", "sigma_b2"} of a plain FC net tuning "sigma_w2" for "chi":
         the critical line of `theory.critical_sigma_w2` instead of a search.
-      xtol: tolerance of the root on ln s. memory_budget: bytes for each dense Jacobian.
+      xtol: tolerance of the root on ln s.
+      engine, memory_budget: the dense engine's settings (`iso.dense(...)`), or its budget in
+        bytes for each dense Jacobian as a shorthand.
 
     Returns:
       A `TuneResult`: tuned values and standard errors beside the defaults, both spectra.
@@ -207,6 +212,7 @@ def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="c
     Raises:
       ValueError: an unknown target, a missing default, or no sign change in the bracket.
     """
+    engine = dense_settings(engine, memory_budget, "tune_init")
     names, defaults = _checked(scale_names, target, defaults, bracket)
     if not len(seeds):
         raise ValueError("seeds must name at least one seed (the networks χ is averaged over)")
@@ -214,7 +220,7 @@ def tune_init(build: Callable, scale_names: str | Sequence[str], x, *, target="c
     check_setting("max_expansions", max_expansions, low=0, integer=True)
     if bracket is not None and not 0 < bracket[0] < bracket[1]:
         raise ValueError(f"bracket must be (lo, hi) with 0 < lo < hi, got {bracket}")
-    measure = functools.partial(Evaluator(build, x, seeds, memory_budget).measure, target=target)
+    measure = functools.partial(Evaluator(build, x, seeds, engine).measure, target=target)
     evaluations: list = []
     d_mean, d_se, d_spectra = measure(defaults)
     values, stderr, method = dict(defaults), {n: 0.0 for n in names}, "measured"

@@ -19,7 +19,7 @@ import importlib
 import os
 from collections.abc import Sequence
 
-from isometry.experiments._report import write_report
+from isometry.plot.output import write_report
 
 __all__ = ["EXPERIMENTS", "SCALES", "reproduce", "experiment", "sweepable"]
 

@@ -1,31 +1,18 @@
-"""Writing one experiment's outputs: NAME.png, NAME.json and NAME.md, each atomically.
+"""The markdown of one experiment's outputs: tables, numbers, the paper-scale section.
 
-The JSON record is the single source of the numbers: the figure and the markdown are drawn
-from it (never from live objects), so the PNG shows exactly the numbers the JSON holds.
+An experiment writes NAME.json, NAME.png and NAME.md with `isometry.plot.write_report`. The
+JSON record is the single source of the numbers: the figure and the markdown are drawn from it
+(never from live objects), so the PNG shows exactly the numbers the JSON holds.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
-from isometry import plot
-from isometry._io import atomic_write, jsonable, write_json
-
-__all__ = ["write_report", "markdown_table", "fmt", "paper_differences", "PAPER_HEADING"]
+__all__ = ["markdown_table", "fmt", "paper_differences", "PAPER_HEADING"]
 
 #: The heading of the section every experiment's NAME.md ends with.
 PAPER_HEADING = "## Paper scale against the paper"
-
-
-def write_report(out_dir: str, name: str, record: dict, figure, markdown: str) -> dict[str, str]:
-    """Writes `out_dir/NAME.{json,png,md}`; returns {"json": path, "png": path, "md": path}."""
-
-    os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, name)
-    return {"json": write_json(base + ".json", jsonable(record), indent=1),
-            "png": plot.save(figure, base + ".png"),
-            "md": atomic_write(base + ".md", markdown.encode())}
 
 
 def fmt(value, digits: int = 3) -> str:

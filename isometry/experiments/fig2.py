@@ -124,7 +124,7 @@ class Figure2:
     solution_product: float
     residual_bound: float
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """The fig2.json record (`record`)."""
         return record(self)
 

@@ -106,7 +106,7 @@ class DepthSweep:
         """`scaling(depths, lr)` of the toy `name` ("residual" or "rezero")."""
         return scaling(self.depths, getattr(self, name).lr)
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """The lr_depth.json record (`record`)."""
         return record(self)
 

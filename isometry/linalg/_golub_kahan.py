@@ -1,23 +1,38 @@
-"""Golub–Kahan–Lanczos bidiagonalization of a matrix-free J, its Ritz values and error bounds.
+"""Golub–Kahan–Lanczos bidiagonalization of a matrix-free J, b vectors per step (b ≥ 1).
 
 For J = ∂y/∂x (n_out × n_in) available only as products v ↦ Jv and u ↦ Jᵀu
-(`jacobian_operator`), m steps of Golub–Kahan–Lanczos bidiagonalization from a unit vector
-v₁ build orthonormal V = [v₁ … v_m], U = [u₁ … u_m] and the upper-bidiagonal B (diagonal
-α_j, superdiagonal β_j) with
+(`jacobian_operator`), step j of the block recurrence from V_1 (b orthonormal rows) computes
+the QR factorizations
 
-    J V = U B,        Jᵀ U = V Bᵀ + β_m v_{m+1} e_mᵀ.
+    U_j A_j = J V_j − U_{j−1} C_{j−1},        V_{j+1} C_jᵀ = Jᵀ U_j − V_j A_jᵀ,
 
-Every vector is re-orthogonalized against all earlier ones (twice, classical Gram–Schmidt
-by chunks of 16 rows, reading only the rows filled so far: step j costs two products and
-O(j · n)), so the recurrence stays accurate in floating point; a breakdown (α_j or β_j at
-round-off level: an invariant subspace was found, e.g. J = I) restarts with a random
-orthogonal vector, computed only when it happens.
+A_j upper and C_j lower triangular (b × b). After s steps, with V = [V_1 … V_s] and
+U = [U_1 … U_s] (s·b orthonormal columns each) and B block upper-bidiagonal (A_j on the
+diagonal, C_j to its right):
 
-From the SVD B = P Σ Qᵀ, the Ritz values σ_i(B) ≤ σ_i(J) and their residual bounds
-|β_m P_{m,i}| (`Bidiagonalization.ritz`), refined by the gaps (`error_bounds`), and the
-stopping rule that certifies the top k (`golub_kahan`, `certified_run`).
+    J V = U B,        Jᵀ U = V Bᵀ + V_{s+1} C_sᵀ E_sᵀ,
 
-Reference: Golub & Kahan (1965).
+E_s the last b columns of the identity. The block size is an argument: b = 1 is the
+single-vector recurrence α_j u_j = J v_j − β_{j−1} u_{j−1}, β_j v_{j+1} = Jᵀ u_j − α_j v_j
+(A_j = α_j, C_j = β_j), where the same code takes matrix–vector products in place of
+matrix–matrix ones. Every count of steps (`max_steps`, `Bidiagonalization.steps`) is in
+vectors, s · b: the products with J a run takes.
+
+Why blocks: the b products of a step are one batched product (`vmap`: matrix–matrix), which
+reads the weights of J once. Where the products are memory-bound (dense layers of width
+~1,000 on a CPU) b = 16 of them cost about 2.5× one, and a block wider than a cluster of top
+values converges at the rate of the gap below the block, not of the gaps inside it.
+
+Every block is re-orthogonalized against all earlier vectors (classical Gram–Schmidt twice, by
+chunks of 16 rows, reading only the rows filled so far: step j costs 2b products and
+O(j · b² · n)), then within itself row by row (twice). A row at round-off level (a breakdown:
+an invariant subspace was found, e.g. J = I or rank J < s·b) gets coefficient 0 and a random
+direction orthogonal to everything before it, computed only when it happens, so the relations
+stay exact. Ritz values, their error bounds and the stopping rule that certifies the top k are
+in `isometry.linalg._ritz`.
+
+References: Golub & Kahan (1965); Golub, Luk & Overton (1981), "A block Lanczos method for
+computing the singular values and corresponding singular vectors of a matrix".
 """
 
 from __future__ import annotations
@@ -31,105 +46,198 @@ import jax
 import jax.numpy as jnp
 
 from isometry.linalg._jacobian import JacobianOperator
+from isometry.linalg._ritz import (block_matrix, bucket_sizes, ritz_residuals, stopping_loop,
+                                   top_ritz)
 
-__all__ = ["Bidiagonalization", "bidiagonalize_runs", "bucket_index", "bucket_sizes",
-           "certified_run", "error_bounds", "golub_kahan", "hashed_normal", "stopping_loop",
-           "sweep_chunks"]
+__all__ = ["Bidiagonalization", "bidiagonalize_runs", "certified_run", "golub_kahan",
+           "hashed_normal", "start_block", "sweep_chunks"]
 
 Array = Any
 
 # A coefficient below this many ulps of the operator's scale is a breakdown.
 BREAKDOWN_ULPS = 64
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Bidiagonalization:
-    """The upper-bidiagonal B of J from `golub_kahan`, with both Krylov bases.
-
-    Buffers have the static length m = num_steps; after an early stop only the first `steps`
-    entries are filled (the rest are 0). With s = steps, V_s = right_vectors[:s]ᵀ and
-    U_s = left_vectors[:s]ᵀ (columns):
-
-        J V_s = U_s B_s,        Jᵀ U_s = V_s B_sᵀ + β_s v_{s+1} e_sᵀ.
-
-    Attributes:
-      alphas: diagonal α_1..α_m, shape (m,).
-      betas: β_1..β_m; β_1..β_{s−1} are B's superdiagonal, β_s couples to the next v (the
-        residual of the last step), shape (m,).
-      steps: number of steps done (≤ m), an int array.
-      right_vectors: v_1..v_m as rows (zero beyond `steps`), shape (m, n_in).
-      left_vectors: u_1..u_m as rows (zero beyond `steps`), shape (m, n_out).
-      next_vector: v_{s+1}, the unit direction of the residual, shape (n_in,).
-    """
-
-    alphas: Array
-    betas: Array
-    steps: Array
-    right_vectors: Array
-    left_vectors: Array = None
-    next_vector: Array = None
-
-    def matrix(self) -> Array:
-        """B as a dense (m, m) array (zero beyond `steps`: extra zero singular values)."""
-        m = self.alphas.shape[-1]
-        superdiag = jnp.where(jnp.arange(m - 1, dtype=jnp.int32) < self.steps - 1, self.betas[:-1], 0)
-        return jnp.diag(self.alphas) + jnp.diag(superdiag, 1)
-
-    def ritz(self):
-        """(P, σ, Qᵀ, residuals): the SVD B = P diag(σ) Qᵀ, σ descending, and the residual
-        bounds |β_steps P_{steps,i}| of the Ritz triplets (0 for the padding's zeros)."""
-        p, s, qt = jnp.linalg.svd(self.matrix())
-        last = self.steps - 1
-        residuals = jnp.abs(self.betas[last] * p[last, :])
-        return p, s, qt, residuals
-
-
-# --- reorthogonalization on the active rows -------------------------------------------------
 #: Rows per reorthogonalization chunk: the basis is swept chunk by chunk up to the last filled
 #: row, so a step costs O(steps · n), not O(max_steps · n).
 CHUNK = 16
 
 
-def _project_out(w: Array, basis: Array, rows: Array) -> Array:
-    """w minus its projection on the first `rows` rows of `basis`, twice (CGS2 by chunks).
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Bidiagonalization:
+    """The block upper-bidiagonal B of J from `golub_kahan`, with both Krylov bases.
 
-    Args:
-      w: vectors (p, n), one per independent run.
-      basis: orthonormal rows (p, M, n), M a multiple of `CHUNK`; rows ≥ `rows` are zero.
-      rows: number of filled rows (traced); only ⌈rows / CHUNK⌉ chunks are read.
+    With b the block size and M = ⌊max_steps / b⌋ · b, buffers are static; after a run of
+    s = `steps` vectors (s / b steps) only the first s rows are filled, the rest are 0. With
+    V_s = right_vectors[:s]ᵀ and U_s = left_vectors[:s]ᵀ (columns):
 
-    Each pass subtracts, chunk by chunk, h = B_c w then w ← w − B_cᵀ h (classical within a
-    chunk, modified between chunks); the second pass removes what round-off left of the first
-    ("twice is enough", Giraud et al. 2005).
+        J V_s = U_s B_s,        Jᵀ U_s = V_s B_sᵀ + V_{s+1} C_sᵀ E_sᵀ.
+
+    Attributes:
+      diagonal: A_1..A_{M/b}, upper-triangular blocks, (M/b, b, b); for b = 1 the α_j.
+      superdiagonal: C_1..C_{M/b}, lower-triangular; C_1..C_{s/b−1} are B's, C_{s/b} couples
+        to V_{s+1} (the residual of the last step), (M/b, b, b); for b = 1 the β_j.
+      steps: vectors done (≤ M, a multiple of b), an int array.
+      right_vectors: the columns of V as rows (zero beyond `steps`), (M, n_in).
+      left_vectors: the columns of U as rows (zero beyond `steps`), (M, n_out).
+      next_vectors: V_{s+1} as rows, the unit directions of the residual, (b, n_in).
     """
-    def subtract(w, block):  # block: (p, c, n)
-        if w.shape[0] == 1:  # one run: plain matrix-vector products
-            return w - ((block[0] @ w[0]) @ block[0])[None]
-        h = jnp.einsum("pcn,pn->pc", block, w)
-        return w - jnp.einsum("pc,pcn->pn", h, block)
 
-    return sweep_chunks(w, basis, rows, 1, subtract)
+    diagonal: Array
+    superdiagonal: Array
+    steps: Array
+    right_vectors: Array
+    left_vectors: Array
+    next_vectors: Array
+
+    @property
+    def block_size(self) -> int:
+        """b, the vectors per step."""
+        return self.diagonal.shape[-1]
+
+    def _coefficients(self, blocks: Array) -> Array:
+        if self.block_size != 1:
+            raise ValueError(f"alphas, betas and next_vector belong to a run of one vector per "
+                             f"step; this one has blocks of {self.block_size}: read diagonal, "
+                             f"superdiagonal and next_vectors")
+        return blocks[..., 0, 0]
+
+    @property
+    def alphas(self) -> Array:
+        """α_1..α_M of a single-vector run (b = 1), (M,)."""
+        return self._coefficients(self.diagonal)
+
+    @property
+    def betas(self) -> Array:
+        """β_1..β_M of a single-vector run: β_s couples to v_{s+1}, (M,)."""
+        return self._coefficients(self.superdiagonal)
+
+    @property
+    def next_vector(self) -> Array:
+        """v_{s+1} of a single-vector run, (n_in,)."""
+        self._coefficients(self.diagonal)
+        return self.next_vectors[..., 0, :]
+
+    def matrix(self) -> Array:
+        """B as a dense (M, M) array (zero beyond `steps`: extra zero singular values)."""
+        return block_matrix(self.diagonal, self.superdiagonal, self.steps)
+
+    def ritz(self):
+        """(P, σ, Qᵀ, residuals): the SVD B = P diag(σ) Qᵀ, σ descending, and the residual
+        bounds ‖C_sᵀ E_sᵀ p_i‖ of the Ritz triplets (|β_s P_{s,i}| for b = 1)."""
+        p, s, qt = jnp.linalg.svd(self.matrix())
+        return p, s, qt, ritz_residuals(p, self.superdiagonal, self.steps)
 
 
-def sweep_chunks(w, basis, rows, axis, subtract):
-    """w after `subtract(w, chunk)` for every `CHUNK`-row chunk of `basis` (rows along `axis`)
-    up to the first `rows` rows, all of them twice, in one loop (chunk i mod ⌈rows / CHUNK⌉):
-    the sweep of classical Gram–Schmidt twice by chunks, reading only the filled rows."""
+# --- orthogonalization -----------------------------------------------------------------------
+def sweep_chunks(w, basis, rows, subtract):
+    """w after `subtract(w, chunk)` for every `CHUNK`-row chunk of `basis` up to the first
+    `rows` rows, all of them twice, in one loop (chunk i mod ⌈rows / CHUNK⌉): the sweep of
+    classical Gram–Schmidt twice by chunks, reading only the filled rows."""
     nchunks = (rows + CHUNK - 1) // CHUNK
 
     def chunk(i, w):
         start = (i % jnp.maximum(nchunks, 1)) * CHUNK
-        return subtract(w, jax.lax.dynamic_slice_in_dim(basis, start, CHUNK, axis=axis))
+        return subtract(w, jax.lax.dynamic_slice_in_dim(basis, start, CHUNK, axis=0))
 
     return jax.lax.fori_loop(0, 2 * nchunks, chunk, w)
 
 
+def _project_out(w: Array, basis: Array, rows: Array) -> Array:
+    """The rows of w (b, n) minus their projections on the first `rows` rows of `basis`
+    (M, n, M a multiple of `CHUNK`, zero beyond `rows`), twice: h = B_c w, then
+    w ← w − B_cᵀ h, chunk by chunk (classical within a chunk, modified between chunks); the
+    second pass removes what round-off left of the first ("twice is enough", Giraud et al.
+    2005). One row (b = 1): matrix–vector products."""
+    def subtract(w, block):  # block: (CHUNK, n)
+        if w.shape[0] == 1:
+            return w - ((block @ w[0]) @ block)[None]
+        return w - (w @ block.T) @ block
+
+    return sweep_chunks(w, basis, rows, subtract)
+
+
+def _combine(coef: Array, rows: Array) -> Array:
+    """coef @ rows, (b, b) × (b, n); for b = 1 a scalar multiple."""
+    return coef * rows if coef.shape[-1] == 1 else coef @ rows
+
+
+def _unit(w: Array) -> Array:
+    norm = jnp.linalg.norm(w, axis=-1, keepdims=True)
+    return w / jnp.maximum(norm, jnp.finfo(w.dtype).tiny)
+
+
+def _orthonormal_within(w, spare, threshold):
+    """(R, Q, lost): the QR w = Rᵀ Q of the block w (b, n), Q's rows orthonormal, R upper
+    triangular, by modified Gram–Schmidt twice within the block.
+
+    A row whose remainder is at most its `threshold` (the block lost rank) gets R_ii = 0 and,
+    as Q's row i, its `spare` made orthogonal to the rows before it; the rows after it are
+    orthogonalized against that row in turn, so w = Rᵀ Q stays exact. `lost` marks those rows.
+    """
+    b = w.shape[0]
+    if b == 1:  # one row: its norm
+        norm = jnp.linalg.norm(w, axis=-1)
+        lost = norm <= threshold
+        q = jnp.where(lost[:, None], _unit(spare), _unit(w))
+        return jnp.where(lost, 0, norm)[:, None], q, lost
+    idx = jnp.arange(b, dtype=jnp.int32)
+
+    def row(i, carry):
+        q, r, lost = carry
+        earlier = idx < i
+        pair = jnp.stack([w[i], spare[i]])  # the row and its spare, minus their
+        coef = jnp.zeros((2, b), q.dtype)     # projections on q_{<i}, twice
+        for _ in range(2):
+            h = jnp.where(earlier, pair @ q.T, 0)
+            pair, coef = pair - h @ q, coef + h
+        norm = jnp.linalg.norm(pair[0])
+        gone = norm <= threshold[i]
+        new = _unit(jnp.where(gone, pair[1], pair[0]))
+        r = r.at[:, i].set(coef[0].at[i].set(jnp.where(gone, 0, norm)))
+        return q.at[i].set(new), r, lost.at[i].set(gone)
+
+    init = (jnp.zeros_like(w), jnp.zeros((b, b), w.dtype), jnp.zeros((b,), bool))
+    q, r, lost = jax.lax.fori_loop(0, b, row, init)
+    return r, q, lost
+
+
+def _next_rows(w, raw_norms, basis, rows, scale, directions, ulps):
+    """(R, Q): w = Rᵀ Q with Q's rows orthonormal and ⟂ basis[:rows], R upper triangular.
+
+    A row at round-off level (≤ ulps · max(‖its product‖, ‖B‖ so far)) means an invariant
+    subspace was found: the run continues from its row of `directions`, orthogonalized against
+    the basis and the rows before it, with coefficient 0, so the relations stay exact. The
+    orthogonalization is a loop of one pass, taken a second time (on the restart directions)
+    only when some row broke down: the restart costs nothing otherwise, and its code is the
+    same traced loop body (under `vmap` the second pass runs when any member broke down).
+    """
+    threshold = ulps * jnp.maximum(raw_norms, scale)
+
+    def attempt(state):
+        tries, w, spare, _, _, _ = state
+        again = tries > 0
+        projected = _project_out(jnp.where(again, directions, w), basis, rows)
+        w, spare = jnp.where(again, w, projected), jnp.where(again, projected, spare)
+        return (tries + 1, w, spare) + _orthonormal_within(w, spare, threshold)
+
+    def pending(state):
+        tries, lost = state[0], state[-1]
+        return (tries == 0) | ((tries == 1) & jnp.any(lost))
+
+    b = w.shape[0]
+    state = (0, w, jnp.zeros_like(w), jnp.zeros((b, b), w.dtype), jnp.zeros_like(w),
+             jnp.zeros((b,), bool))
+    _, _, _, r, q, _ = jax.lax.while_loop(pending, attempt, state)
+    return r, q
+
+
+# --- the recurrence --------------------------------------------------------------------------
 def hashed_normal(key: Array, n: int, dtype) -> Array:
     """n pseudo-random numbers of zero mean and unit variance from a cheap integer hash of
     the key (a multiply-xorshift mix of the index and the key's bits, then the uniform
     mapped to [−√3, √3]). For start and restart directions, which only need to be generic:
-    it compiles in a fraction of the time of `jax.random.normal` (threefry) on CPU."""
+    it compiles in a fraction of the time of `jax.random.normal` (threefry) on CPU. Entry i
+    does not depend on n."""
     data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     seed = jnp.asarray(data, jnp.uint32).reshape(-1)
     h = jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) + seed[0]
@@ -140,287 +248,169 @@ def hashed_normal(key: Array, n: int, dtype) -> Array:
     return (math.sqrt(3.0) * (2.0 * uniform - 1.0)).astype(dtype)
 
 
-def _unit(w: Array) -> Array:
-    norm = jnp.linalg.norm(w, axis=-1, keepdims=True)
-    return w / jnp.maximum(norm, jnp.finfo(w.dtype).tiny)
+def start_block(op: JacobianOperator, key: Array, block_size: int) -> Array:
+    """The default start, b generic rows (b, n_in) from `hashed_normal`, drawn apart from the
+    restart directions: for b = 1 the entries of `key` that follow them (n_out + n_in
+    onwards), for b > 1 the first b · n_in entries of fold_in(key, 1). Two rules, each the
+    start its run had before the single-vector and block recurrences were one (the saved
+    reference values of `tests/test_reference.py` depend on both)."""
+    if block_size == 1:
+        return hashed_normal(key, op.n_out + 2 * op.n_in, op.dtype)[op.n_out + op.n_in:][None]
+    return hashed_normal(jax.random.fold_in(key, 1), block_size * op.n_in,
+                         op.dtype).reshape(block_size, op.n_in)
 
 
-def _next_vector(w, raw_norm, basis, rows, scale, direction, ulps):
-    """Coefficients and unit vectors of w ⟂ basis; a random orthogonal direction on breakdown.
+def _directions(g, j, b):
+    """b restart directions for step j: the Gaussian vector g rolled by j·b + i."""
+    return jnp.stack([jnp.roll(g, j * b + i) for i in range(b)])
 
-    A coefficient at round-off level (≤ ulps · max(‖raw‖, ‖B‖ so far)) means an invariant
-    subspace was found: the run continues from `direction` orthogonalized against the basis,
-    with coefficient 0, so the bidiagonal relations stay exact. The orthogonalization is a
-    loop of one pass, taken a second time (on the restart direction) only when some run broke
-    down: the restart costs nothing otherwise, and its code is the same traced loop body
-    (one copy of the orthogonalization in the program; under `vmap` the second pass runs when
-    any member of the batch broke down).
-    """
 
-    def attempt(state):
-        tries, w, coef, broke = state
-        again = tries > 0
-        candidate = jnp.where((again & broke)[:, None], direction, w)
-        candidate = _project_out(candidate, basis, rows)
-        norm = jnp.linalg.norm(candidate, axis=-1)
-        return (tries + 1, jnp.where((again & ~broke)[:, None], w, candidate),
-                jnp.where(again, coef, norm),
-                jnp.where(again, broke, norm <= ulps * jnp.maximum(raw_norm, scale)))
-
-    def pending(state):
-        tries, _, _, broke = state
-        return (tries == 0) | ((tries == 1) & jnp.any(broke))
-
-    no = jnp.zeros(w.shape[:1], bool)
-    _, w, coef, broke = jax.lax.while_loop(pending, attempt, (0, w, jnp.zeros(w.shape[:1], w.dtype), no))
-    return jnp.where(broke, 0.0, coef), _unit(w)
+def _ulps(dtype):
+    return BREAKDOWN_ULPS * jnp.finfo(dtype).eps
 
 
 def _products(op: JacobianOperator, vectors: Array, side: str) -> Array:
-    """J v (side "J") or Jᵀ u (side "JT") for every row of `vectors` (p, n), batched."""
+    """J v (side "J") or Jᵀ u (side "JT") for every row of `vectors` (b, n), batched."""
     fn = op.matvec if side == "J" else op.rmatvec
     if vectors.shape[0] == 1:
         return fn(vectors[0])[None]
     return jax.vmap(fn)(vectors)
 
 
-def _gk_step(op, g_u, g_v, ulps, j, carry):
-    """Step j (0-based) of p independent runs: α_j u_j = J v_j − β_{j−1} u_{j−1}, then
-    β_j v_{j+1} = Jᵀ u_j − α_j v_j, each orthogonalized against the run's earlier vectors."""
-    us, vs, alphas, betas, scale = carry
-    v = jax.lax.dynamic_index_in_dim(vs, j, axis=1, keepdims=False)  # (p, n_in)
+def _gk_step(op, g_u, g_v, j, carry):
+    """Step j (0-based): U_j A_j = J V_j − U_{j−1} C_{j−1}, V_{j+1} C_jᵀ = Jᵀ U_j − V_j A_jᵀ,
+    each block orthogonalized against the earlier ones (`_next_rows`)."""
+    us, vs, a, c, scale = carry
+    b, ulps = a.shape[-1], _ulps(a.dtype)
+    v = jax.lax.dynamic_slice_in_dim(vs, j * b, b, axis=0)
     jv = _products(op, v, "J")
-    u_prev = jax.lax.dynamic_index_in_dim(us, jnp.maximum(j - 1, 0), axis=1, keepdims=False)
-    beta_prev = jnp.where(j > 0, jax.lax.dynamic_index_in_dim(betas, jnp.maximum(j - 1, 0),
-                                                              axis=1, keepdims=False), 0.0)
-    alpha, u = _next_vector(jv - beta_prev[:, None] * u_prev, jnp.linalg.norm(jv, axis=-1),
-                            us, j, scale, jnp.roll(g_u, j), ulps)
-    scale = jnp.maximum(scale, alpha)
+    u_prev = jax.lax.dynamic_slice_in_dim(us, jnp.maximum(j - 1, 0) * b, b, axis=0)
+    c_prev = jnp.where(j > 0, jax.lax.dynamic_index_in_dim(c, jnp.maximum(j - 1, 0),
+                                                           keepdims=False), 0)
+    r, u = _next_rows(jv - _combine(c_prev.T, u_prev), jnp.linalg.norm(jv, axis=-1), us, j * b,
+                      scale, _directions(g_u, j, b), ulps)
+    scale = jnp.maximum(scale, jnp.max(jnp.abs(r)))
     jtu = _products(op, u, "JT")
-    beta, v_next = _next_vector(jtu - alpha[:, None] * v, jnp.linalg.norm(jtu, axis=-1),
-                                vs, j + 1, scale, jnp.roll(g_v, j), ulps)
-    scale = jnp.maximum(scale, beta)
-    return (jax.lax.dynamic_update_index_in_dim(us, u, j, axis=1),
-            jax.lax.dynamic_update_index_in_dim(vs, v_next, j + 1, axis=1),
-            alphas.at[:, j].set(alpha), betas.at[:, j].set(beta), scale)
+    rc, v_next = _next_rows(jtu - _combine(r, v), jnp.linalg.norm(jtu, axis=-1), vs, (j + 1) * b,
+                            scale, _directions(g_v, j, b), ulps)
+    scale = jnp.maximum(scale, jnp.max(jnp.abs(rc)))
+    return (jax.lax.dynamic_update_slice_in_dim(us, u, j * b, axis=0),
+            jax.lax.dynamic_update_slice_in_dim(vs, v_next, (j + 1) * b, axis=0),
+            a.at[j].set(r), c.at[j].set(rc.T), scale)
 
 
-def _gk_init(op, v0, m, key):
-    """Zero buffers (rows padded to whole chunks), v_1 = v0/‖v0‖, and the restart directions:
-    one Gaussian vector per side, rolled by the step number (no random draws in the loop)."""
-    p, dtype = v0.shape[0], op.dtype
+def _gk_init(op, v0, nb, key):
+    """Zero buffers for nb steps (rows padded to whole chunks), V_1 = the QR of the start
+    block v0 (b, n_in) (`_orthonormal_within`), and one Gaussian restart vector per side,
+    rolled by the vector's index (no random draws in the loop)."""
+    b, dtype = v0.shape[0], op.dtype
     g = hashed_normal(key, op.n_out + op.n_in, dtype)
     g_u, g_v = g[:op.n_out], g[op.n_out:]
-    rows_u = -(-m // CHUNK) * CHUNK
-    rows_v = -(-(m + 1) // CHUNK) * CHUNK
-    vs = jnp.zeros((p, rows_v, op.n_in), dtype).at[:, 0].set(_unit(jnp.asarray(v0, dtype)))
-    carry = (jnp.zeros((p, rows_u, op.n_out), dtype), vs, jnp.zeros((p, m), dtype),
-             jnp.zeros((p, m), dtype), jnp.zeros((p,), dtype))
+    v0 = jnp.asarray(v0, dtype)
+    _, v1, _ = _orthonormal_within(v0, _directions(g_v, -1, b),
+                                   _ulps(dtype) * jnp.linalg.norm(v0, axis=-1))
+    pad = lambda rows: -(-rows // CHUNK) * CHUNK  # noqa: E731
+    vs = jnp.zeros((pad((nb + 1) * b), op.n_in), dtype).at[:b].set(v1)
+    carry = (jnp.zeros((pad(nb * b), op.n_out), dtype), vs, jnp.zeros((nb, b, b), dtype),
+             jnp.zeros((nb, b, b), dtype), jnp.zeros((), dtype))
     return carry, g_u, g_v
 
 
-def _bidiagonalization(carry, steps, m) -> Bidiagonalization:
-    us, vs, alphas, betas, _ = carry
+def _bidiagonalization(carry, steps) -> Bidiagonalization:
+    us, vs, a, c, _ = carry
+    m = a.shape[0] * a.shape[-1]
     filled = (jnp.arange(m, dtype=jnp.int32) < steps)[:, None]
-    nxt = jax.lax.dynamic_index_in_dim(vs, steps, axis=1, keepdims=False)
-    return Bidiagonalization(alphas, betas, jnp.full((alphas.shape[0],), steps),
-                             jnp.where(filled, vs[:, :m], 0), jnp.where(filled, us[:, :m], 0), nxt)
+    nxt = jax.lax.dynamic_slice_in_dim(vs, steps, a.shape[-1], axis=0)
+    return Bidiagonalization(a, c, steps, jnp.where(filled, vs[:m], 0),
+                             jnp.where(filled, us[:m], 0), nxt)
 
 
-def bidiagonalize_runs(op: JacobianOperator, v0: Array, num_steps: int, key: Array):
-    """`num_steps` steps of p independent Golub–Kahan runs from the rows of v0 (p, n_in),
-    their products batched (SLQ probes). Returns a `Bidiagonalization` with a leading p axis."""
-    m = num_steps
-    carry, g_u, g_v = _gk_init(op, v0, m, key)
-    ulps = BREAKDOWN_ULPS * jnp.finfo(op.dtype).eps
-    carry = jax.lax.fori_loop(0, m, functools.partial(_gk_step, op, g_u, g_v, ulps), carry)
-    return _bidiagonalization(carry, jnp.asarray(m, jnp.int32), m)
+def _as_block(op, v0, block_size):
+    """v0 as a start block (b, n_in): None gives `start_block`'s; a vector is a block of one."""
+    v0 = jnp.asarray(v0)
+    v0 = v0[None] if v0.ndim == 1 else v0
+    if v0.shape != (block_size, op.n_in):
+        raise ValueError(f"the start must have shape (block_size, n_in) = ({block_size}, "
+                         f"{op.n_in}) (or ({op.n_in},) for block_size 1), got {v0.shape}")
+    return v0
 
 
-# --- Ritz values and their error bounds ------------------------------------------------------
-def bucket_sizes(count: int, m: int) -> tuple[int, ...]:
-    """Static sizes of the leading blocks of B whose SVD a convergence test takes: 128 (if it
-    holds `count` and is below m), then m. A test after j ≤ 128 steps costs a 128² SVD
-    (about 1 ms in float32 here) instead of an m² one (6 ms at m = 256); each size is one
-    more SVD to compile, so there are at most two."""
-    return ((128,) if count <= 128 < m else ()) + (m,)
+def _fixed_run(op, v0, nb, key) -> Bidiagonalization:
+    """nb steps from the start block v0 (b, n_in), no stopping rule."""
+    carry, g_u, g_v = _gk_init(op, v0, nb, key)
+    carry = jax.lax.fori_loop(0, nb, functools.partial(_gk_step, op, g_u, g_v), carry)
+    return _bidiagonalization(carry, jnp.asarray(nb * v0.shape[0], jnp.int32))
 
 
-def _top_ritz(alphas: Array, betas: Array, steps: Array, count: int, sizes: tuple[int, ...]):
-    """The top `count` Ritz values σ_i(B_steps) and residual bounds |β_steps P_{steps,i}|.
-
-    The SVD is taken of the smallest leading block of the (zero-padded) B buffer in `sizes`
-    that holds B_steps (`lax.switch`), not of the whole buffer.
-    """
-
-    def leading(s):
-        def svd(alphas, betas, steps):
-            sup = jnp.where(jnp.arange(s - 1, dtype=jnp.int32) < steps - 1, betas[:s - 1], 0)
-            p, sv, _ = jnp.linalg.svd(jnp.diag(alphas[:s]) + jnp.diag(sup, 1))
-            last = jnp.minimum(steps, s) - 1
-            res = jnp.abs(betas[steps - 1] * p[last, :])
-            return sv[:count], res[:count]
-        return svd
-
-    return jax.lax.switch(bucket_index(steps, sizes), [leading(s) for s in sizes], alphas, betas,
-                          steps)
+def bidiagonalize_runs(op: JacobianOperator, starts: Array, max_steps: int, key: Array,
+                       block_size: int = 1) -> Bidiagonalization:
+    """p independent runs of ⌊max_steps / b⌋ steps (max_steps vectors) from the rows of
+    `starts` (p, n_in) (or blocks (p, b, n_in)), vmapped: their products batched (the SLQ
+    probes). Returns a `Bidiagonalization` with a leading p axis."""
+    starts = jnp.asarray(starts)
+    blocks = starts[:, None] if starts.ndim == 2 else starts
+    if blocks.shape[1:] != (block_size, op.n_in):
+        raise ValueError(f"the starts must have shape (p, n_in) for block_size 1 or (p, b, "
+                         f"n_in) = (p, {block_size}, {op.n_in}), got {starts.shape}")
+    return jax.vmap(lambda v: _fixed_run(op, v, max_steps // block_size, key))(blocks)
 
 
-def bucket_index(n, sizes):
-    """Index of the smallest of `sizes` (ascending, static) that holds n (traced)."""
-    return jnp.sum(n > jnp.asarray(sizes[:-1], jnp.int32)) if len(sizes) > 1 else 0
+def certified_run(op: JacobianOperator, v0, max_steps: int, key: Array, k: int, rtol: float,
+                  block_size: int = 1):
+    """The stopping-rule run of `golub_kahan`: (Bidiagonalization, θ, r, bounds, tests), the
+    top-k Ritz values θ, their residuals r and error bounds from the last test (the test
+    after the last step). At most ⌊max_steps / b⌋ steps of b vectors. v0: the start, (n_in,)
+    or (b, n_in), or None for `start_block`'s."""
+    b = block_size
+    nb = max_steps // b
+    v0 = start_block(op, key, b) if v0 is None else _as_block(op, v0, b)
+    carry, g_u, g_v = _gk_init(op, v0, nb, key)
+    count = min(k + 6, nb * b)
+    first = -(-(k + 1) // b)  # the first step with more vectors than k
+    sizes = tuple(s for s in bucket_sizes(count, nb * b) if s % b == 0) or (nb * b,)
+    iterations, carry, tests, (s, res, bounds) = stopping_loop(
+        functools.partial(_gk_step, op, g_u, g_v),
+        lambda carry, vectors: top_ritz(carry[2], carry[3], vectors, count, sizes),
+        carry, nb, first, k, rtol, b, op.dtype)
+    return _bidiagonalization(carry, iterations * b), s, res, bounds, tests
 
 
-#: Relative gaps below which neighbouring Ritz values are also bounded as one cluster.
-_CLUSTER_GAPS = (0.0, 1e-3, 1e-2, 1e-1)
+def golub_kahan(op: JacobianOperator, v0: Array | None, max_steps: int, key: Array, *,
+                block_size: int = 1, k: int | None = None,
+                rtol: float = 1e-6) -> Bidiagonalization:
+    """Golub–Kahan–Lanczos bidiagonalization with full reorthogonalization, b vectors a step.
 
-
-def error_bounds(values: Array, residuals: Array, steps: Array | int | None = None) -> Array:
-    """Bounds on σ_i(J) − θ_i for Ritz values θ (descending) with residual bounds r.
-
-    Each Ritz triplet (θ_i, U p_i, V q_i) is an approximate eigenpair of the symmetric
-    H = [[0, J], [Jᵀ, 0]] with residual r_i/√2. Three bounds, the smallest taken:
-
-    * r_i (some eigenvalue of H lies within the residual);
-    * the gap bound r_i² / (2 δ_i) (Parlett, Thm 11.7.1), δ_i the distance from θ_i to the
-      rest of the spectrum, estimated as min(θ_{i−1} − θ_i, θ_i − θ_{i+1} − r_{i+1}) (above,
-      σ_{i−1} ≥ θ_{i−1} by interlacing; below, θ_{i+1} + r_{i+1} stands in for σ_{i+1} as in
-      PROPACK, a heuristic: a value the Krylov space has not seen yet cannot be bounded);
-    * for a cluster C of neighbours closer than a relative gap τ ∈ `_CLUSTER_GAPS`, the
-      block bound Σ_{j∈C} r_j² / (2 δ_C) (Cao, Xie & Li 2008), δ_C the gap from the cluster
-      to the rest: tight for tight clusters, where δ_i is tiny but δ_C is not.
-
-    A quadratic bound applies only when the gap exceeds the residual. The bounds are those of
-    the computed B: round-off of the products (about eps · σ_max) is not included.
-
-    Args:
-      values: θ, descending, (count,).
-      residuals: r, (count,).
-      steps: number of steps (θ_i with i ≥ steps are padding); None: all are real.
-
-    Returns:
-      Error bounds, (count,) (∞-free: at most r_i; the last value gets r only).
-    """
-    count = values.shape[-1]
-    idx = jnp.arange(count, dtype=jnp.int32)
-    real = count if steps is None else jnp.minimum(steps, count)
-    r2 = jnp.square(residuals)
-
-    def clustered(tau):  # the bounds with clusters of relative gap ≤ tau
-        gaps = values[:-1] - values[1:]
-        boundary = gaps > tau * values[:-1]
-        label = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(boundary, dtype=jnp.int32)])
-        same = label[:, None] == label[None, :]
-        first = jnp.min(jnp.where(same, idx[None, :], count), axis=1)
-        last = jnp.max(jnp.where(same, idx[None, :], -1), axis=1)
-        block = jnp.sum(jnp.where(same, r2[None, :], 0), axis=1)
-        above = jnp.where(first > 0, values[jnp.maximum(first - 1, 0)] - values[first], jnp.inf)
-        below_ok = last + 1 < real
-        nxt = jnp.minimum(last + 1, count - 1)
-        below = jnp.where(below_ok, values[last] - values[nxt] - residuals[nxt], -jnp.inf)
-        gap = jnp.minimum(above, below)
-        ok = (gap > jnp.sqrt(block)) & below_ok
-        return jnp.where(ok, block / (2 * jnp.where(ok, gap, 1)), jnp.inf)
-
-    taus = jnp.asarray(_CLUSTER_GAPS, values.dtype)
-    return jnp.minimum(residuals, jnp.min(jax.vmap(clustered)(taus), axis=0))
-
-
-def _stop_ratio(values, residuals, steps, k, rtol):
-    """max_i≤k of error bound / (rtol · θ_i): ≤ 1 means the top k are certified."""
-    bounds = error_bounds(values, residuals, steps)[:k]
-    tiny = jnp.finfo(values.dtype).tiny
-    return jnp.max(bounds / jnp.maximum(rtol * values[:k], tiny)), bounds
-
-
-def _next_test_step(j, ratio, last_j, last_log, limit):
-    """(the step of the next convergence test, ln ratio) after a test at step j.
-
-    With ρ = `ratio` (`_stop_ratio`) falling by a factor e^c per step since the last test
-    (at `last_j`, ln ρ = `last_log`), ρ reaches 1 after about ln ρ / c more steps; the next
-    test comes after half of them (at least 1, at most j/8, at most `limit`)."""
-    log_ratio = jnp.log(jnp.maximum(ratio, jnp.finfo(ratio.dtype).tiny))
-    rate = (last_log - log_ratio) / jnp.maximum(j - last_j, 1).astype(log_ratio.dtype)
-    ahead = jnp.where((last_j > 0) & (rate > 0), log_ratio / rate, jnp.inf)
-    interval = jnp.clip(jnp.floor(ahead / 2), 1,
-                        jnp.maximum(j // 8, 1).astype(ahead.dtype)).astype(jnp.int32)
-    return jnp.minimum(j + interval, limit), log_ratio
-
-
-def stopping_loop(step, ritz, carry, limit, first, k, rtol, per_step, dtype):
-    """The stopping rule: `carry = step(j, carry)` for j = 0, 1, … until the top-k Ritz
-    values are certified (every error bound ≤ rtol · θ_i) or `limit` steps ran.
-
-    Args:
-      step: (j, carry) → carry, one (block) step.
-      ritz: (carry, j) → (θ, r), the top Ritz values and residual bounds after j steps.
-      carry: the run's state before step 0.
-      limit, first: the most steps, and the step of the first test (static ints); later
-        tests are scheduled from the observed convergence rate (`_next_test_step`).
-      k, rtol: how many values, to what relative accuracy.
-      per_step: vectors a step adds (the block size).
-      dtype: of the coefficients.
-
-    Returns:
-      (steps, carry, tests, (θ[:k], r[:k], error bounds)) from the last test.
-    """
-    def body(state):
-        j, carry, next_test, last_j, last_log, done, tests, found = state
-        carry = step(j, carry)
-        j = j + 1
-
-        def test(_):
-            s, res = ritz(carry, j)
-            ratio, bounds = _stop_ratio(s, res, j * per_step, k, rtol)
-            upcoming, log_ratio = _next_test_step(j, ratio, last_j, last_log, limit)
-            return upcoming, j, log_ratio, log_ratio <= 0, tests + 1, (s[:k], res[:k], bounds)
-
-        tested = jax.lax.cond(j >= next_test, test,
-                              lambda _: (next_test, last_j, last_log, done, tests, found), None)
-        return (j, carry) + tested
-
-    def unfinished(state):
-        j, _, _, _, _, done, _, _ = state
-        return (j < limit) & ~done
-
-    zero = jnp.zeros((), jnp.int32)
-    nothing = (jnp.zeros((k,), dtype),) * 3
-    state = (zero, carry, jnp.asarray(min(first, limit), jnp.int32), zero, jnp.zeros((), dtype),
-             jnp.zeros((), bool), zero, nothing)
-    steps, carry, _, _, _, _, tests, found = jax.lax.while_loop(unfinished, body, state)
-    return steps, carry, tests, found
-
-
-def golub_kahan(op: JacobianOperator, v0: Array, num_steps: int, key: Array, *,
-                k: int | None = None, rtol: float = 1e-6) -> Bidiagonalization:
-    """Golub–Kahan–Lanczos bidiagonalization with full reorthogonalization.
-
-    Starting from v₁ = v0/‖v0‖:
-        α_j u_j = J v_j − β_{j−1} u_{j−1},    β_j v_{j+1} = Jᵀ u_j − α_j v_j,
-    each new vector orthogonalized twice against the earlier u's (or v's) — only the rows
-    filled so far, chunk by chunk, so step j costs two products and O(j · n). When α_j or β_j
-    falls to round-off level (an invariant subspace, e.g. J = I or rank J < m) the recurrence
+    From V_1, the orthonormalized start block (b = 1: v₁ = v0/‖v0‖):
+        U_j A_j = J V_j − U_{j−1} C_{j−1},    V_{j+1} C_jᵀ = Jᵀ U_j − V_j A_jᵀ
+    (b = 1: α_j u_j = J v_j − β_{j−1} u_{j−1}, β_j v_{j+1} = Jᵀ u_j − α_j v_j), each new
+    block orthogonalized twice against the earlier ones — only the rows filled so far, chunk
+    by chunk, so a step costs 2b products and O(j · b² · n). When a coefficient falls to
+    round-off level (an invariant subspace, e.g. J = I or rank J < steps) the recurrence
     continues from a random vector orthogonal to the basis, its coefficient set to 0; this
-    keeps J V = U B and Jᵀ U = V Bᵀ + β_s v_{s+1} e_sᵀ exact.
+    keeps J V = U B and Jᵀ U = V Bᵀ + V_{s+1} C_sᵀ E_sᵀ exact.
 
-    Stopping rule (when `k` is given): after step j the top-k Ritz values of B_j get the
+    Stopping rule (when `k` is given): after each step the top-k Ritz values of B get the
     error bounds of `error_bounds` (residual, gap and cluster bounds); the run stops as soon
-    as every bound is ≤ rtol · θ_i, or after `num_steps` steps. Tests are scheduled from the
+    as every bound is ≤ rtol · θ_i, or after max_steps vectors. Tests are scheduled from the
     observed convergence rate: with ρ = max_i bound_i / (rtol θ_i) falling by a factor e^c
     per step, the next test comes after ⌊(ln ρ / c) / 2⌋ steps (at least 1, at most j/8), so
     tests get denser as ρ nears 1 and the run overshoots the first certifiable step by
-    little. A test costs the SVD of the leading 128 × 128 block of B (or all of B past 128 steps).
+    little. A test costs the SVD of the leading 128 × 128 block of B (or all of B past 128
+    vectors).
 
     Args:
       op: the operator (`jacobian_operator`): matvec (n_in,) → (n_out,), rmatvec back.
-      v0: starting vector (n_in,), not zero.
-      num_steps: m, the most steps, ≤ min(n_in, n_out) (static).
-      key: PRNG key for restart vectors.
-      k: stop early once the top k Ritz values are certified (None: run all m steps).
+      v0: the start: (n_in,) for b = 1, or b rows (b, n_in), linearly independent; None:
+        `start_block`'s generic one.
+      max_steps: the most vectors (products with J), b ≤ max_steps ≤ min(n_in, n_out)
+        (static); the run takes ⌊max_steps / b⌋ steps of b.
+      key: PRNG key for the restart (and default start) vectors.
+      block_size: b, vectors per step (static).
+      k: stop early once the top k Ritz values are certified (None: run every step).
       rtol: relative error bound of the stopping rule.
 
     Returns:
-      `Bidiagonalization` with α, β of shape (m,), both bases, and the number of steps done.
+      `Bidiagonalization` with both bases and the number of vectors done.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -428,39 +418,19 @@ def golub_kahan(op: JacobianOperator, v0: Array, num_steps: int, key: Array, *,
       >>> a = jnp.diag(jnp.arange(1.0, 21.0))
       >>> op = jacobian_operator(lambda x: a @ x, jnp.ones(20))
       >>> bd = golub_kahan(op, jnp.ones(20), 20, jax.random.key(0), k=3, rtol=1e-5)
-      >>> _, s, _, res = bd.ritz()
-      >>> [round(float(v), 3) for v in s[:3]]
+      >>> [round(float(v), 3) for v in bd.ritz()[1][:3]]
       [20.0, 19.0, 18.0]
+      >>> bd = golub_kahan(op, None, 20, jax.random.key(1), block_size=4)
+      >>> int(bd.steps), [round(float(v), 3) for v in bd.ritz()[1][:3]]
+      (20, [20.0, 19.0, 18.0])
     """
-    m = num_steps
-    if not 1 <= m <= min(op.n_in, op.n_out):
-        raise ValueError(f"num_steps must be in [1, min(n_in, n_out) = {min(op.n_in, op.n_out)}], "
-                         f"got {m}")
+    n = min(op.n_in, op.n_out)
+    if not 1 <= block_size <= max_steps <= n:
+        raise ValueError(f"need 1 ≤ block_size ≤ max_steps ≤ min(n_in, n_out) = {n}, got "
+                         f"block_size {block_size} and max_steps {max_steps}")
     if k is None:
-        out = bidiagonalize_runs(op, jnp.asarray(v0)[None], m, key)
-        return jax.tree_util.tree_map(lambda a: a[0], out)
-    if not 1 <= k <= m:
-        raise ValueError(f"k must be in [1, num_steps = {m}], got {k}")
-    return certified_run(op, v0, m, key, k, rtol)[0]
-
-
-def certified_run(op, v0, m, key, k, rtol):
-    """The stopping-rule run of `golub_kahan`: (Bidiagonalization, θ, r, bounds, tests), the
-    top-k Ritz values θ, their residuals r and error bounds from the last test (the test
-    after the last step). v0 None: a Gaussian start drawn with the restart directions."""
-    if v0 is None:  # a generic start, drawn apart from the restart directions
-        v0 = hashed_normal(key, op.n_out + 2 * op.n_in, op.dtype)[-op.n_in:]
-    carry, g_u, g_v = _gk_init(op, jnp.asarray(v0)[None], m, key)
-    ulps = BREAKDOWN_ULPS * jnp.finfo(op.dtype).eps
-    step = functools.partial(_gk_step, op, g_u, g_v, ulps)
-    count = min(k + 6, m)
-    sizes = bucket_sizes(count, m)
-
-    def ritz(carry, j):
-        _, _, alphas, betas, _ = carry
-        return _top_ritz(alphas[0], betas[0], j, count, sizes)
-
-    steps, carry, tests, (s, res, bounds) = stopping_loop(step, ritz, carry, m, k + 1, k, rtol, 1,
-                                                          op.dtype)
-    out = jax.tree_util.tree_map(lambda a: a[0], _bidiagonalization(carry, steps, m))
-    return out, s, res, bounds, tests
+        v0 = start_block(op, key, block_size) if v0 is None else _as_block(op, v0, block_size)
+        return _fixed_run(op, v0, max_steps // block_size, key)
+    if not 1 <= k <= max_steps // block_size * block_size:
+        raise ValueError(f"k must be in [1, max_steps = {max_steps}], got {k}")
+    return certified_run(op, v0, max_steps, key, k, rtol, block_size)[0]

@@ -21,6 +21,9 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from isometry._numerics import check_setting
+from isometry.linalg._memory import (DEFAULT_MEMORY_BUDGET, JacobianTooLargeError,
+                                     ProgramTooLargeError, check_fits, check_program_fits,
+                                     free_device_memory, gib, memory_budget_of)
 
 __all__ = [
     "JacobianTooLargeError",
@@ -37,50 +40,6 @@ __all__ = [
 ]
 
 MODES = ("auto", "fwd", "rev")
-#: Default memory budget for dense Jacobians (bytes): J of all inputs of a batch at once.
-DEFAULT_MEMORY_BUDGET = 4 * 2**30
-
-
-class JacobianTooLargeError(MemoryError):
-    """A dense Jacobian would exceed the memory budget (raised before anything is allocated)."""
-
-
-class ProgramTooLargeError(MemoryError):
-    """A compiled program needs more memory than its device has free (raised before it runs)."""
-
-
-def free_device_memory(device=None) -> int | None:
-    """Bytes free on `device` (default: the first device): the limit minus what is in use on an
-    accelerator; MemAvailable of /proc/meminfo on a Linux CPU; None where unknown."""
-    device = jax.devices()[0] if device is None else device
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_program_fits(compiled, what: str, fix: str) -> None:
-    """`ProgramTooLargeError` when `compiled` (`jax.stages.Compiled`) needs more memory than is
-    free on the device: its arguments, outputs and intermediates by XLA's own count, checked
-    before it runs (a program that would ask for 960 GB is refused in a line, not killed)."""
-    stats = compiled.memory_analysis()
-    free = free_device_memory()
-    if stats is None or free is None:
-        return
-    need = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-            + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
-    if need > free:
-        raise ProgramTooLargeError(
-            f"{what} would need {need / 2**30:.2f} GiB ({stats.temp_size_in_bytes / 2**30:.2f} "
-            f"GiB of intermediates, by XLA's count) but the device has {free / 2**30:.2f} GiB free; "
-            f"{fix}")
 
 
 def check_floating(x: Any, what: str = "input") -> None:
@@ -137,8 +96,9 @@ def check_nonempty(n_in: int, n_out: int) -> None:
                          f"needs at least one input and one output value")
 
 
-def batch_size(x: Any) -> int:
-    """The leading batch axis shared by every leaf of x; ValueError if they differ or it is 0.
+def batch_size(x: Any, needs: str = "batched=True") -> int:
+    """The leading batch axis shared by every leaf of x; ValueError if they differ or it is 0
+    (`needs`: what takes the batch, named in the error: `batched=True`, a sharded spectrum).
 
     Example:
       >>> import jax.numpy as jnp
@@ -147,7 +107,7 @@ def batch_size(x: Any) -> int:
     """
     sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree_util.tree_leaves(x)}
     if len(sizes) != 1 or None in sizes:
-        raise ValueError(f"batched=True needs the same leading batch axis on every input leaf; "
+        raise ValueError(f"{needs} needs the same leading batch axis on every input leaf; "
                          f"got leading sizes {sorted(map(str, sizes))}")
     (batch,) = sizes
     if batch == 0:
@@ -193,20 +153,18 @@ def check_jacobian_fits(n_in: int, n_out: int, dtype, mode: str, memory_budget: 
     """
     itemsize = jnp.dtype(dtype).itemsize
     basis = n_in if mode == "fwd" else n_out
-    need = (n_in * n_out + basis * basis) * itemsize
-    if need > memory_budget:
-        raise JacobianTooLargeError(
-            f"the dense Jacobian would be {n_in * n_out * itemsize / 2**30:.2f} GiB ({n_out} outputs "
-            f"x {n_in} inputs x {jnp.dtype(dtype).name}), {need / 2**30:.2f} GiB with its basis, "
-            f"above the memory budget of {memory_budget / 2**30:.2f} GiB; use a matrix-free method "
-            f"(isometry.spectrum_fn(..., method=\"lanczos\"), isometry.jacobian_operator) or raise "
-            f"memory_budget")
-    return need
+    j_bytes = n_in * n_out * itemsize
+    return check_fits(
+        j_bytes + basis * basis * itemsize, memory_budget,
+        f"the dense Jacobian ({gib(j_bytes)}: {n_out} outputs x {n_in} inputs x "
+        f"{jnp.dtype(dtype).name}) with its basis",
+        "use a matrix-free method (isometry.spectrum_fn(..., engine=isometry.lanczos()), "
+        "isometry.jacobian_operator) or raise memory_budget")
 
 
 def dense_jacobian(fn: Callable, x: Any, mode: str = "auto", chunk_size: int | None = None,
                    transposed_ok: bool = False,
-                   memory_budget: float = DEFAULT_MEMORY_BUDGET) -> jax.Array:
+                   memory_budget: float | None = None) -> jax.Array:
     """The dense Jacobian J = ∂ravel(fn(x))/∂ravel(x), shape (n_out, n_in).
 
     Args:
@@ -217,8 +175,9 @@ def dense_jacobian(fn: Callable, x: Any, mode: str = "auto", chunk_size: int | N
         memory of the intermediate activations; None computes all at once.
       transposed_ok: return Jᵀ instead of J when that saves a transpose (the singular values
         are the same).
-      memory_budget: bytes J and its basis of unit vectors may take; above it
-        `JacobianTooLargeError` is raised before anything is allocated (at trace time).
+      memory_budget: bytes J and its basis of unit vectors may take (None: the default of
+        `isometry.linalg.memory_budget_of`); above it `JacobianTooLargeError` is raised before
+        anything is allocated (at trace time).
 
     Returns:
       J (or Jᵀ when `transposed_ok` and forward mode was used).
@@ -228,7 +187,7 @@ def dense_jacobian(fn: Callable, x: Any, mode: str = "auto", chunk_size: int | N
     f_flat, x_flat, n_in, n_out = _flatten(fn, x)
     check_nonempty(n_in, n_out)
     mode = resolve_mode(mode, n_in, n_out)
-    check_jacobian_fits(n_in, n_out, x_flat.dtype, mode, memory_budget)
+    check_jacobian_fits(n_in, n_out, x_flat.dtype, mode, memory_budget_of(memory_budget))
     if mode == "fwd":
         _, jvp = jax.linearize(f_flat, x_flat)
         jt = _map_basis(jvp, jnp.eye(n_in, dtype=x_flat.dtype), chunk_size)  # rows: J e_i

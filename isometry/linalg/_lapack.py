@@ -6,18 +6,17 @@ thread, until the tasks are done. That pool has max(#cores, #devices) threads. W
 many batched calls run at once as the pool has threads, every thread waits for tasks that no
 thread is left to run, and the program hangs for good with the CPU idle (gdb: every
 `tf_XLAEigen` thread in `lapack_sgesdd_ffi` -> `ParallelBatchMap` -> `BlockingCounter::Wait`).
-It takes little to get there: on a 2-core machine, one device, the two independent batched
-SVDs of a matrix-free spectrum over 8 probes (the projected bidiagonals and the restart
-blocks, which XLA's thunk executor runs concurrently) were enough, so `isometry train
---model resnet` hung at step 0; on a simulated multi-device CPU, devices that leave a
-collective together and enter a batched SVD at once. A single matrix (batch of one) runs
+It takes little to get there: with one device on a machine of two cores, the two
+independent batched SVDs of a matrix-free spectrum over several probes (the projected
+bidiagonals and the restart blocks, which XLA's thunk executor runs concurrently) are enough;
+on a simulated multi-device CPU, devices that leave a collective together and enter a
+batched SVD at once. A single matrix (batch of one) runs
 inline on the calling thread and never waits on the pool.
 
 `lapack_safe(fn)` is what every compiled program of the library goes through: on the CPU it
 is `unbatch_lapack(fn)`, elsewhere `fn` (GPUs and TPUs keep their batched solvers). One
-matrix at a time costs little on the CPU (measured on 2 cores, medians of 3: 8 SVDs of
-1024 x 1024 took 1.26 s against 1.14 s batched, 4 of 2048 x 2048 4.24 s against 4.24 s,
-32 of 256 x 256 0.13 s against 0.09 s).
+matrix at a time costs little on the CPU: each matrix runs the same LAPACK routine, and only
+the overlap of small matrices in a batch is lost.
 
 `unbatch_lapack(fn)` therefore rewrites the traced program of `fn`: every SVD/eigh
 equation whose operand has batch axes (from `vmap`, `lax.map(batch_size=...)` or a stack of

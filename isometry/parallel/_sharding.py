@@ -40,7 +40,7 @@ thread: no wait, same arithmetic. GPUs and TPUs keep their batched solvers.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +50,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from isometry.linalg._lapack import unbatch_lapack
-from isometry.linalg._jacobian import JacobianTooLargeError, check_floating
+from isometry.linalg._jacobian import JacobianTooLargeError, batch_size, check_floating
 from isometry.spectrum._protocol import raise_if_nonfinite, raise_if_nonfinite_values
+from isometry.spectrum._engine import Engine, engine_of
 from isometry.spectrum._function import spectrum_fn
 
 __all__ = ["DATA_AXIS", "MODEL_AXIS", "batch_mesh", "collective_counts", "device_mesh",
@@ -177,20 +178,20 @@ def to_host(tree):
     return jax.tree_util.tree_map(get, tree)
 
 
-def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh | None = None,
-                        device_batch: int | None = None, **options) -> "ShardedSpectrumFunction":
+def sharded_spectrum_fn(apply_fn: Callable, method: str | Engine = "auto", *,
+                        engine: Engine | None = None, mesh: Mesh | None = None,
+                        device_batch: int | None = None, **settings) -> "ShardedSpectrumFunction":
     """`(params, x, key=None) -> spectra` of every input of a batch, one program over `mesh`.
 
     Args:
       apply_fn: `(params, x) -> y` for one input x.
-      method: "auto", "dense" or "lanczos", as in `spectrum_fn`.
+      method, engine, **settings: the engine, as in `spectrum_fn` (validated here).
       mesh: a mesh with a "data" axis (default: `device_mesh()`, all devices on "data").
         Other axes (e.g. "model") are left to XLA: parameters sharded over them stay sharded.
       device_batch: at most this many inputs of a device's slice vmapped at once (the rest
         follow in a `lax.map`, bounding memory); None (default): the whole slice at once.
         On a mesh of several CPU devices the SVDs run one matrix at a time whatever this is
         (module docstring: batched LAPACK calls deadlock there).
-      **options: passed to `spectrum_fn` (mode, chunk_size, memory_budget, lanczos options).
 
     Returns:
       `sfn(params, x, key=None)`: x has a leading batch axis on every leaf (any size: the
@@ -198,29 +199,19 @@ def sharded_spectrum_fn(apply_fn: Callable, method: str = "auto", *, mesh: Mesh 
       dropped). params may be sharded over the mesh already (kept as they are); anything
       else is replicated. The result (a `Spectrum` or `LanczosSpectrum` with the batch axis)
       is sharded over "data" when the batch divides it, replicated otherwise. Raises
-      FloatingPointError when a Jacobian has NaN/Inf entries. `sfn.jitted` is the program
-      (`sfn.jitted.lower(*sfn.arguments(params, x, key))` for its HLO), `sfn.mesh` the mesh.
+      FloatingPointError when a Jacobian has NaN/Inf entries. `sfn.program` is the program
+      (`sfn.program.lower(*args, **static)` with `args, static = sfn.arguments(params, x,
+      key)` for its HLO), `sfn.trace_count` how often it was traced, `sfn.compile(params, x)`
+      compiles it ahead of time, `sfn.mesh` is the mesh.
 
     Example:
       >>> sfn = sharded_spectrum_fn(lambda w, x: jnp.tanh(w @ x), "dense", mesh=device_mesh())
       >>> sfn(jnp.eye(3), jnp.zeros((5, 3))).singular_values.shape   # 5 inputs, all devices
       (5, 3)
     """
-    return ShardedSpectrumFunction(apply_fn, method, device_mesh() if mesh is None else mesh,
-                                   device_batch, options)
-
-
-def _batch_size(x) -> int:
-    """The common leading (batch) axis of x's leaves; ValueError if there is none or it is 0."""
-    leading = {jnp.shape(leaf)[:1] for leaf in jax.tree_util.tree_leaves(x)}
-    if len(leading) != 1 or () in leading:
-        shown = sorted(str(shape[0] if shape else None) for shape in leading)
-        raise ValueError(f"x needs the same leading batch axis on every leaf; got leading "
-                         f"sizes {shown}")
-    ((batch,),) = leading
-    if not batch:
-        raise ValueError("the batch is empty (leading axis of size 0): pass at least one input")
-    return batch
+    engine = engine_of(method if engine is None else engine, **settings)
+    return ShardedSpectrumFunction(apply_fn, engine, device_mesh() if mesh is None else mesh,
+                                   device_batch)
 
 
 def _check_one_input(single: Callable, params, x) -> None:
@@ -254,23 +245,25 @@ class ShardedSpectrumFunction:
 
     Attributes:
       mesh: the device mesh.
-      jitted: the one compiled program, `jitted(*args, **static)` with
-        `args, static = sfn.arguments(params, x, key)` (`jitted.lower(...)` for its HLO).
+      engine: the engine's settings.
+      program: the one compiled program, `program(*args, **static)` with
+        `args, static = sfn.arguments(params, x, key)` (`program.lower(...)` for its HLO).
+      trace_count: how many times `program` was traced.
     """
 
-    def __init__(self, apply_fn: Callable, method: str, mesh: Mesh, device_batch: int | None,
-                 options: Mapping[str, Any]):
+    def __init__(self, apply_fn: Callable, engine: Engine, mesh: Mesh, device_batch: int | None):
         if DATA_AXIS not in mesh.axis_names:
             raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis to split the batch over, got "
                              f"axes {mesh.axis_names}; build it with isometry.device_mesh(data=..., "
                              f"model=...)")
         self.mesh = mesh
         self.device_batch = device_batch
-        self.single = spectrum_fn(apply_fn, method, batched=False, **options)
+        self.engine, self.trace_count = engine, 0
+        self.single = spectrum_fn(apply_fn, engine=engine)
         # CPU devices: batched LAPACK calls deadlock there (module docstring)
         cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
         self.local = unbatch_lapack(self._per_device) if cpu else self._per_device
-        self.jitted = jax.jit(self._program, static_argnames=("batch", "impl"), keep_unused=True)
+        self.program = jax.jit(self._program, static_argnames=("batch", "impl"), keep_unused=True)
 
     def _per_device(self, params, x, keys):  # one device's slice of the batch: its own loops
         if self.device_batch is None:
@@ -279,6 +272,7 @@ class ShardedSpectrumFunction:
                            batch_size=self.device_batch)
 
     def _program(self, params, x, key_data, batch: int, impl):
+        self.trace_count += 1
         if key_data is None:  # as spectrum_fn(batched=True): PRNGKey(0) for every input
             keys = jax.vmap(lambda _: jax.random.key(0))(jnp.arange(batch))
         else:
@@ -300,7 +294,7 @@ class ShardedSpectrumFunction:
     def arguments(self, params, x, key=None):
         """The program's arguments (global arrays on the mesh) and static settings."""
         check_floating(x)
-        batch = _batch_size(x)
+        batch = batch_size(x, "sharded_spectrum_fn")
         _check_one_input(self.single, params, x)
         divides = batch % self.mesh.shape[DATA_AXIS] == 0
         params = _place(params, self.mesh, P())
@@ -308,9 +302,20 @@ class ShardedSpectrumFunction:
         key_data, impl = _key_arguments(key, self.mesh)
         return (params, x, key_data), dict(batch=batch, impl=impl)
 
+    def compile(self, params, x, key=None) -> Callable:
+        """The program compiled ahead of time for the shapes of (params, x, key): `run(params,
+        x, key=None)`, the same as calling `sfn` for arguments of those shapes."""
+        args, static = self.arguments(params, x, key)
+        compiled = self.program.lower(*args, **static).compile()
+        return lambda params, x, key=None: self._finish(compiled(*self.arguments(params, x, key)[0]))
+
     def __call__(self, params, x, key=None):
         args, static = self.arguments(params, x, key)
-        spec, bad, counts = self.jitted(*args, **static)
+        return self._finish(self.program(*args, **static))
+
+    def _finish(self, outputs):
+        """The spectra, after raising on NaN/Inf inputs, outputs or Jacobians."""
+        spec, bad, counts = outputs
         raise_if_nonfinite_values(jax.tree_util.tree_map(
             lambda a: np.asarray(a.addressable_data(0)), counts))
         if int(np.asarray(bad.addressable_data(0))):

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from isometry._numerics import log10_sigma
+from isometry._numerics import log10_sigma, resolution_of
 from isometry.plot.axes import integer_ticks, log_ticks
 from isometry.plot.output import plt
 
@@ -67,7 +67,7 @@ def _sigma_panel(ax, d, bins: int) -> None:
             ax.plot(density["log10_sigma"], np.asarray(density["density"]) * sv.size
                     * (edges[1] - edges[0]), color="C1", linewidth=1.5,
                     label="theory (residual net, bulk)")
-        floor = np.log10(s.max() * max(spec.n_in, spec.n_out) * np.finfo(sv.dtype).eps)
+        floor = np.log10(resolution_of(s.max(), spec.n_in, spec.n_out, sv.dtype))
         ax.axvline(floor, color="C3", linewidth=1, linestyle="--",
                    label=f"{d.dtype} resolution ({100 * d.resolution_share:.0f}% below)")
         ax.axvspan(math.log10(0.5), math.log10(2.0), color="C2", alpha=0.15,

@@ -64,7 +64,7 @@ def _draw_curve(ax, label: str, spec, bins: int, lo_hi, linestyle="-", linewidth
         return
     counts, edges = spec.histogram(bins=bins, range=lo_hi, density=True)
     if zero:
-        label = f"{label} ({zero:.0%} of σ = 0, not drawn)"
+        label = f"{label} ({zero:.0%} of σ ≈ 0, not drawn)"
     ax.stairs(counts, edges, label=label, fill=False, linestyle=linestyle, linewidth=linewidth)
 
 
@@ -79,15 +79,13 @@ def _draw_resolution(ax, spectra, lo_hi) -> None:
                        label=f"{dtype.name} resolution σ_max·ε·n")
 
 
-# PROTOCOL: `_zero_share` and `_log10_extent` are where the shared spectrum protocol (one
-# interface for `Spectrum` and `LanczosSpectrum`, with common statistics) plugs in; until then
-# they use only public attributes both results have today (`singular_values`, `histogram`), and
-# `zero_share`, which only the dense result has (an exact count of zeros).
+# `_zero_share` and `_log10_extent` use the shared spectrum protocol (`SpectrumResult`): both
+# results have `zero_share` (the σ below the resolution, left out of `histogram`).
 def _zero_share(spec) -> float | None:
-    """Share of exact zeros over the batch of a dense spectrum (None for the matrix-free one)."""
+    """Share of σ below the resolution over the batch (None for an object without one)."""
     if not hasattr(spec, "zero_share"):
         return None
-    return float(np.mean(np.asarray(spec.singular_values) == 0))
+    return float(np.mean(np.asarray(spec.zero_share)))
 
 
 def _log10_extent(spec) -> tuple[float, float] | None:

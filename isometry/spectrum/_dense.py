@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isometry._numerics import log10_sigma
+from isometry._numerics import log10_sigma, numerically_zero
 from isometry.spectrum._protocol import ISOMETRY_BAND, SpectrumStatistics
 
 __all__ = ["Spectrum"]
@@ -69,10 +69,30 @@ class Spectrum(SpectrumStatistics):
             n_nonfinite = jnp.zeros(s.shape[:-1], jnp.int32)
         return cls(s, chi, n_nonfinite, n_in, n_out)
 
+    # --- files: the run directory's spectra/STEP.npy, JSON records --------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """σ and the sizes (n_in, n_out) as numpy arrays: what `from_arrays` reads back."""
+        return {"singular_values": np.asarray(self.singular_values),
+                "sizes": np.asarray([self.n_in, self.n_out])}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "Spectrum":
+        """The result `to_arrays` describes (lists are fine: JSON records); numpy kept (float64
+        stays float64), chi summed in float64."""
+        n_in, n_out = (int(v) for v in np.ravel(arrays["sizes"]))
+        s = np.asarray(arrays["singular_values"])
+        return cls(s, np.sum(np.square(s, dtype=np.float64), axis=-1) / n_in,
+                   np.zeros(s.shape[:-1], np.int32), n_in, n_out)
+
     def log10_measure(self) -> tuple[np.ndarray, np.ndarray, float]:
         """(log10 σ of every σ pooled over the batch, equal weights, no kernel)."""
         s = np.asarray(self.singular_values, dtype=np.float64).ravel()
         return log10_sigma(s), np.full(s.shape, 1.0 / max(s.size, 1)), 0.0
+
+    def zero_mask(self) -> np.ndarray:
+        """Which σ (pooled over the batch, as `log10_measure`) are below `resolution`."""
+        s = np.asarray(self.singular_values)
+        return np.asarray(numerically_zero(s, np.asarray(self.resolution)[..., None])).ravel()
 
     # --- statistics (all reduce over the last axis, keep batch axes) ---------------------
     @property
@@ -80,19 +100,24 @@ class Spectrum(SpectrumStatistics):
         """Natural log of σ (−inf where σ = 0)."""
         return jnp.log(self.singular_values)
 
+    def _resolved(self) -> Array:
+        """The mask of σ above `resolution` (the σ that are not zero to the SVD's precision)."""
+        return ~numerically_zero(self.singular_values, self.resolution[..., None])
+
     def _nonzero_log(self) -> tuple[Array, Array, Array]:
-        """(ln σ with zeros masked to 0, the mask σ > 0, the number of σ > 0)."""
+        """(ln σ with the σ below resolution masked to 0, the mask of the others, their number)."""
         s = self.singular_values
-        positive = s > 0
-        log = jnp.where(positive, jnp.log(jnp.where(positive, s, 1)), 0)
-        return log, positive, jnp.sum(positive, axis=-1).astype(log.dtype)
+        resolved = self._resolved()
+        log = jnp.where(resolved, jnp.log(jnp.where(resolved, s, 1)), 0)
+        return log, resolved, jnp.sum(resolved, axis=-1).astype(log.dtype)
 
     @property
     def mean_log(self) -> Array:
-        """Mean of ln σ over the σ > 0: the log of their geometric mean.
+        """Mean of ln σ over the σ above `resolution`: the log of their geometric mean.
 
-        Exact zeros (a dead ReLU unit, a zero-initialized branch) have no logarithm: they are
-        left out and counted by `zero_share`; −inf when every σ is 0.
+        The σ below it (exact zeros — a dead ReLU unit, a zero-initialized branch — and the
+        round-off the SVD leaves of them) have no meaningful logarithm: they are left out and
+        counted by `zero_share`; −inf when every σ is zero.
         """
         log, _, count = self._nonzero_log()
         mean = jnp.sum(log, axis=-1) / jnp.maximum(count, 1)
@@ -100,26 +125,19 @@ class Spectrum(SpectrumStatistics):
 
     @property
     def std_log(self) -> Array:
-        """Standard deviation of ln σ over the σ > 0 (NaN when every σ is 0)."""
-        log, positive, count = self._nonzero_log()
+        """Standard deviation of ln σ over the σ above `resolution` (NaN when none is)."""
+        log, resolved, count = self._nonzero_log()
         mean = jnp.sum(log, axis=-1, keepdims=True) / jnp.maximum(count, 1)[..., None]
-        var = jnp.sum(jnp.where(positive, jnp.square(log - mean), 0), axis=-1) / jnp.maximum(count, 1)
+        var = jnp.sum(jnp.where(resolved, jnp.square(log - mean), 0), axis=-1) / jnp.maximum(count, 1)
         return jnp.where(count > 0, jnp.sqrt(var), jnp.nan).astype(log.dtype)
 
     @property
     def zero_share(self) -> Array:
-        """Share of σ that are exactly 0 (left out of `mean_log`, `std_log` and histograms)."""
+        """Share of σ below `resolution`, exact zeros included: zero to the SVD's precision
+        (left out of `mean_log`, `std_log` and histograms). When the small σ matter, compute in
+        float64 (`jax_enable_x64`, float64 parameters and inputs): its resolution is lower."""
         s = self.singular_values
-        return jnp.mean(s == 0, axis=-1, dtype=s.dtype)
-
-    @property
-    def below_resolution(self) -> Array:
-        """Share of σ below `resolution` (zeros included): noise, not the network's spectrum.
-
-        When it matters, compute in float64 (`jax_enable_x64`, float64 parameters and inputs).
-        """
-        s = self.singular_values
-        return jnp.mean((s < self.resolution[..., None]) | (s == 0), axis=-1, dtype=s.dtype)
+        return jnp.mean(~self._resolved(), axis=-1, dtype=s.dtype)
 
     @property
     def sigma_max(self) -> Array:
@@ -137,31 +155,3 @@ class Spectrum(SpectrumStatistics):
         lo, hi = ISOMETRY_BAND
         s = self.singular_values
         return jnp.mean((s >= lo) & (s <= hi), axis=-1, dtype=s.dtype)
-
-    def histogram(self, bins: int | np.ndarray = 50, range: tuple[float, float] | None = None,
-                  density: bool = True):
-        """Histogram of log10 σ over all spectra in the batch (host-side, numpy).
-
-        Exact zeros have no logarithm: they are left out (`zero_share` counts them), and the
-        default range is that of the σ > 0. With `density`, the area is the share of non-zero σ
-        inside the range (1 when there are no zeros), so spectra with and without zeros can
-        share an axis; counts are 0 everywhere when every σ is 0.
-
-        Args:
-          bins: number of bins or bin edges.
-          range: (lo, hi) in log10 σ; defaults to the range of the non-zero σ.
-          density: normalize to a probability density in log10 σ (over all σ, zeros included).
-
-        Returns:
-          (counts, edges) as numpy arrays.
-        """
-        s = np.asarray(self.singular_values, dtype=np.float64).ravel()
-        log10 = log10_sigma(s[s > 0])
-        if range is None and np.ndim(bins) == 0:
-            range = (float(log10.min()), float(log10.max())) if log10.size else (-1.0, 1.0)
-            if range[1] - range[0] < 1e-12:
-                range = (range[0] - 0.5, range[1] + 0.5)
-        counts, edges = np.histogram(log10, bins=bins, range=range)
-        if density:
-            return counts / (max(s.size, 1) * np.diff(edges)), edges
-        return counts, edges

@@ -22,50 +22,51 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isometry.linalg._jacobian import (batch_size, check_floating, dense_jacobian, describe_shapes,
+                                       flat_sizes)
 from isometry.linalg._lapack import lapack_safe
-from isometry.linalg._jacobian import (DEFAULT_MEMORY_BUDGET, JacobianTooLargeError, describe_shapes,
-                                batch_size, check_floating, check_program_fits, dense_jacobian,
-                                flat_sizes, resolve_mode)
+from isometry.linalg._memory import check_fits, check_program_fits, gib, memory_budget_of
+from isometry.spectrum._engine import (AUTO_DENSE_MAX_DIM, METHODS, Auto, Dense, Engine, Lanczos,
+                                       engine_of)
 from isometry.spectrum._lanczos import lanczos_spectrum
-from isometry._numerics import check_setting
 from isometry.spectrum._protocol import (ISOMETRY_BAND, PRECISION_STATISTICS, SUMMARY_STATISTICS,
                                raise_if_nonfinite, raise_if_nonfinite_values, summarize)
 from isometry.spectrum._dense import Spectrum
 
 __all__ = ["Spectrum", "ISOMETRY_BAND", "spectrum_fn", "SpectrumFunction", "jacobian_spectrum",
-           "METHODS", "SUMMARY_STATISTICS", "PRECISION_STATISTICS", "summarize"]
+           "METHODS", "AUTO_DENSE_MAX_DIM", "check_dense_fits", "check_lanczos_fits",
+           "SUMMARY_STATISTICS", "PRECISION_STATISTICS", "summarize"]
 
 Array = Any
 
 
 # --- computing spectra ----------------------------------------------------------------------
 
-METHODS = ("auto", "dense", "lanczos")
-#: `method="auto"` uses the dense engine while max(n_in, n_out) is at most this.
-AUTO_DENSE_MAX_DIM = 4096
-#: The settings `spectrum_fn` passes to `lanczos_spectrum` (any other name is refused).
-LANCZOS_OPTIONS = tuple(name for name, p in inspect.signature(lanczos_spectrum).parameters.items()
-                        if p.kind is inspect.Parameter.KEYWORD_ONLY)
 # An SVD without vectors needs about one more copy of J as workspace.
 _SVD_WORKSPACE_FACTOR = 2
 
 
-def _gib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.2f} GiB"
-
-
-def check_dense_fits(n_in: int, n_out: int, dtype, memory_budget: float) -> int:
+def check_dense_fits(n_in: int, n_out: int, dtype, memory_budget: float | None) -> int:
     """Bytes one dense Jacobian and its SVD need; raises `JacobianTooLargeError` above budget."""
-    itemsize = jnp.dtype(dtype).itemsize
-    j_bytes = n_in * n_out * itemsize
-    need = j_bytes * _SVD_WORKSPACE_FACTOR
-    if need > memory_budget:
-        raise JacobianTooLargeError(
-            f"the dense Jacobian would be {_gib(j_bytes)} ({n_out} outputs x {n_in} inputs x "
-            f"{jnp.dtype(dtype).name}), about {_gib(need)} with its SVD, above the memory budget "
-            f"of {_gib(memory_budget)}; use method=\"lanczos\" (matrix-free; `--method lanczos` "
-            f"on the command line) or raise memory_budget")
-    return need
+    j_bytes = n_in * n_out * jnp.dtype(dtype).itemsize
+    return check_fits(j_bytes * _SVD_WORKSPACE_FACTOR, memory_budget,
+                      f"the dense Jacobian ({gib(j_bytes)}: {n_out} outputs x {n_in} inputs x "
+                      f"{jnp.dtype(dtype).name}) with its SVD",
+                      "use the matrix-free engine (engine=isometry.lanczos(), `--method lanczos` "
+                      "on the command line) or raise memory_budget")
+
+
+def check_lanczos_fits(engine: Lanczos, n_in: int, n_out: int, dtype) -> int:
+    """Bytes of the matrix-free engine's Krylov bases (U and V of the top run and of every
+    density probe); `JacobianTooLargeError` above the engine's budget."""
+    n_short, n_long = min(n_in, n_out), max(n_in, n_out)
+    steps = min(engine.max_steps, n_short) * engine.top_run + engine.num_probes * min(
+        engine.num_steps, n_short)
+    need = (steps * (n_short + n_long) + engine.chi_probes * n_short) * jnp.dtype(dtype).itemsize
+    return check_fits(need, engine.memory_budget,
+                      f"the matrix-free engine's Krylov vectors ({steps} pairs of {n_short} + "
+                      f"{n_long} values)", "lower max_steps, num_steps or num_probes, or raise "
+                      "memory_budget")
 
 
 def svd_spectrum(j: Array, n_in: int, n_out: int) -> Spectrum:
@@ -86,12 +87,11 @@ def svd_spectrum(j: Array, n_in: int, n_out: int) -> Spectrum:
     return Spectrum.from_singular_values(s, n_in, n_out, jnp.sum(~finite, dtype=jnp.int32))
 
 
-def _dense_spectrum(fn: Callable, x: Any, mode: str, chunk_size: int | None,
-                    memory_budget: float = DEFAULT_MEMORY_BUDGET) -> Spectrum:
+def _dense_spectrum(fn: Callable, x: Any, engine: Dense) -> Spectrum:
     """Spectrum of one Jacobian: J by `dense_jacobian`, σ by `svd_spectrum`."""
     n_in, n_out, _ = flat_sizes(fn, x)
-    j = dense_jacobian(fn, x, mode=mode, chunk_size=chunk_size, transposed_ok=True,
-                       memory_budget=memory_budget)
+    j = dense_jacobian(fn, x, mode=engine.mode, chunk_size=engine.chunk_size, transposed_ok=True,
+                       memory_budget=engine.memory_budget)
     return svd_spectrum(j, n_in, n_out)
 
 
@@ -112,10 +112,8 @@ def _as_key(key):
     return key
 
 
-def spectrum_fn(apply_fn: Callable, method: str = "auto", *, batched: bool = False,
-                mode: str = "auto", chunk_size: int | None = None,
-                memory_budget: float = DEFAULT_MEMORY_BUDGET,
-                auto_dense_max_dim: int = AUTO_DENSE_MAX_DIM, **lanczos_options) -> "SpectrumFunction":
+def spectrum_fn(apply_fn: Callable, method: str | Engine = "auto", *, engine: Engine | None = None,
+                batched: bool = False, **settings) -> "SpectrumFunction":
     """A pure, jitted `(params, x[, key]) -> Spectrum` for the Jacobian J = ∂apply_fn(params, x)/∂x.
 
     The returned function is compiled once per input shape and dtype: new parameter values of
@@ -123,38 +121,36 @@ def spectrum_fn(apply_fn: Callable, method: str = "auto", *, batched: bool = Fal
 
     Args:
       apply_fn: `(params, x) -> y`; x and y arrays or pytrees of floating arrays.
-      method: "dense" (full J and its SVD), "lanczos" (matrix-free Golub–Kahan; needs a key for
-        its random probes, defaults to PRNGKey(0)), or "auto" (dense while
-        max(n_in, n_out) ≤ `auto_dense_max_dim`, else lanczos).
+      method: the shorthand "dense" (full J and its SVD), "lanczos" (matrix-free Golub–Kahan;
+        its random probes use `key`, default PRNGKey(0)) or "auto" (dense while
+        max(n_in, n_out) ≤ 4096, else lanczos), or an engine object.
+      engine: the engine's settings, `iso.dense(...)`, `iso.lanczos(...)` or `iso.auto(...)`
+        (`isometry.spectrum._engine`); overrides `method`.
       batched: if True, the leading axis of every leaf of x is a batch: one spectrum per input
-        (vmapped; mapped in chunks when the batch's Jacobians exceed `memory_budget`).
-      mode: "fwd", "rev" or "auto" (fewer products) for the dense Jacobian.
-      chunk_size: at most this many Jacobian-vector products at once (bounds activation memory).
-      memory_budget: bytes the dense Jacobians (with SVD workspace) may take; a single Jacobian
-        above it raises `JacobianTooLargeError` before anything is allocated.
-      auto_dense_max_dim: the dense/lanczos switch of `method="auto"`.
-      **lanczos_options: passed to the matrix-free engine (see `isometry.lanczos_spectrum`).
+        (vmapped; mapped in chunks when the batch's dense Jacobians exceed the memory budget).
+      **settings: the shorthand's settings, validated at once as `engine_of(method,
+        **settings)` does (`spectrum_fn(f, "lanczos", k=5)` is `engine=iso.lanczos(k=5)`): an
+        unknown name or a bad value raises here, naming it.
 
     Returns:
       A `SpectrumFunction` `sfn(params, x, key=None) -> Spectrum` (or the matrix-free
-      `LanczosSpectrum` for "lanczos"). Outside of a trace it raises FloatingPointError when
-      the input, the output or J has NaN/Inf entries (the message says which).
-      `sfn.program(params, x, key)` is the compiled core: it returns
-      `(spectrum, {"input": count, "output": count})` of non-finite values, and
-      `sfn.trace_count` says how often it was traced (compiled).
+      `LanczosSpectrum`). Outside of a trace it raises FloatingPointError when the input, the
+      output or J has NaN/Inf entries (the message says which). `sfn.program(params, x, key)`
+      is the compiled core: it returns `(spectrum, {"input": count, "output": count})` of
+      non-finite values; `sfn.trace_count` says how often it was traced (compiled);
+      `sfn.compile(params, x)` compiles ahead of time.
 
     Example:
       >>> import jax, models, isometry as iso
       >>> from flax import nnx
       >>> apply_fn, params = iso.from_nnx(models.FullyConnected(depth=2, width=8, rngs=nnx.Rngs(0)))
-      >>> sfn = iso.spectrum_fn(apply_fn)
+      >>> sfn = iso.spectrum_fn(apply_fn, engine=iso.dense())
       >>> spec = sfn(params, jax.random.normal(jax.random.key(1), (8,)))
       >>> spec.singular_values.shape, sfn.trace_count
       ((8,), 1)
     """
-    return SpectrumFunction(apply_fn, method, batched=batched, mode=mode, chunk_size=chunk_size,
-                            memory_budget=memory_budget, auto_dense_max_dim=auto_dense_max_dim,
-                            **lanczos_options)
+    return SpectrumFunction(apply_fn, engine_of(method, **settings) if engine is None
+                            else engine_of(engine, **settings), batched=batched)
 
 
 class SpectrumFunction:
@@ -166,34 +162,17 @@ class SpectrumFunction:
         larger programs (`jax.vmap`, `jax.lax.map`) or lower it (`sfn.program.lower(...)`).
       trace_count: how many times `program` was traced, i.e. compiled: once per input shape
         and dtype (new parameter values of the same shapes never add one).
-      method, batched: as passed to `spectrum_fn`.
+      engine: the engine's settings (`Dense`, `Lanczos` or `Auto`).
+      method: the engine's name ("dense", "lanczos" or "auto").
+      batched: as passed to `spectrum_fn`.
     """
 
-    def __init__(self, apply_fn: Callable, method: str = "auto", *, batched: bool = False,
-                 mode: str = "auto", chunk_size: int | None = None,
-                 memory_budget: float = DEFAULT_MEMORY_BUDGET,
-                 auto_dense_max_dim: int = AUTO_DENSE_MAX_DIM, **lanczos_options):
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-        resolve_mode(mode, 1, 1)  # validates `mode`
-        check_setting("chunk_size", chunk_size, low=1, integer=True, optional=True)
-        check_setting("memory_budget", memory_budget, low=0, low_open=True)
-        check_setting("auto_dense_max_dim", auto_dense_max_dim, low=1, integer=True)
-        unknown = sorted(set(lanczos_options) - set(LANCZOS_OPTIONS))
-        if unknown:
-            raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-                            f"of the matrix-free engine; it takes {', '.join(LANCZOS_OPTIONS)}")
-        self.apply_fn, self.method, self.batched = apply_fn, method, batched
-        self.mode, self.chunk_size, self.memory_budget = mode, chunk_size, memory_budget
-        self.auto_dense_max_dim, self.lanczos_options = auto_dense_max_dim, lanczos_options
+    def __init__(self, apply_fn: Callable, engine: Engine | str = "auto", *, batched: bool = False):
+        self.apply_fn, self.engine, self.batched = apply_fn, engine_of(engine), batched
+        self.method = self.engine.name
         self.trace_count = 0
         self._compiled = {}  # one compiled program per argument signature (shapes, dtypes)
         self.program = jax.jit(lapack_safe(self._core))  # CPU: no batched LAPACK (deadlocks)
-
-    @property
-    def jitted(self):
-        """The same as `program` (the name used before it was a documented attribute)."""
-        return self.program
 
     def __call__(self, params, x, key=None):
         check_floating(x)
@@ -236,25 +215,24 @@ class SpectrumFunction:
 
         return run
 
-    def _dense_bytes(self, params, x):
-        """Bytes of one dense Jacobian with its SVD (checked against the budget), None if matrix-free."""
+    def _engine_for(self, params, x) -> tuple[Dense | Lanczos, int]:
+        """The engine that runs at this input's size and the bytes it needs (budget checked)."""
         n_in, n_out, dtype = flat_sizes(lambda xx: self.apply_fn(params, xx), x)
-        if self.method == "lanczos" or (self.method == "auto"
-                                        and max(n_in, n_out) > self.auto_dense_max_dim):
-            return None
-        return check_dense_fits(n_in, n_out, dtype, self.memory_budget)  # at trace time
+        engine = self.engine.pick(n_in, n_out) if isinstance(self.engine, Auto) else self.engine
+        if isinstance(engine, Dense):
+            return engine, check_dense_fits(n_in, n_out, dtype, engine.memory_budget)
+        return engine, check_lanczos_fits(engine, n_in, n_out, dtype)
 
     def _one(self, params, x, key):
         fn = lambda xx: self.apply_fn(params, xx)  # noqa: E731
         # the forward output (XLA shares it with the Jacobian's own forward pass): NaN/Inf
         # there can leave J finite (ReLU' = 0 at NaN), so it is checked on its own
-        dense = self._dense_bytes(params, x) is not None  # sizes first: an empty input fails here
+        engine, _ = self._engine_for(params, x)  # sizes first: an empty input fails here
         counts = {"input": _count_nonfinite(x), "output": _count_nonfinite(fn(x))}
-        if dense:
-            return _dense_spectrum(fn, x, self.mode, self.chunk_size, self.memory_budget), counts
-        if key is None:
-            key = jax.random.key(0)
-        return lanczos_spectrum(fn, x, key, **self.lanczos_options), counts
+        if isinstance(engine, Dense):
+            return _dense_spectrum(fn, x, engine), counts
+        return lanczos_spectrum(fn, x, jax.random.key(0) if key is None else key,
+                                **engine.options()), counts
 
     def _core(self, params, x, key):
         self.trace_count += 1  # runs once per trace: the compile counter
@@ -263,9 +241,10 @@ class SpectrumFunction:
         batch = batch_size(x)
         x0 = jax.tree_util.tree_map(lambda leaf: leaf[0], x)
         keys = None if key is None else jax.random.split(key, batch)
-        per_sample = self._dense_bytes(params, x0)
-        if per_sample is not None and per_sample * batch > self.memory_budget:
-            size = max(1, int(self.memory_budget // per_sample))
+        engine, per_sample = self._engine_for(params, x0)
+        budget = memory_budget_of(engine.memory_budget)
+        if per_sample * batch > budget:
+            size = max(1, int(budget // per_sample))
             return jax.lax.map(lambda a: self._one(params, *a), (x, keys), batch_size=size)
         return jax.vmap(self._one, in_axes=(None, 0, 0 if keys is not None else None))(
             params, x, keys)
@@ -280,10 +259,9 @@ def _checked(program, params, x, key):
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_spectrum_fn(program, method, batched, mode, chunk_size, memory_budget):
+def _cached_spectrum_fn(program, engine: Engine, batched: bool) -> SpectrumFunction:
     """One compiled `spectrum_fn` per traced program (`_ClosedProgram`), whatever its constants."""
-    return spectrum_fn(program, method, batched=batched, mode=mode, chunk_size=chunk_size,
-                       memory_budget=memory_budget)
+    return SpectrumFunction(program, engine, batched=batched)
 
 
 class _ClosedProgram:
@@ -320,17 +298,20 @@ class _ClosedProgram:
         return isinstance(other, _ClosedProgram) and self._key == other._key
 
 
-def jacobian_spectrum(fn: Callable, x: Any, *, method: str = "dense", batched: bool = False,
-                      mode: str = "auto", chunk_size: int | None = None,
-                      memory_budget: float = DEFAULT_MEMORY_BUDGET, key=None) -> Spectrum:
+def jacobian_spectrum(fn: Callable, x: Any, *, method: str | Engine = "dense",
+                      engine: Engine | None = None, batched: bool = False, key=None,
+                      **settings) -> Spectrum:
     """Singular values of J = ∂fn(x)/∂x, by a dense Jacobian and its SVD (jit-compiled).
+
+    The dense engine unless `engine` (or `method`) says otherwise.
 
     Args:
       fn: `x -> y`, x and y arrays or pytrees of floating arrays (flattened; J may be
         rectangular).
       x: the input. With `batched=True` the leading axis of every leaf is a batch.
-      method, batched, mode, chunk_size, memory_budget: as in `spectrum_fn`.
-      key: PRNG key for `method="lanczos"`.
+      method, engine, batched, **settings: as in `spectrum_fn` (`mode`, `chunk_size`,
+        `memory_budget` are the dense engine's settings).
+      key: PRNG key of the matrix-free engine (None: PRNGKey(0)).
 
     Returns:
       `Spectrum` with σ descending (leading batch axis kept when batched).
@@ -349,6 +330,7 @@ def jacobian_spectrum(fn: Callable, x: Any, *, method: str = "dense", batched: b
     tracing.
     """
     check_floating(x)
+    engine_of(method if engine is None else engine, **settings)  # settings fail before tracing
     if batched:
         batch_size(x)  # one leading batch axis, not empty
     example = jax.tree_util.tree_map(
@@ -359,5 +341,6 @@ def jacobian_spectrum(fn: Callable, x: Any, *, method: str = "dense", batched: b
         raise ValueError(f"the input is empty (shape {[l.shape for l in jax.tree_util.tree_leaves(x)]}): "
                          f"a Jacobian needs at least one input value")
     program, consts = _ClosedProgram.trace(fn, example)
-    sfn = _cached_spectrum_fn(program, method, batched, mode, chunk_size, memory_budget)
+    engine = engine_of(method if engine is None else engine, **settings)
+    sfn = _cached_spectrum_fn(program, engine, batched)
     return sfn(consts, x, key)

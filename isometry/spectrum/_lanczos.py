@@ -1,16 +1,22 @@
 """Matrix-free spectra: top singular values, SLQ density and chi, from Golub–Kahan runs.
 
-The runs themselves (bidiagonalization J V = U B, Ritz values, error bounds, the stopping rule)
-are in `isometry.linalg._golub_kahan`. From the SVD B = P Σ Qᵀ:
+The runs themselves (bidiagonalization J V = U B, one vector or a block of b per step) are in
+`isometry.linalg._golub_kahan`, their Ritz values, error bounds and stopping rule in
+`isometry.linalg._ritz`; which block size the top run takes (`auto_block_size`, a cost model of
+J's products) is decided here and handed to linalg as a plain integer. Every count of steps
+(`max_steps`, `num_steps`, `TopSingularValues.steps`) is in vectors: products with J, b per
+Golub–Kahan step. From the SVD B = P Σ Qᵀ:
 
 * **Top singular values.** σ_i(B) ≤ σ_i(J) (B is J restricted to span V), and the Ritz
-  triplet leaves the residual ‖Jᵀ(U p_i) − σ_i V q_i‖ = |β_m P_{m,i}|, so some singular value
+  triplet leaves the residual ‖Jᵀ(U p_i) − σ_i V q_i‖ = |β_m P_{m,i}| (for blocks
+  ‖C_sᵀ E_sᵀ p_i‖), so some singular value
   of J lies within that bound of σ_i(B); the gap to the neighbouring Ritz values squares it
   (`error_bounds`: r²/2δ for single values, the block residual over the gap for clusters).
   The run stops at the first step where these bounds certify the requested accuracy
   (`golub_kahan`'s stopping rule, `top_singular_values`). Where J's products are
-  memory-bound the run takes blocks of vectors (`block_golub_kahan`: the same relations and
-  bounds, b products for little more than the cost of one; `auto_block_size` decides). The largest values converge
+  memory-bound the run takes blocks of b vectors (`golub_kahan(block_size=b)`: the same
+  relations and bounds, b products for little more than the cost of one; `auto_block_size`
+  decides). The largest values converge
   first: a few tens of steps beyond k give the top k to many digits unless they are
   clustered. Several runs (probes) are combined by taking the largest Ritz value at each
   rank (all are lower bounds).
@@ -35,7 +41,7 @@ are in `isometry.linalg._golub_kahan`. From the SVD B = P Σ Qᵀ:
 Cost of `lanczos_spectrum`: one forward pass plus (steps of the top run + num_probes ×
 num_steps) products J v and Jᵀ u, and O(steps² · n) for reorthogonalization; memory: that
 many vectors of n. Its top-k run stops when the top k error bounds are ≤ rtol · σ_i (the
-stopping rule of `golub_kahan`) or after `max_steps` steps; its density probes are vmapped so
+stopping rule of `golub_kahan`) or after `max_steps` vectors; its density probes are vmapped so
 their products are batched; its chi probes cost one JVP each.
 
 Rectangular J: everything runs on the short side (JᵀJ or JJᵀ, whichever is smaller), so the
@@ -55,9 +61,9 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from isometry.linalg._golub_kahan import (Bidiagonalization, bidiagonalize_runs, certified_run,
-                                   error_bounds, golub_kahan)
-from isometry.linalg._golub_kahan_block import auto_block_size, certified_block_run
+                                          golub_kahan)
 from isometry.linalg._jacobian import JacobianOperator, jacobian_operator
+from isometry.linalg._ritz import error_bounds
 from isometry.spectrum._lanczos_result import DEFAULT_BANDWIDTH, LanczosSpectrum, TopSingularValues
 from isometry._numerics import check_setting
 
@@ -65,10 +71,12 @@ __all__ = [
     "Bidiagonalization",
     "LanczosSpectrum",
     "TopSingularValues",
+    "auto_block_size",
     "error_bounds",
     "golub_kahan",
     "hutchinson_chi",
     "lanczos_spectrum",
+    "product_intensity",
     "top_singular_values",
 ]
 
@@ -83,6 +91,17 @@ DEFAULT_NUM_STEPS = 64
 DEFAULT_NUM_PROBES = 8
 DEFAULT_CHI_PROBES = 64
 
+#: Flops per byte of a product's stored arrays below which products are memory-bound and the
+#: top run takes blocks (a CPU core does a few flops per byte of memory traffic; the dense
+#: layers of `models.FullyConnected` do 0.5, a Transformer of 64 tokens about 28).
+MEMORY_BOUND_INTENSITY = 4.0
+#: The block size of a memory-bound operator, and the fewest Golub–Kahan steps (of b vectors)
+#: its budget must allow (a block run needs up to twice the vectors of a single one: FC
+#: 16×1024 at b = 4 takes 148 where one vector per step takes 102, at b = 8 200 of the
+#: default 256).
+AUTO_BLOCK = 8
+MIN_BLOCK_STEPS = 64
+
 
 def top_singular_values(fn: Callable, x: Any, k: int = DEFAULT_K, rtol: float = DEFAULT_RTOL, *,
                         max_steps: int = DEFAULT_MAX_STEPS, key: Array | None = None,
@@ -92,12 +111,13 @@ def top_singular_values(fn: Callable, x: Any, k: int = DEFAULT_K, rtol: float = 
     One Golub–Kahan run (products from `jacobian_operator`, on the short side of J) from a
     Gaussian start, stopped by its rule as soon as every top-k error bound is ≤ rtol · θ_i
     (or after `max_steps` vectors). Where J's products are memory-bound (dense layers: the
-    weights are read once per product) the run takes blocks of b vectors (`block_golub_kahan`),
-    whose b products cost little more than one: more vectors, less time. No density, no chi:
+    weights are read once per product) the run takes blocks of b vectors (`golub_kahan` with
+    `block_size=b`), whose b products cost little more than one: more vectors, less time. No density, no chi:
     the cheapest way to σ_1..σ_k. Jittable and vmappable (wrap it:
     `jax.jit(lambda x: top_singular_values(fn, x))`).
 
-    Cost: one forward pass, 2 · steps products (J v, Jᵀ u) and O(steps² · n) for the
+    Cost: one forward pass, 2 · steps products (J v, Jᵀ u; steps counts vectors) and
+    O(steps² · n) for the
     reorthogonalization; memory: 2 · max_steps vectors.
 
     Args:
@@ -106,9 +126,10 @@ def top_singular_values(fn: Callable, x: Any, k: int = DEFAULT_K, rtol: float = 
       k: how many singular values.
       rtol: relative accuracy to certify: σ_i − θ_i ≤ rtol · θ_i. In float32 ask for
         rtol ≳ 1e-6 · σ_1/σ_k (round-off of the products is not in the bound).
-      max_steps: the most steps (capped at min(n_in, n_out), where all σ are exact).
-      key: PRNG key for the start and restart vectors (default `PRNGKey(0)`).
-      block_size: vectors per step; None: `auto_block_size` (where the products are
+      max_steps: the most vectors, i.e. products with J (capped at min(n_in, n_out), where
+        all σ are exact); with blocks of b, ⌊max_steps / b⌋ Golub–Kahan steps.
+      key: PRNG key for the start and restart vectors (None: `jax.random.key(0)`).
+      block_size: vectors per Golub–Kahan step; None: `auto_block_size` (where the products are
         memory-bound 4 at the default max_steps, 8 from 512 on; else 1).
 
     Returns:
@@ -126,23 +147,67 @@ def top_singular_values(fn: Callable, x: Any, k: int = DEFAULT_K, rtol: float = 
     m = min(max_steps, op.n_in)
     if not 1 <= k <= m:
         raise ValueError(f"k must be in [1, min(max_steps, n) = {m}], got {k}")
-    key = jax.random.key(0) if key is None else key
+    key = _key_or_default(key)
     out, s, res, bounds, vectors = _certified_top(op, m, key, k, rtol, block_size)
-    return TopSingularValues(singular_values=s, error_bounds=bounds, residual_bounds=res,
-                             converged=jnp.all(bounds <= rtol * s), steps=vectors)
+    return TopSingularValues(singular_values=s, error_bounds=bounds, residuals=res,
+                             steps=vectors, rtol=float(rtol))
 
 
 def _certified_top(op, m, key, k, rtol, block_size):
-    """The certified top-k run, by blocks (`certified_block_run`) or one vector at a time
-    (`certified_run`): (run, θ, residuals, error bounds, vectors per basis)."""
+    """The certified top-k run (`certified_run`) of at most m vectors, b per step
+    (`auto_block_size` when block_size is None): (run, θ, residuals, error bounds, vectors)."""
     b = auto_block_size(op, m) if block_size is None else block_size
     if not 1 <= b <= m:
         raise ValueError(f"block_size must be in [1, max_steps = {m}], got {b}")
-    if b == 1:
-        out, s, res, bounds, _ = certified_run(op, None, m, key, k, rtol)
-        return out, s, res, bounds, out.steps
-    out, s, res, bounds, _ = certified_block_run(op, None, m, b, key, k, rtol)
-    return out, s, res, bounds, out.steps * b
+    out, s, res, bounds, _ = certified_run(op, None, m, key, k, rtol, block_size=b)
+    return out, s, res, bounds, out.steps
+
+
+def _dot_flops(eqn) -> int:
+    """Flops of a dot_general or convolution equation (2 per multiply-add), else 0."""
+    out = math.prod(eqn.outvars[0].aval.shape)
+    if eqn.primitive.name == "dot_general":
+        (contract, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return 2 * out * math.prod(lhs[i] for i in contract)
+    if eqn.primitive.name == "conv_general_dilated":
+        rhs = eqn.invars[1].aval.shape
+        return 2 * out * math.prod(rhs) // rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+    return 0
+
+
+def product_intensity(op: JacobianOperator) -> float:
+    """Flops per byte of one product J v: the matrix products of the linearized map (scans
+    counted once per iteration) over the bytes of the arrays it closes over (weights and the
+    stored activations, read once per product). Read from the jaxpr: nothing runs."""
+    closed = jax.make_jaxpr(op.matvec)(jax.ShapeDtypeStruct((op.n_in,), op.dtype))
+    stored = sum(math.prod(jnp.shape(c)) * jnp.dtype(c.dtype).itemsize for c in closed.consts)
+
+    def flops(jaxpr, times):
+        total = 0
+        for eqn in jaxpr.eqns:
+            total += times * _dot_flops(eqn)
+            inner = times * eqn.params.get("length", 1) if eqn.primitive.name == "scan" else times
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    sub = getattr(sub, "jaxpr", sub)
+                    if hasattr(sub, "eqns"):
+                        total += flops(sub, inner)
+        return total
+
+    return flops(closed.jaxpr, 1) / max(stored, 1)
+
+
+def auto_block_size(op: JacobianOperator, max_steps: int) -> int:
+    """The block size of the top run, the cost model the dispatcher applies before handing
+    the run a plain integer: `AUTO_BLOCK` where the products are memory-bound
+    (`product_intensity` < `MEMORY_BOUND_INTENSITY`: b products then cost little more than
+    one), else 1; reduced to the largest divisor of max_steps (vectors) ≤ max_steps /
+    `MIN_BLOCK_STEPS` (headroom for the extra vectors a block run needs; at max_steps = n it
+    still spans the whole space). The default 256 steps give b = 4, 512 give 8."""
+    b = AUTO_BLOCK if product_intensity(op) < MEMORY_BOUND_INTENSITY else 1
+    most = max(min(b, max_steps // MIN_BLOCK_STEPS), 1)
+    return max(d for d in range(1, most + 1) if max_steps % d == 0)
 
 
 def _hutchinson(tangents: Array) -> tuple[Array, Array]:
@@ -161,6 +226,11 @@ def _transposed(op: JacobianOperator) -> JacobianOperator:
 def _short_side(op: JacobianOperator) -> tuple[JacobianOperator, tuple[int, int]]:
     """The operator on J's short side (JJᵀ has no extra zero eigenvalues) and J's (n_in, n_out)."""
     return (_transposed(op) if op.n_out < op.n_in else op), (op.n_in, op.n_out)
+
+
+def _key_or_default(key: Array | None) -> Array:
+    """The convention of every public function here: `key=None` means `jax.random.key(0)`."""
+    return jax.random.key(0) if key is None else key
 
 
 def _rademacher(key: Array, shape: tuple[int, ...], dtype) -> Array:
@@ -222,7 +292,7 @@ def _quadrature(op, probes, m, key):
     return bidiag, nodes, jnp.square(qt[:, :, 0]), residuals
 
 
-def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
+def lanczos_spectrum(fn: Callable, x: Any, key: Array | None = None, *, k: int = DEFAULT_K,
                      max_steps: int = DEFAULT_MAX_STEPS, rtol: float = DEFAULT_RTOL,
                      num_steps: int = DEFAULT_NUM_STEPS, num_probes: int = DEFAULT_NUM_PROBES,
                      chi_probes: int = DEFAULT_CHI_PROBES, bandwidth: float = DEFAULT_BANDWIDTH,
@@ -236,11 +306,11 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
     Args:
       fn: `x -> y`, arrays or pytrees of floating arrays.
       x: the point at which J is taken.
-      key: PRNG key for the probes.
+      key: PRNG key of the probes and runs (None: `jax.random.key(0)`).
       k: number of top singular values to report.
       max_steps, rtol, block_size: the top-k run's most vectors (capped at min(n_in, n_out)),
         stopping rule (error bound ≤ rtol · σ_i) and block size (`top_singular_values`).
-      num_steps: m, GK steps per density probe (capped like max_steps).
+      num_steps: m, vectors (GK steps) per density probe (capped like max_steps).
       num_probes: p, random probes for the density.
       chi_probes: Rademacher probes of deflated Hutchinson (≥ 2 for a standard error).
       bandwidth: kernel width of the density in decades of σ.
@@ -263,7 +333,7 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
                               bandwidth, top_run)
     n_short = op.n_in
     # One Rademacher draw for the density probes and the chi probes (one threefry compiled).
-    probe_key, restart_key = jax.random.split(key)
+    probe_key, restart_key = jax.random.split(_key_or_default(key))
     draws = _rademacher(probe_key, (num_probes + chi_probes, n_short), op.dtype)
     probes, r = draws[:num_probes], draws[num_probes:]
 
@@ -277,11 +347,11 @@ def lanczos_spectrum(fn: Callable, x: Any, key: Array, *, k: int = DEFAULT_K,
         frob, err = _probe_deflated_chi(bidiag, probes, r, jax.vmap(op.matvec)(r))
     n_bad = sum(jnp.sum(~jnp.isfinite(a)) for a in (bidiag.alphas, bidiag.betas, s_top, frob))
     return LanczosSpectrum(
-        top_singular_values=s_top, residual_bounds=bounds_top,
+        top_singular_values=s_top, error_bounds=bounds_top,
         sigma_min_estimate=nodes[low, -1], sigma_min_residual=residuals[low, -1],
         chi=frob / n_in, chi_stderr=err / n_in,
         nodes=nodes, weights=weights, n_nonfinite=n_bad.astype(jnp.int32),
-        n_in=n_in, n_out=n_out, bandwidth=float(bandwidth))
+        n_in=n_in, n_out=n_out, bandwidth=float(bandwidth), rtol=float(rtol))
 
 
 def _probe_deflated_chi(bidiag: Bidiagonalization, probes: Array, extra: Array,
@@ -321,7 +391,7 @@ def _probe_deflated_chi(bidiag: Bidiagonalization, probes: Array, extra: Array,
     return jnp.mean(exact + mean), jnp.sqrt(jnp.mean(var / count))
 
 
-def hutchinson_chi(fn: Callable, x: Any, key: Array, num_probes: int = 16):
+def hutchinson_chi(fn: Callable, x: Any, key: Array | None = None, num_probes: int = 16):
     """chi = ‖J‖_F²/n_in of every output leaf of fn from JVPs alone (Hutchinson).
 
     ‖J‖_F² = E‖J r‖² for Rademacher r (E[r rᵀ] = I): one forward pass carrying `num_probes`
@@ -331,7 +401,7 @@ def hutchinson_chi(fn: Callable, x: Any, key: Array, num_probes: int = 16):
     Args:
       fn: `x -> y`, y an array or a pytree of arrays.
       x: the input (array or pytree, n_in entries in all).
-      key: PRNG key.
+      key: PRNG key for the probes (None: `jax.random.key(0)`).
       num_probes: number of Rademacher tangents (≥ 2 for a standard error).
 
     Returns:
@@ -342,7 +412,7 @@ def hutchinson_chi(fn: Callable, x: Any, key: Array, num_probes: int = 16):
         raise ValueError(f"num_probes must be at least 1, got {num_probes}")
     x_flat, unravel = ravel_pytree(x)
     n_in = x_flat.size
-    probes = _rademacher(key, (num_probes, n_in), x_flat.dtype)
+    probes = _rademacher(_key_or_default(key), (num_probes, n_in), x_flat.dtype)
     tangents = jax.vmap(lambda r: jax.jvp(fn, (x,), (unravel(r),))[1])(probes)
 
     def chi_of(t):

@@ -29,12 +29,14 @@ import numpy as np
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from isometry.linalg._lapack import lapack_safe
 from isometry.linalg._jacobian import JacobianTooLargeError, check_floating, dense_jacobian, flat_sizes
+from isometry.linalg._memory import memory_budget_of
 from isometry._numerics import check_setting, log10_sigma, tiny
+from isometry.spectrum._program import CompiledFunction
 from isometry.spectrum._protocol import raise_if_nonfinite
-from isometry.spectrum._function import DEFAULT_MEMORY_BUDGET, Spectrum, check_dense_fits, svd_spectrum
+from isometry.spectrum._function import Spectrum, check_dense_fits, svd_spectrum
 from isometry._stack import LayerStack
+from isometry._adapters import graph_fn
 
 __all__ = ["from_stack", "layerwise_chi_fn", "layerwise_spectrum_fn", "depth_profile", "state_runs"]
 
@@ -60,14 +62,7 @@ def from_stack(module: nnx.Module) -> tuple[Callable, Callable, Any]:
                         f"stack, states, head): layer-by-layer spectra need the stream at every "
                         f"depth, e.g. a subclass of models.Stack")
     graphdef, params = nnx.split(module)
-
-    def embed_fn(params, x):
-        return nnx.merge(graphdef, params).embed(x)
-
-    def states_fn(params, x0):
-        return nnx.merge(graphdef, params).states(x0)
-
-    return embed_fn, states_fn, params
+    return graph_fn(graphdef, "embed"), graph_fn(graphdef, "states"), params
 
 
 def _vmapped(fn: Callable, batched: bool, n_args: int) -> Callable:
@@ -87,7 +82,7 @@ def _one_or_tuple(items: list):
 
 def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
                           chunk_size: int | None = None,
-                          memory_budget: float = DEFAULT_MEMORY_BUDGET) -> Callable:
+                          memory_budget: float | None = None) -> Callable:
     """A jitted `(params, x0) -> Spectrum` of every J_l = ∂x_l/∂x_0, with a depth axis.
 
     One forward-mode pass with the n_0 basis tangents gives every J_l at once (the tangent of
@@ -97,18 +92,19 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
       states_fn: `(params, x0) -> states` stacked on a leading depth axis (see `from_stack`).
       batched: the leading axis of x0 is a batch (each Spectrum keeps it, before the depth axis).
       chunk_size: at most this many tangents at once (bounds activation memory).
-      memory_budget: bytes the stacked Jacobians and their SVDs may take; above it a
-        `JacobianTooLargeError` points to `layerwise_chi_fn`.
+      memory_budget: bytes the stacked Jacobians and their SVDs may take (None: the default
+        budget); above it a `JacobianTooLargeError` points to `layerwise_chi_fn`.
 
     Returns:
       `lfn(params, x0)` returning a `Spectrum` whose fields have shape (…, L+1, k) (J_0 = I
       first) — a tuple of them, one per run, when the blocks change the shape. Outside a trace
-      it raises FloatingPointError when a J_l has NaN/Inf entries. `lfn.program` is the
-      jitted core `(params, x0) -> spectra` without the checks.
+      it raises FloatingPointError when a J_l has NaN/Inf entries. A `CompiledFunction`:
+      `lfn.program` is the jitted core `(params, x0) -> spectra` without the checks,
+      `lfn.trace_count` and `lfn.compile(params, x0)` as for `spectrum_fn`.
     """
 
     check_setting("chunk_size", chunk_size, low=1, integer=True, optional=True)
-    check_setting("memory_budget", memory_budget, low=0, low_open=True)
+    memory_budget_of(memory_budget)  # a bad budget fails here, not at the first call
 
     def one(params, x0):
         fn = lambda x: states_fn(params, x)  # noqa: E731
@@ -123,9 +119,7 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
             start += depth * n_out
         return _one_or_tuple(spectra)
 
-    jitted = jax.jit(lapack_safe(_vmapped(one, batched, 2)))
-
-    def lfn(params, x0):
+    def check(params, x0):
         check_floating(x0)
         sample = jax.tree_util.tree_map(lambda a: a[0], x0) if batched else x0
         n_in, n_total, dtype = flat_sizes(lambda x: states_fn(params, x), sample)
@@ -135,18 +129,18 @@ def layerwise_spectrum_fn(states_fn: Callable, *, batched: bool = False,
             raise JacobianTooLargeError(
                 f"layer-by-layer: all {n_total} state entries x {n_in} inputs: {err}; or use "
                 f"layerwise_chi_fn (chi_l from a few JVPs)") from None
-        spectra = jitted(params, x0)
+
+    def finish(spectra):
         for spec in state_runs(spectra):
             raise_if_nonfinite(spec)
         return spectra
 
-    lfn.program = jitted  # the compiled core (no checks): to lower it or compose it
-    return lfn
+    return CompiledFunction(_vmapped(one, batched, 2), check, finish)
 
 
 def layerwise_chi_fn(states_fn: Callable, *, num_probes: int = 16,
                      batched: bool = False) -> Callable:
-    """A jitted `(params, x0, key) -> (chi, stderr)`, each of shape (..., L+1): chi_l of J_l.
+    """A jitted `(params, x0, key=None) -> (chi, stderr)`, each (..., L+1): chi_l of J_l.
 
     chi_l = ‖∂x_l/∂x_0‖_F²/n_0 = E‖J_l r‖²/n_0 for Rademacher r (Hutchinson): `num_probes`
     tangents pushed through the stack once (JVPs only), so the cost is about num_probes
@@ -159,8 +153,9 @@ def layerwise_chi_fn(states_fn: Callable, *, num_probes: int = 16,
       batched: the leading axis of x0 is a batch (one key per input is split from `key`).
 
     Returns:
-      `cfn(params, x0, key)`: (chi, stderr) with the depth as the last axis (the runs of a
-      shape-changing stack joined in depth order).
+      `cfn(params, x0, key=None)` (None: PRNGKey(0)): (chi, stderr) with the depth as the last axis (the runs of a
+      shape-changing stack joined in depth order); a `CompiledFunction` (`.program`,
+      `.trace_count`, `.compile()`).
     """
     if num_probes < 2:
         raise ValueError(f"num_probes must be at least 2 (for a standard error), got {num_probes}")
@@ -177,19 +172,14 @@ def layerwise_chi_fn(states_fn: Callable, *, num_probes: int = 16,
         err = jnp.std(sq, axis=0, ddof=1) / (math.sqrt(num_probes) * x_flat.size)
         return chi, err
 
-    def core(params, x0, key):
+    def core(params, x0, key=None):
+        key = jax.random.key(0) if key is None else key
         if not batched:
             return one(params, x0, key)
         n = jax.tree_util.tree_leaves(x0)[0].shape[0]
         return jax.vmap(one, in_axes=(None, 0, 0))(params, x0, jax.random.split(key, n))
 
-    jitted = jax.jit(core)
-
-    def cfn(params, x0, key):
-        check_floating(x0)
-        return jitted(params, x0, key)
-
-    return cfn
+    return CompiledFunction(core, lambda params, x0, key=None: check_floating(x0))
 
 
 def depth_profile(profile, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict:

@@ -28,7 +28,7 @@ MEASURED = ("m1", "m2", "m3", "nvar", "edge", "mean_sigma", "zero_fraction")
 
 
 def spectrum_moments(singular_values: Any, k: int = 3) -> dict[str, np.ndarray]:
-    """Per-spectrum statistics comparable to `SpectralPrediction.summary()`.
+    """Per-spectrum statistics comparable to `SpectralPrediction.to_dict()`.
 
     Args:
       singular_values: (..., N) singular values of square Jacobians.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import jax
 import numpy as np
@@ -60,6 +61,11 @@ class SpectralPrediction:
         return self.density.mean_sigma
 
     def summary(self) -> dict[str, float]:
+        """Deprecated: `to_dict()`."""
+        warnings.warn("summary() is deprecated: use to_dict()", DeprecationWarning, stacklevel=2)
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, float]:
         """q*, χ₁, m1.., nvar, edge, E[σ] and the mass at σ = 0 as plain floats (for JSON)."""
         out = dict(q_star=self.q_star, chi_1=self.chi_1)
         out.update({f"m{j + 1}": float(m) for j, m in enumerate(self.moments)})

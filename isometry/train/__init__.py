@@ -21,6 +21,8 @@ One module per concern:
   _checkpoint   checkpoint.npz
   _run_dir      config.json and where a resumed run starts
   _loop         `train`: step, evaluate, record, checkpoint, stop
+  _tracking     `Tracker`: spectra, α's and losses into metrics.jsonl and spectra/
+  _watchdog     a run without progress says what it was doing and exits
 
 Run directory (see `isometry.train._tracking` for metrics.jsonl and spectra/):
 
@@ -43,10 +45,13 @@ from isometry.train._config import (ADAGRAD_STYLES, CHECKPOINT_FILE, CONFIG_FILE
                                     RESUMABLE_CHANGES, SCHEDULES, RunConfigError, TrainConfig,
                                     TrainingInterrupted)
 from isometry.train._loop import TrainResult, train
+from isometry.train._tracking import Tracker, load_spectrum, read_metrics, read_spectrum
 from isometry.train._optimizer import learning_rate_schedule, make_optimizer, scale_by_torch_adagrad
+from isometry.train._run_dir import run_config
 from isometry.train._step import make_eval_step, make_train_step
 
-__all__ = ["TrainConfig", "TrainResult", "RunConfigError", "TrainingInterrupted", "train", "make_optimizer",
+__all__ = ["Tracker", "read_metrics", "read_spectrum", "load_spectrum", "TrainConfig",
+           "TrainResult", "RunConfigError", "TrainingInterrupted", "train", "make_optimizer",
            "learning_rate_schedule", "make_train_step", "make_eval_step", "save_checkpoint",
-           "load_checkpoint", "scale_by_torch_adagrad", "OPTIMIZERS", "SCHEDULES", "ADAGRAD_STYLES",
-           "FIXUP_LR_FACTORS", "CONFIG_FILE", "CHECKPOINT_FILE", "PARAM_LAYOUT", "RESUMABLE_CHANGES"]
+           "load_checkpoint", "run_config", "scale_by_torch_adagrad", "OPTIMIZERS", "SCHEDULES",
+           "ADAGRAD_STYLES", "FIXUP_LR_FACTORS", "CONFIG_FILE", "CHECKPOINT_FILE", "PARAM_LAYOUT", "RESUMABLE_CHANGES"]

@@ -28,8 +28,10 @@ from tqdm import tqdm
 
 from isometry._numerics import check_setting
 from isometry.parallel._sharding import replicate, shard_batch, to_host
+from isometry.spectrum._engine import Engine, engine_of
 from isometry._stack import LayerStack
 from isometry.calibrate import batchnorm_calibration, has_batchnorm
+from isometry._adapters import graph_fn
 from isometry.train._tracking import Tracker, is_writer
 from isometry.train._checkpoint import save_checkpoint
 from isometry.train._config import (CHECKPOINT_FILE, PARAM_LAYOUT, TrainConfig,
@@ -83,11 +85,13 @@ def _spectrum_target(model, graphdef_eval, probe_inputs, calibration_inputs=None
     """
     calibrated = (batchnorm_calibration(model, calibration_inputs)
                   if calibration_inputs is not None and has_batchnorm(model) else (lambda s: s))
+    x = jnp.asarray(probe_inputs)
     if isinstance(model, LayerStack):
-        x0 = nnx.merge(graphdef_eval, calibrated(nnx.state(model))).embed(jnp.asarray(probe_inputs))
-        return (lambda state, x: nnx.merge(graphdef_eval, calibrated(state)).stack(x)), x0
-    return ((lambda state, x: nnx.merge(graphdef_eval, calibrated(state))(x)),
-            jnp.asarray(probe_inputs))
+        x0 = graph_fn(graphdef_eval, "embed")(calibrated(nnx.state(model)), x)
+        stack = graph_fn(graphdef_eval, "stack")
+        return (lambda state, x: stack(calibrated(state), x)), x0
+    apply = graph_fn(graphdef_eval)
+    return (lambda state, x: apply(calibrated(state), x)), x
 
 
 
@@ -140,7 +144,7 @@ class _Run:
                    (params, rest, tx.init(params)))
 
     def open_run_dir(self, run_dir: str, resume: bool, info: dict, model: nnx.Module, *,
-                     probes: int, track_every: int, log_every: int, method: str,
+                     probes: int, track_every: int, log_every: int, engine: Engine,
                      calibrate_batchnorm: bool) -> None:
         """Checks `run_dir`, resumes from its checkpoint, starts the tracker, writes config.json."""
         resuming = check_run_dir(run_dir, info, resume)  # checks only: writes nothing
@@ -154,7 +158,7 @@ class _Run:
             apply_fn, x0 = _spectrum_target(model, self.graphdef_eval,
                                             self.prepare(self.data.probe_inputs(probes)), calib)
         self.tracker = Tracker(run_dir, apply_fn=apply_fn, probes=x0, every=track_every,
-                               log_every=log_every, method=method,
+                               log_every=log_every, engine=engine,
                                resume_step=self.step if resuming else None, mesh=self.mesh)
         self.run_dir = run_dir
         # a run that stopped on a non-finite loss stays stopped (resuming would train NaNs)
@@ -257,19 +261,23 @@ class _Run:
                 f"with --resume continues from there")
 
 
-def _tracking_settings(probes: int, track_every: int, log_every: int, method: str) -> dict:
-    """The tracker's settings, checked (probes >= 0, intervals >= 1)."""
+def _tracking_settings(probes: int, track_every: int, log_every: int, engine: Engine) -> dict:
+    """The tracker's settings as config.json holds them, checked (probes >= 0, intervals >= 1):
+    the engine by its name, and all its settings when they are not that engine's defaults."""
     check_setting("probes", probes, low=0, integer=True)
     check_setting("track_every", track_every, low=1, integer=True)
     check_setting("log_every", log_every, low=1, integer=True)
-    return {"probes": probes, "track_every": track_every, "log_every": log_every,
-            "method": method}
+    out = {"probes": probes, "track_every": track_every, "log_every": log_every,
+           "method": engine.name}
+    if engine != engine_of(engine.name):
+        out["engine"] = engine.to_dict()
+    return out
 
 
 def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None = None,
           resume: bool = False, run_info: dict | None = None, input_shape: tuple | None = None,
           probes: int = 8, track_every: int = 100, log_every: int = 10,
-          method: str = "auto", progress: bool | None = None,
+          method: str = "auto", engine: Engine | None = None, progress: bool | None = None,
           calibrate_batchnorm: bool = False, mesh=None,
           stall_timeout: float | None = DEFAULT_STALL_TIMEOUT) -> TrainResult:
     """Trains `model` on `data`, tracking spectra, α's and losses into `run_dir`.
@@ -286,15 +294,13 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
         fully connected net on images).
       probes: number of fixed probe inputs for the spectra (0: no spectra).
       track_every, log_every: spectrum and record intervals (`isometry.Tracker`).
-      method: spectrum method ("auto", "dense", "lanczos").
+      method, engine: the spectrum engine (as in `isometry.Tracker`).
       progress: show a tqdm bar (default: when stderr is a terminal).
-      calibrate_batchnorm: take every tracked spectrum with BatchNorm statistics of the first
-        training batch (one train-mode pass, `isometry.calibrate`) instead of the running
-        averages, which start at (0, 1) and describe no data early in training.
+      calibrate_batchnorm: tracked spectra with BatchNorm statistics of the first training
+        batch (`isometry.calibrate`), not the running averages (which start at (0, 1)).
       mesh: data-parallel training over this `jax.sharding.Mesh` (`isometry.device_mesh`):
-        every batch split over its "data" axis, parameters and optimizer state replicated (or
-        as sharded as the model was built with `mesh=`); the tracked spectra one program over
-        the mesh (`sharded_spectrum_fn`). Under `jax.distributed` call `train` in every process
+        batches split over its "data" axis, the state replicated (or sharded as the model
+        was built with `mesh=`), the tracked spectra one program (`sharded_spectrum_fn`). Under `jax.distributed` call `train` in every process
         with the same arguments: process 0 alone prints and writes `run_dir`, which every
         process reads on `resume` (a shared filesystem).
       stall_timeout: seconds without progress after which the run says what it was doing
@@ -310,7 +316,8 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
       RunConfigError: `resume` with other settings, or missing or corrupt run files; nothing
         in `run_dir` is changed then.
     """
-    tracking = _tracking_settings(probes, track_every, log_every, method)
+    engine = engine_of(method if engine is None else engine)
+    tracking = _tracking_settings(probes, track_every, log_every, engine)
     watchdog = Watchdog(stall_timeout)  # checks the setting before anything is compiled
     run = _Run.start(model, data, config, input_shape)
     run.mesh, run.watchdog, watchdog.resume_hint = mesh, watchdog, run.resume_hint
@@ -318,8 +325,8 @@ def train(model: nnx.Module, data, config: TrainConfig, *, run_dir: str | None =
         info = run_settings({"param_layout": PARAM_LAYOUT, "train": dataclasses.asdict(config),
                              **tracking, "input_shape": input_shape,
                              "calibrate_batchnorm": calibrate_batchnorm, **(run_info or {})})
-        run.open_run_dir(run_dir, resume, info, model, **tracking,
-                         calibrate_batchnorm=calibrate_batchnorm)
+        run.open_run_dir(run_dir, resume, info, model, probes=probes, track_every=track_every,
+                         log_every=log_every, engine=engine, calibrate_batchnorm=calibrate_batchnorm)
     if mesh is not None:  # after a resume restored the state from its checkpoint
         run.state = replicate(run.state, mesh)
     run.loop(progress)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from isometry._params import alpha_mask
+from isometry._params import alpha_mask, path_names
 from isometry.train._config import TrainConfig
 
 __all__ = ["learning_rate_schedule", "cosine_onecycle_schedule", "scale_by_torch_adagrad",
@@ -118,7 +118,7 @@ def _base_optimizer(config: TrainConfig, lr: optax.Schedule, weight_decay: float
 def _lr_label(path, is_alpha: bool, factors: dict) -> str:
     if is_alpha:
         return "alpha"
-    names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+    names = set(path_names(path))
     hits = [name for name in factors if name in names]
     return f"factor:{hits[0]}" if hits else "rest"
 

@@ -18,10 +18,11 @@ from typing import Any
 from isometry._io import jsonable, write_json
 from isometry.train._tracking import METRICS_FILE, read_metrics
 from isometry.train._checkpoint import load_checkpoint
-from isometry.train._config import (CHECKPOINT_FILE, CONFIG_FILE, OLD_LAYOUT, RESUMABLE_CHANGES,
-                                    RunConfigError, TrainConfig)
+from isometry.train._config import (CHECKPOINT_FILE, CONFIG_FILE, OLD_LAYOUT, PARAM_LAYOUT,
+                                    RESUMABLE_CHANGES, RunConfigError, TrainConfig)
 
-__all__ = ["check_run_dir", "restore", "write_config", "run_settings", "flat_settings", "last_record"]
+__all__ = ["check_run_dir", "restore", "write_config", "run_config", "run_settings", "flat_settings",
+           "last_record"]
 
 
 def flat_settings(d: dict, prefix: str = "") -> dict:
@@ -39,25 +40,40 @@ def flat_settings(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _stored_config(run_dir: str) -> dict:
-    """config.json of a run directory that must hold one (RunConfigError otherwise)."""
+#: What to do instead, when a run directory read to resume or diagnose holds no run.
+_WITHOUT_A_RUN = {"resume": "leave out --resume to start a run there"}
+
+
+def run_config(run_dir: str, action: str = "resume") -> dict:
+    """config.json of a run directory of this parameter layout, read to `action` the run
+    ("resume", "diagnose"): the one reader of a stored run's settings.
+
+    Raises:
+      RunConfigError: one line naming `action`, when `run_dir` is no directory or holds no
+        config.json, when that is corrupt (not a JSON object), or of another parameter layout.
+    """
     path = os.path.join(run_dir, CONFIG_FILE)
+    hint = _WITHOUT_A_RUN.get(action, "give a run directory of isometry train")
     if not os.path.isdir(run_dir):
-        raise RunConfigError(f"nothing to resume: run dir {run_dir!r} does not exist (leave out "
-                             f"--resume to start a run there)")
+        raise RunConfigError(f"nothing to {action}: run dir {run_dir!r} is not a directory "
+                             f"({hint})")
     if not os.path.exists(path):
-        raise RunConfigError(f"nothing to resume: {run_dir!r} holds no {CONFIG_FILE}, so it is not "
-                             f"a run directory (leave out --resume to start a run there)")
+        raise RunConfigError(f"nothing to {action}: {run_dir!r} holds no {CONFIG_FILE}: it is not "
+                             f"a run directory ({hint})")
     try:
         with open(path) as f:
             stored = json.load(f)
         if not isinstance(stored, dict):
             raise ValueError(f"expected a JSON object, got {type(stored).__name__}")
     except (ValueError, OSError) as err:
-        raise RunConfigError(f"{path} is corrupt ({err}); the run cannot be resumed (nothing was "
+        raise RunConfigError(f"{path} is corrupt ({err}); cannot {action} the run (nothing was "
                              f"changed)") from None
-    if "param_layout" not in stored:
+    layout = stored.get("param_layout")
+    if layout is None:
         raise RunConfigError(f"run dir {run_dir!r} {OLD_LAYOUT}")
+    if layout != PARAM_LAYOUT:
+        raise RunConfigError(f"run dir {run_dir!r} has parameter layout {layout!r}, this isometry "
+                             f"reads {PARAM_LAYOUT!r} only: cannot {action} it")
     return stored
 
 
@@ -73,7 +89,7 @@ def check_run_dir(run_dir: str, info: dict, resume: bool) -> bool:
             raise FileExistsError(f"run dir {run_dir!r} already holds a run; pass --resume "
                                   f"(resume=True) to continue it, or choose another run dir")
         return False
-    old, new = flat_settings(_stored_config(run_dir)), flat_settings(info)
+    old, new = flat_settings(run_config(run_dir)), flat_settings(info)
     free = {f"train.{k}" for k in RESUMABLE_CHANGES}
     if info.get("train", {}).get("schedule") in ("constant", "step"):
         free.add("train.steps")

@@ -18,15 +18,16 @@ Run directory layout:
                           flushed and fsync'ed per record. Keys: "step", scalars, "alpha"
                           ({path: value}), and on spectrum steps "spectrum" (statistics averaged
                           over probes), "histogram" ({"range", "counts"} of log10 σ over all
-                          probes; values outside the range counted in the end bins, exact zeros left
-                          out and reported as the summary's "zero_share"; expected counts
+                          probes; values outside the range counted in the end bins, the σ below
+                          the resolution left out and reported as the summary's "zero_share"; expected counts
                           from the SLQ density for the matrix-free engine), "figure" (mean σ²,
                           median log10 σ, vanished share: `SpectrumResult.statistics`) and
                           "spectrum_file" (dense) or "density_file" (matrix-free).
                           Strict JSON: a NaN/Inf value is null with "KEY_nonfinite" beside it.
   spectra/STEP.npy        dense engine: σ at that step, shape (probes, k), descending (np.load).
-  spectra/STEP.npz        matrix-free engine: the `LanczosSpectrum`'s arrays (its SLQ nodes and
-                          weights, chi, the top-k Ritz values as top_singular_values, …).
+  spectra/STEP.npz        matrix-free engine: `LanczosSpectrum.to_arrays()` (its SLQ nodes and
+                          weights, chi, the top-k Ritz values as top_singular_values, their
+                          error_bounds, rtol, …), read back by `LanczosSpectrum.from_arrays`.
   config.json             written by the training loop (`isometry.train`).
   checkpoint.npz          written by the training loop.
 
@@ -59,8 +60,10 @@ from isometry.spectrum._lanczos_result import LanczosSpectrum
 from isometry._numerics import check_setting
 from isometry._params import alpha_values
 from isometry.parallel._sharding import sharded_spectrum_fn, to_host
+from isometry.spectrum._engine import Engine, engine_of
 from isometry.spectrum._function import spectrum_fn
 from isometry.spectrum._dense import Spectrum
+from isometry.spectrum._protocol import summarize
 
 __all__ = ["Tracker", "RunDirError", "is_writer", "read_metrics", "read_spectrum",
            "load_spectrum", "spectrum_arrays", "spectrum_from_arrays",
@@ -129,45 +132,32 @@ def read_spectrum(run_dir: str, record: dict) -> np.ndarray:
     return np.load(os.path.join(run_dir, record["spectrum_file"]))
 
 
-#: The array fields of a `LanczosSpectrum` saved in a density file (the rest are sizes).
-_DENSITY_FIELDS = ("top_singular_values", "residual_bounds", "sigma_min_estimate",
-                   "sigma_min_residual", "chi", "chi_stderr", "nodes", "weights", "n_nonfinite")
-
-
 def spectrum_arrays(spec: Spectrum | LanczosSpectrum) -> dict[str, np.ndarray]:
     """A spectrum result as plain numpy arrays (what the run directory and JSON records keep):
-    σ for the dense result; density, chi and the top k (as top_singular_values) for the
-    matrix-free one. `spectrum_from_arrays` turns them back into the result."""
-    sizes = np.asarray([spec.n_in, spec.n_out])
-    if spec.exact:
-        return {"singular_values": np.asarray(spec.singular_values), "sizes": sizes}
-    return {"sizes": sizes, "bandwidth": np.float64(spec.bandwidth),
-            **{name: np.asarray(getattr(spec, name)) for name in _DENSITY_FIELDS}}
+    the result's own `to_arrays()` — σ for the dense result; density, chi and the top k (as
+    top_singular_values) for the matrix-free one. `spectrum_from_arrays` turns them back."""
+    return spec.to_arrays()
 
 
 def spectrum_from_arrays(arrays: dict) -> Spectrum | LanczosSpectrum:
-    """The result `spectrum_arrays` describes (lists are fine: JSON records)."""
-    n_in, n_out = (int(v) for v in np.ravel(arrays["sizes"]))
-    if "singular_values" in arrays:
-        s = np.asarray(arrays["singular_values"])  # numpy kept: float64 stays float64
-        return Spectrum(s, np.sum(np.square(s, dtype=np.float64), axis=-1) / n_in,
-                        np.zeros(s.shape[:-1], np.int32), n_in, n_out)
-    fields = {name: np.asarray(arrays[name]) for name in _DENSITY_FIELDS}
-    return LanczosSpectrum(**fields, n_in=n_in, n_out=n_out, bandwidth=float(arrays["bandwidth"]))
+    """The result `spectrum_arrays` describes (lists are fine: JSON records): the dense
+    `Spectrum` when there are singular values, else the `LanczosSpectrum` (`from_arrays`)."""
+    cls = Spectrum if "singular_values" in arrays else LanczosSpectrum
+    return cls.from_arrays(arrays)
 
 
 def load_spectrum(run_dir: str, record: dict) -> Spectrum | LanczosSpectrum:
     """The spectrum result saved for a record: a `Spectrum` (dense) or a `LanczosSpectrum`.
 
     Either is summarized through the same `isometry.SpectrumResult` interface
-    (`statistics()`, `histogram()`, …).
+    (`to_dict()`, `histogram()`, …).
     """
     if "density_file" in record:
         with np.load(os.path.join(run_dir, record["density_file"])) as f:
-            return spectrum_from_arrays({name: f[name] for name in f.files})
+            return LanczosSpectrum.from_arrays({name: f[name] for name in f.files})
     s = read_spectrum(run_dir, record)
     sizes = record.get("figure", {})  # older records: a square J
-    return spectrum_from_arrays({"singular_values": s, "sizes": [
+    return Spectrum.from_arrays({"singular_values": s, "sizes": [
         sizes.get("n_in", s.shape[-1]), sizes.get("n_out", s.shape[-1])]})
 
 
@@ -187,7 +177,8 @@ class Tracker:
       probes: fixed inputs, a batch (leading axis = probes) of floating arrays.
       every: compute the spectrum every this many steps (and whenever `update(force=True)`).
       log_every: write a record every this many steps (spectrum steps always write one).
-      method: "auto", "dense" or "lanczos" (see `isometry.spectrum_fn`).
+      method, engine: the spectrum engine: the shorthand "auto", "dense" or "lanczos", or
+        its settings `iso.dense(...)`, `iso.lanczos(...)`, `iso.auto(...)` (overrides method).
       bins, hist_range: the log10 σ histogram stored in each spectrum record.
       resume_step: None for a fresh run (the directory must hold no records), or the step of
         the checkpoint a run resumes from: later records and spectra are deleted, a torn last
@@ -196,15 +187,15 @@ class Tracker:
         its "data" axis (`isometry.sharded_spectrum_fn`); None: on the default device.
       writer: whether this process writes the run directory (default: process 0 only); the
         others check it on resume and compute the same records without writing them.
-      **spectrum_options: passed to `isometry.spectrum_fn`.
 
     The spectrum function is built once; new parameter values reuse its compiled code.
     """
 
     def __init__(self, run_dir: str, *, apply_fn: Callable | None = None, probes: Any = None,
-                 every: int = 100, log_every: int = 1, method: str = "auto", bins: int = 360,
+                 every: int = 100, log_every: int = 1, method: str = "auto",
+                 engine: Engine | None = None, bins: int = 360,
                  hist_range: tuple[float, float] = HIST_RANGE, resume_step: int | None = None,
-                 mesh: Any = None, writer: bool | None = None, **spectrum_options):
+                 mesh: Any = None, writer: bool | None = None):
         if every < 1 or log_every < 1:
             raise ValueError(f"every and log_every must be >= 1, got {every} and {log_every}")
         check_setting("bins", bins, low=1, integer=True)
@@ -219,9 +210,11 @@ class Tracker:
         self.writer = is_writer() if writer is None else writer
         #: The `SpectrumFunction` (or `ShardedSpectrumFunction`, with `mesh`) of the tracked
         #: spectra (None without apply_fn).
+        #: The engine's settings (`iso.dense`, `iso.lanczos`, `iso.auto`).
+        self.engine = engine_of(method if engine is None else engine)
         self.spectrum_fn = None if not apply_fn else (
-            spectrum_fn(apply_fn, method, batched=True, **spectrum_options) if mesh is None
-            else sharded_spectrum_fn(apply_fn, method, mesh=mesh, **spectrum_options))
+            spectrum_fn(apply_fn, engine=self.engine, batched=True) if mesh is None
+            else sharded_spectrum_fn(apply_fn, engine=self.engine, mesh=mesh))
         self.path = os.path.join(run_dir, METRICS_FILE)
         self.last_step = self._prepare(resume_step)  # checks before it changes anything
         self._file = None
@@ -328,19 +321,18 @@ class Tracker:
         except FloatingPointError as err:  # a diverged model: say so, keep training's record
             return {"spectrum_error": str(err).split(";")[0]}
         spec = to_host(spec)  # sharded over several processes, too
-        summary = {k: float(np.mean(v)) for k, v in spec.summary().items()}
+        summary = {k: float(np.mean(v)) for k, v in summarize(spec).items()}
         summary["engine"] = spec.engine
         if not spec.exact:  # estimates and bounds, not exact values
             summary["estimates"] = MATRIX_FREE_ESTIMATES
-            summary.pop("zero_share", None)  # the engine cannot tell a zero from a tiny σ
         counts = spec.binned_counts(self.bins, self.hist_range)
         figure = {**spec.statistics(), "n_in": spec.n_in, "n_out": spec.n_out}
         out: dict[str, Any] = {"spectrum": summary, "figure": figure,
                                "histogram": {"range": list(self.hist_range),
                                              "counts": counts.tolist()}}
         if spec.exact:
-            name, data, key = f"{int(step):09d}.npy", _npy_bytes(np.asarray(spec.singular_values)), \
-                "spectrum_file"
+            name, data, key = f"{int(step):09d}.npy", \
+                _npy_bytes(spec.to_arrays()["singular_values"]), "spectrum_file"
         else:
             name, data, key = f"{int(step):09d}.npz", _npz_bytes(spectrum_arrays(spec)), "density_file"
         if self.writer:
@@ -360,9 +352,9 @@ class Tracker:
 #: What the matrix-free engine's statistics are (records say so beside them).
 MATRIX_FREE_ESTIMATES = {
     "chi": "Hutchinson estimate",
-    "mean_log": "SLQ estimate; an upper bound where below_resolution > 0",
-    "std_log": "SLQ estimate; a lower bound where below_resolution > 0",
-    "below_resolution": "SLQ estimate of the share of σ below σ_max·eps·n (zeros included)",
+    "mean_log": "SLQ estimate over the σ above σ_max·eps·n (those below: zero_share)",
+    "std_log": "SLQ estimate over the σ above σ_max·eps·n (those below: zero_share)",
+    "zero_share": "SLQ estimate of the share of σ below σ_max·eps·n (zeros included)",
     "isometry_share": "SLQ estimate", "sigma_max": "Ritz value (lower bound, converged)",
     "sigma_min": "upper bound (smallest Gauss node)",
     "condition_number": "lower bound", "top_singular_values": "top-k Ritz values",

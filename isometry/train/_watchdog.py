@@ -30,8 +30,8 @@ __all__ = ["Watchdog", "STALL_EXIT_CODE", "DEFAULT_STALL_TIMEOUT"]
 
 #: Exit code of a run ended by the watchdog (no progress for `stall_timeout` seconds).
 STALL_EXIT_CODE = 4
-#: Seconds without progress before a run is ended (no single step or spectrum of the
-#: toolkit's settings takes this long on a 2-core CPU; raise it for paper scale on a CPU).
+#: Seconds without progress before a run is ended (far longer than any single step or
+#: spectrum of the toolkit's own settings; raise it for paper scale on a CPU).
 DEFAULT_STALL_TIMEOUT = 1800.0
 
 
